@@ -1,0 +1,243 @@
+"""Number formats: the one place every module, the golden model and the benches derive from.
+
+This module is plain Python. Amaranth is imported lazily, only by the ``*_layout()`` methods, so the
+golden model in ``sim/`` can import it without pulling in an HDL.
+
+Two families:
+
+``FloatFormat(exp_bits, frac_bits)``
+    Sign, biased exponent, fraction (the fraction does *not* count the hidden bit), packed MSB to
+    LSB as ``sign | exponent | fraction``. Bias is ``2**(exp_bits-1) - 1``. Conventions used by
+    every unit of this project:
+
+    * exponent 0 is zero; a non-zero fraction with exponent 0 (a subnormal) is flushed to zero and
+      raises the ``flush`` flag;
+    * the all-ones exponent is an ordinary normal binade (value ``1.f * 2**(emax)``); it raises the
+      ``special`` flag, so an IEEE producer can tell that an Inf or NaN went in. This matches the
+      OCP FP8 E4M3 reading of that exponent and keeps the datapath free of special cases.
+
+``BFPFormat(width, exp_bits, block)``
+    A block of ``block`` signed ``width``-bit two's-complement codes (``width`` counts the sign)
+    sharing one biased exponent of ``exp_bits`` bits (bias ``2**(exp_bits-1) - 1``). The value of
+    code ``q`` in a block with shared exponent ``E`` is ``q * 2**(E - bias - (width - 2))``, so a
+    block whose largest magnitude lies in ``[2**(E-bias), 2**(E-bias+1))`` uses the top code bit.
+    Codes never take the value ``-2**(width-1)`` and zero is never negative.
+"""
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+__all__ = [
+    "FloatFormat", "BFPFormat", "FLOAT_FORMATS", "float_format", "FLAG_NAMES",
+    "MIN_WIDTH", "MAX_WIDTH", "MAX_BLOCK",
+]
+
+#: Block flags, LSB first, in every BFP output stream.
+#: ``sat``: a magnitude was clamped to the largest code; ``special``: an input had the all-ones
+#: exponent; ``flush``: a subnormal input was flushed to zero.
+FLAG_NAMES = ("sat", "special", "flush")
+
+#: Supported BFP element widths (including sign) and block sizes.
+MIN_WIDTH = 2
+MAX_WIDTH = 16
+MAX_BLOCK = 64
+
+
+@dataclass(frozen=True)
+class FloatFormat:
+    """A binary floating-point format: ``exp_bits`` exponent bits, ``frac_bits`` fraction bits
+    (hidden bit not counted), one sign bit."""
+    name: str
+    exp_bits: int
+    frac_bits: int
+
+    def __post_init__(self):
+        if not isinstance(self.exp_bits, int) or not 2 <= self.exp_bits <= 11:
+            raise ValueError(f"float exponent bits must be an integer in 2..11, not {self.exp_bits!r}")
+        if not isinstance(self.frac_bits, int) or not 1 <= self.frac_bits <= 52:
+            raise ValueError(f"float fraction bits must be an integer in 1..52, not {self.frac_bits!r}")
+
+    @property
+    def width(self):
+        return 1 + self.exp_bits + self.frac_bits
+
+    @property
+    def bias(self):
+        return (1 << (self.exp_bits - 1)) - 1
+
+    @property
+    def exp_max(self):
+        """Largest biased exponent (all ones; an ordinary binade here, flagged ``special``)."""
+        return (1 << self.exp_bits) - 1
+
+    def pack(self, sign, exponent, fraction):
+        return (sign << (self.exp_bits + self.frac_bits)) | (exponent << self.frac_bits) | fraction
+
+    def unpack(self, bits):
+        """``bits -> (sign, biased exponent, fraction)``."""
+        fraction = bits & ((1 << self.frac_bits) - 1)
+        exponent = (bits >> self.frac_bits) & ((1 << self.exp_bits) - 1)
+        sign = (bits >> (self.exp_bits + self.frac_bits)) & 1
+        return sign, exponent, fraction
+
+    def decode(self, bits):
+        """Exact value (a ``Fraction``) under this project's conventions (subnormals are zero)."""
+        sign, exponent, fraction = self.unpack(bits)
+        if exponent == 0:
+            return Fraction(0)
+        value = Fraction((1 << self.frac_bits) | fraction) * Fraction(2) ** (exponent - self.bias - self.frac_bits)
+        return -value if sign else value
+
+    def encode(self, value):
+        """Nearest representable value, ties to even; saturates to the largest magnitude; values
+        below the smallest normal round to zero or to the smallest normal (no subnormals).
+        ``value`` may be a float, int or ``Fraction``."""
+        value = Fraction(value)
+        sign = int(value < 0)
+        mag = -value if sign else value
+        if mag == 0:
+            return self.pack(sign, 0, 0)
+        exponent = _floor_log2(mag)
+        biased = exponent + self.bias
+        if biased < 1:
+            # Round on the grid of the smallest binade; halfway to the smallest normal goes to even (zero).
+            step = Fraction(2) ** (1 - self.bias)
+            return self.pack(sign, 1, 0) if _round_half_even(mag / step) >= 1 else self.pack(sign, 0, 0)
+        mant = _round_half_even(mag / Fraction(2) ** (exponent - self.frac_bits))
+        if mant >> (self.frac_bits + 1):
+            mant >>= 1
+            biased += 1
+        if biased > self.exp_max:
+            return self.pack(sign, self.exp_max, (1 << self.frac_bits) - 1)
+        return self.pack(sign, biased, mant - (1 << self.frac_bits))
+
+    def max_value(self):
+        return self.decode(self.pack(0, self.exp_max, (1 << self.frac_bits) - 1))
+
+    def layout(self):
+        """Amaranth ``StructLayout`` with fields ``fraction``, ``exponent``, ``sign`` (LSB first)."""
+        from amaranth.lib import data
+        return data.StructLayout({
+            "fraction": self.frac_bits,
+            "exponent": self.exp_bits,
+            "sign": 1,
+        })
+
+
+#: Named floating-point formats. Append only.
+FLOAT_FORMATS = {
+    f.name: f for f in (
+        FloatFormat("fp32", 8, 23),
+        FloatFormat("fp16", 5, 10),
+        FloatFormat("bf16", 8, 7),
+        FloatFormat("fp10", 5, 4),      # LightNorm's forward format, 1-5-4
+        FloatFormat("fp15", 6, 8),      # LightNorm's backward format, 1-6-8
+        FloatFormat("e4m3", 4, 3),      # OCP FP8 E4M3
+        FloatFormat("e5m2", 5, 2),      # OCP FP8 E5M2
+    )
+}
+
+
+def float_format(name):
+    """Look a float format up by name; also accepts ``"e<E>m<M>"`` for any exponent/fraction pair."""
+    if isinstance(name, FloatFormat):
+        return name
+    key = str(name).lower()
+    if key in FLOAT_FORMATS:
+        return FLOAT_FORMATS[key]
+    import re
+    match = re.fullmatch(r"e(\d+)m(\d+)", key)
+    if match:
+        return FloatFormat(key, int(match[1]), int(match[2]))
+    raise ValueError(f"unknown float format {name!r}; known: {', '.join(FLOAT_FORMATS)} or e<E>m<M>")
+
+
+@dataclass(frozen=True)
+class BFPFormat:
+    """Block floating point: ``block`` codes of ``width`` bits (sign included) sharing one biased
+    exponent of ``exp_bits`` bits."""
+    width: int
+    exp_bits: int
+    block: int
+
+    def __post_init__(self):
+        if not isinstance(self.width, int) or not MIN_WIDTH <= self.width <= MAX_WIDTH:
+            raise ValueError(f"BFP width must be an integer in {MIN_WIDTH}..{MAX_WIDTH}, not {self.width!r}")
+        if not isinstance(self.exp_bits, int) or not 2 <= self.exp_bits <= 11:
+            raise ValueError(f"BFP exponent bits must be an integer in 2..11, not {self.exp_bits!r}")
+        if not isinstance(self.block, int) or not 1 <= self.block <= MAX_BLOCK:
+            raise ValueError(f"block size must be an integer in 1..{MAX_BLOCK}, not {self.block!r}")
+
+    @classmethod
+    def for_float(cls, fmt, width, block):
+        """The BFP format a float format converts into: same exponent field and bias."""
+        return cls(width=width, exp_bits=float_format(fmt).exp_bits, block=block)
+
+    @property
+    def bias(self):
+        return (1 << (self.exp_bits - 1)) - 1
+
+    @property
+    def exp_max(self):
+        return (1 << self.exp_bits) - 1
+
+    @property
+    def code_max(self):
+        """Largest code magnitude, ``2**(width-1) - 1``."""
+        return (1 << (self.width - 1)) - 1
+
+    def lsb_exponent(self, shared_exponent):
+        """Power of two of one code LSB in a block with this shared exponent."""
+        return shared_exponent - self.bias - (self.width - 2)
+
+    def code_value(self, shared_exponent, code):
+        """Exact value of a signed integer code."""
+        return Fraction(code) * Fraction(2) ** self.lsb_exponent(shared_exponent)
+
+    def to_signed(self, bits):
+        bits &= (1 << self.width) - 1
+        return bits - (1 << self.width) if bits >> (self.width - 1) else bits
+
+    def to_bits(self, code):
+        return code & ((1 << self.width) - 1)
+
+    def block_layout(self):
+        """Amaranth ``StructLayout`` of one block: ``exponent``, ``codes`` (array, lane 0 first)."""
+        from amaranth.lib import data
+        return data.StructLayout({
+            "exponent": self.exp_bits,
+            "codes": data.ArrayLayout(self.width, self.block),
+        })
+
+    def flagged_block_layout(self):
+        """A block plus its flags (``FLAG_NAMES``): what every BFP-producing unit emits."""
+        from amaranth.lib import data
+        return data.StructLayout({
+            "exponent": self.exp_bits,
+            "codes": data.ArrayLayout(self.width, self.block),
+            "flags": flags_layout(),
+        })
+
+
+def flags_layout():
+    from amaranth.lib import data
+    return data.StructLayout({name: 1 for name in FLAG_NAMES})
+
+
+def _floor_log2(mag):
+    """floor(log2(mag)) for a positive Fraction, exactly."""
+    mag = Fraction(mag)
+    e = mag.numerator.bit_length() - mag.denominator.bit_length()
+    if Fraction(2) ** e > mag:
+        e -= 1
+    return e
+
+
+def _round_half_even(value):
+    """Round a non-negative Fraction to the nearest integer, ties to even."""
+    value = Fraction(value)
+    floor = value.numerator // value.denominator
+    rest = value - floor
+    if rest > Fraction(1, 2) or (rest == Fraction(1, 2) and floor & 1):
+        floor += 1
+    return floor

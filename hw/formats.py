@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 __all__ = [
-    "FloatFormat", "BFPFormat", "FLOAT_FORMATS", "float_format", "FLAG_NAMES",
+    "FloatFormat", "BFPFormat", "FLOAT_FORMATS", "float_format", "internal_format", "FLAG_NAMES",
     "MIN_WIDTH", "MAX_WIDTH", "MAX_BLOCK",
 ]
 
@@ -114,6 +114,11 @@ class FloatFormat:
     def max_value(self):
         return self.decode(self.pack(0, self.exp_max, (1 << self.frac_bits) - 1))
 
+    def overflows(self, value):
+        """True if ``encode(value)`` saturates (the magnitude rounds above the largest value)."""
+        ulp = Fraction(2) ** (self.exp_max - self.bias - self.frac_bits)
+        return abs(Fraction(value)) >= self.max_value() + ulp / 2
+
     def layout(self):
         """Amaranth ``StructLayout`` with fields ``fraction``, ``exponent``, ``sign`` (LSB first)."""
         from amaranth.lib import data
@@ -136,6 +141,14 @@ FLOAT_FORMATS = {
         FloatFormat("e5m2", 5, 2),      # OCP FP8 E5M2
     )
 }
+
+
+def internal_format(frac_bits):
+    """The per-channel internal float of the Range-BN units: 8 exponent bits (bias 127) and
+    ``frac_bits`` fraction bits. Holds mu, sigma_hat, 1/sigma_hat, a, b, gamma, beta, gradients."""
+    if not isinstance(frac_bits, int) or not 4 <= frac_bits <= 23:
+        raise ValueError(f"internal float fraction bits must be an integer in 4..23, not {frac_bits!r}")
+    return FloatFormat(f"e8m{frac_bits}", 8, frac_bits)
 
 
 def float_format(name):

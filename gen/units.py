@@ -1,0 +1,191 @@
+"""Generator parameters, the list of units, and ``generate()``: the CLI is a thin layer over this.
+
+A unit is a ``wiring.Component`` in ``hw/``; ``UNITS`` maps a Verilog module name to a factory that
+builds it from :class:`Params`. A component carries ``latency`` (cycles, int or None) and optionally
+``manifest_info()`` returning a dict of formats, parameters and port roles.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, asdict, fields
+from pathlib import Path
+
+from hw.formats import BFPFormat, MIN_WIDTH, MAX_WIDTH, MAX_BLOCK, float_format, internal_format
+
+__all__ = ["Params", "UNITS", "all_units", "build_unit", "generate", "ParamError"]
+
+
+class ParamError(ValueError):
+    """A user-facing parameter error: its message names the value and the allowed range."""
+
+
+#: Limits of the generator parameters (also used by --help and the manifest).
+LIMITS = {
+    "width": (MIN_WIDTH, MAX_WIDTH),
+    "block": (1, MAX_BLOCK),
+    "chunks": (1, 64),
+    "channels": (1, 4096),
+    "max_count": (2, 1 << 24),
+    "internal_frac_bits": (4, 23),
+}
+#: Input formats the Range-BN cores accept (exponent fields up to 6 bits keep the exact
+#: per-channel sums below 100 bits; see docs/numerics.md).
+BN_MAX_EXP_BITS = 6
+
+
+@dataclass(frozen=True)
+class Params:
+    """Every parameter a user can pass to the generator. Validated on construction."""
+    width: int = 8
+    block: int = 16
+    in_format: str = "fp10"
+    chunks: int = 8
+    channels: int = 16
+    max_count: int = 4096
+    internal_frac_bits: int = None      # None: min(23, width + 4)
+
+    def __post_init__(self):
+        for name, (lo, hi) in LIMITS.items():
+            value = getattr(self, name)
+            if name == "internal_frac_bits" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ParamError(f"{name.replace('_', '-')} must be an integer in {lo}..{hi}, not {value!r}")
+        if self.chunks & (self.chunks - 1):
+            raise ParamError(f"chunks must be a power of two in 1..64, not {self.chunks!r}")
+        if self.max_count < 2 * self.chunks:
+            raise ParamError(f"max-count must be at least 2 * chunks = {2 * self.chunks}, not {self.max_count!r}")
+        try:
+            fmt = float_format(self.in_format)
+        except ValueError as exc:
+            raise ParamError(str(exc)) from None
+        if fmt.exp_bits > BN_MAX_EXP_BITS:
+            raise ParamError(f"in-format {self.in_format!r} has {fmt.exp_bits} exponent bits; "
+                             f"the Range-BN units accept 2..{BN_MAX_EXP_BITS} (fp10, fp16, fp15, e4m3, e5m2, e<E>m<M>)")
+
+    @property
+    def float_format(self):
+        return float_format(self.in_format)
+
+    @property
+    def bfp(self):
+        return BFPFormat.for_float(self.float_format, self.width, self.block)
+
+    @property
+    def frac_bits(self):
+        """Fraction bits of the internal per-channel float."""
+        return self.internal_frac_bits if self.internal_frac_bits is not None else min(23, self.width + 4)
+
+    @property
+    def internal(self):
+        return internal_format(self.frac_bits)
+
+    def as_dict(self):
+        d = asdict(self)
+        d["internal_frac_bits"] = self.frac_bits
+        return d
+
+
+def _bfp_shifter(p):
+    from hw.bfp_shifter import BFPShifter
+    return BFPShifter(p.float_format, p.bfp)
+
+
+#: (Verilog module name, factory(Params) -> Component), in emission order. Append as units land.
+UNITS = [
+    ("ln_bfp_shifter", _bfp_shifter),
+]
+
+
+def all_units():
+    """``[(name, factory)]`` for every unit the project has."""
+    return list(UNITS)
+
+
+def build_unit(factory, params):
+    return factory(params)
+
+
+def _port_role(name, info_roles):
+    if name in info_roles:
+        return info_roles[name]
+    if name == "clk":
+        return "clock (rising edge)"
+    if name == "rst":
+        return "synchronous reset, active high"
+    parts = name.split("__")
+    if parts[-1] in ("valid", "ready", "payload"):
+        return f"stream {parts[0]}: {parts[-1]}"
+    return "control"
+
+
+def manifest_entry(name, component):
+    from gen.verilog import ports
+    info = component.manifest_info() if hasattr(component, "manifest_info") else {}
+    roles = info.pop("port_roles", {})
+    entry = {
+        "verilog": f"{name}.v",
+        "top": name,
+        "latency": getattr(component, "latency", None),
+        "doc": (type(component).__doc__ or "").strip().split("\n\n")[0],
+        "ports": [dict(p, role=_port_role(p["name"], roles)) for p in ports(component)],
+    }
+    entry.update(info)
+    return entry
+
+
+def generate(params, out_dir, units=None, progress=None):
+    """Write ``<name>.v`` for every unit and ``manifest.json`` into ``out_dir`` atomically: files
+    are written into a temporary directory beside ``out_dir`` and moved into place at the end, so a
+    failure leaves nothing half-written. Returns the manifest (a dict)."""
+    from gen.verilog import emit
+    out_dir = Path(out_dir)
+    parent = out_dir.resolve().parent
+    if not parent.is_dir():
+        raise ParamError(f"output directory parent {str(parent)!r} does not exist")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ParamError(f"output path {str(out_dir)!r} exists and is not a directory")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
+    except OSError as exc:
+        raise ParamError(f"cannot write output directory {str(out_dir)!r}: {exc.strerror}") from None
+    try:
+        manifest = {
+            "generator": "lightnorm-gen",
+            "parameters": params.as_dict(),
+            "formats": {
+                "input_float": _fmt_dict(params.float_format),
+                "bfp": {"width": params.width, "exp_bits": params.bfp.exp_bits, "bias": params.bfp.bias,
+                        "block": params.block, "value": "code * 2**(exponent - bias - (width - 2))"},
+                "internal_float": _fmt_dict(params.internal),
+            },
+            "modules": {},
+        }
+        for name, cls in (units if units is not None else all_units()):
+            if progress:
+                progress(name)
+            component = build_unit(cls, params)
+            (tmp / f"{name}.v").write_text(emit(component, name))
+            manifest["modules"][name] = manifest_entry(name, component)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o755)
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
+            os.rename(out_dir, old / "d")
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _fmt_dict(fmt):
+    return {"name": fmt.name, "exp_bits": fmt.exp_bits, "frac_bits": fmt.frac_bits, "bias": fmt.bias,
+            "packing": "sign | exponent | fraction (MSB to LSB)",
+            "exponent_zero": "zero (subnormals flush, flag 'flush')",
+            "exponent_all_ones": "ordinary binade (flag 'special')"}

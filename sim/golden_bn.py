@@ -36,7 +36,7 @@ from sim.golden import Block, quantize_block
 __all__ = [
     "C_FRAC_BITS", "range_scale", "BNConfig", "ChannelStats", "ChannelParams",
     "check_count", "block_count", "tensor_to_blocks", "blocks_to_values",
-    "forward_stats", "finalize", "normalize", "forward",
+    "forward_stats", "finalize", "normalize", "forward", "running_reset", "update_running",
     "backward_stats", "backward_finalize", "backward_dx", "backward",
 ]
 
@@ -242,6 +242,11 @@ def finalize(cfg, stat, gamma, beta, training=True, running_mean=None, running_s
         a = _round(f, _val(f, gamma) * _val(f, inv), flags, "a")
         b = _round(f, _val(f, beta) - _val(f, mu) * _val(f, a), flags, "b")
     return ChannelParams(mu=mu, sigma=sigma, inv=inv, a=a, b=b, flat=flat, flags=flags)
+
+
+def running_reset(cfg):
+    """Running statistics after reset: mean 0, sigma_hat 1 (as PyTorch's running_var = 1)."""
+    return cfg.internal.encode(0), cfg.internal.encode(1)
 
 
 def update_running(cfg, running, batch):

@@ -35,8 +35,8 @@ cycle, both equal to the group counter).
 
 Ports
 -----
-``start`` (in, pulse): begin a pass with ``count`` (n) and ``chunks_log2`` (held stable by the
-    caller during the pass and the read-out). The caller guarantees a good count
+``start`` (in, pulse): begin a pass with ``count`` (n) and ``chunks_log2``, both sampled with
+    ``start`` (they need not be held). The caller guarantees a good count
     (``golden_bn.check_count``); the forward core checks it.
 ``i`` (in stream of ``bfp.block_layout()``): ``n * groups`` blocks; ``i.ready`` is high while the
     pass is open (no back-pressure: one block per cycle sustained).

@@ -1,0 +1,461 @@
+"""The Range-BN backward core: gradient reductions, per-channel finalize, dx pass.
+
+Implements ``sim.golden_bn.backward`` (with ``check_count``) bit for bit, including the exact
+Range-BN gradient's argmax/argmin correction. Stream records are those of ``hw.bn_layouts``.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.bn_layouts import (backward_cmd_layout, chunks_log2_width, count_width, grads_layout,
+                           pair_layout, position_width, saved_layout)
+from hw.formats import BFPFormat, FloatFormat
+from hw.grad_reduce import GradReduce
+
+__all__ = ["BackwardCore"]
+
+
+class BackwardCore(wiring.Component):
+    """Range-BN backward core (LightNorm): exact ``sum g`` / ``sum g x``, per-channel finalize,
+    ``dx = a g + b_sel`` with the argmax/argmin correction.
+
+    Parameters
+    ----------
+    bfp : BFPFormat
+        Format of ``x``, ``g`` and ``dx`` (``B = bfp.block`` channels per block).
+    internal : FloatFormat
+        The per-channel internal float (``hw.formats.internal_format``).
+    channels : int
+        Channels held on chip; ``groups = ceil(channels / B)`` blocks per position (group fastest;
+        lanes past the last channel are padding: ignored on input, 0 on output).
+    max_count : int
+        Largest n (positions per channel); sizes counters, positions and the exact accumulators.
+    max_chunks : int
+        Largest K (a power of two); the run-time K is ``2**cmd.chunks_log2``.
+
+    Ports
+    -----
+    ``cmd`` (in stream, ``backward_cmd_layout``): ``count`` n, ``chunks_log2``, ``c_scale`` (C, as
+        in the forward command), ``params_only``. Accepted only while idle. A command with
+        ``n % K != 0``, ``n / K < 2``, ``n > max_count`` or ``K > max_chunks`` is consumed and
+        dropped and raises ``count_error`` (``golden_bn.check_count``); a good one clears it.
+    ``xg`` (in stream, ``pair_layout``): the reduction pass, ``n * groups`` pairs of the x block and
+        the g block of the same position and group (block ``p * groups + g``).
+    ``stats`` (in stream, ``saved_layout``): the forward core's record of every channel, channel 0
+        first, consumed during finalize; ``mu``, ``inv``, ``a``, ``argmax[k]``, ``argmin[k]``,
+        ``chunk_flat[k]`` (``k < K``) are used, the other fields are ignored.
+    ``grads`` (out stream, ``grads_layout``): ``dgamma``, ``dbeta``, ``overflow`` (a backward
+        internal-float result saturated) per channel, channel 0 first, emitted during finalize.
+    ``g`` (in stream, ``bfp.block_layout()``): the dx pass, the ``n * groups`` g blocks again (not
+        taken in parameters-only mode).
+    ``dx`` (out stream, ``bfp.flagged_block_layout()``): one block per ``g`` block of the dx pass;
+        flags: ``sat`` from the rounding, ``special`` = ``flush`` = 0.
+    ``busy`` (out): a command is in progress (from its acceptance until its last ``dx`` block,
+        or in parameters-only mode its last ``grads`` record, has left).
+    ``count_error`` (out): sticky; set by a dropped command, cleared by the next good one.
+
+    dx
+    --
+    ``dx = a g + b_sel`` per element through ``BFPAffine`` (exact product and sum, one rounding
+    into the output block): ``b_sel = b_max`` at the position equal to the element's chunk's saved
+    argmax, ``b_min`` at its argmin, ``b_mid`` elsewhere and everywhere in a chunk with
+    ``chunk_flat = 1``. The chunk is tracked with a position-in-chunk counter (``m = n >> log2 K``);
+    each lane compares the running position with the two saved positions of its channel.
+
+    Storage: ``GradReduce``'s accumulator memory (``groups`` rows); per channel ``a`` (``groups``
+    rows of ``B`` lanes), ``b_mid``/``b_max``/``b_min`` (the same) and, per channel and chunk,
+    argmax, argmin and chunk_flat (``groups * max_chunks`` rows of ``B`` lanes). All are
+    ``amaranth.lib.memory`` memories with one synchronous read port and lane-enabled writes.
+
+    Timing
+    ------
+    * Reduction pass: ``xg.ready`` is high throughout; one pair per cycle sustained. Finalize
+      starts ``GradReduce.LATENCY + 1`` = 4 cycles after the last pair is accepted.
+    * Finalize: the channel's ``stats`` record is held for ``K`` cycles while its ``K`` chunk
+      entries are written (one cycle in parameters-only mode, which writes none), and is handed to
+      ``BackwardFinalize`` on the last of them. Finalize is a stream unit: the next channel's
+      record is taken while the previous channel is computed, so with ``stats`` valid and
+      ``grads`` ready a channel costs ``max(K, finalize initiation interval)`` cycles
+      (``finalize_cycles_per_channel``); the last ``grads`` record leaves ``finalize latency``
+      cycles after the last hand-over, and the dx pass opens the cycle after it.
+    * dx pass: one block per cycle sustained; ``latency`` = ``1 + BFPAffine latency`` cycles from
+      a ``g`` block's acceptance to its ``dx`` block (one stage reads the coefficient memories and
+      selects ``b``). ``g.ready`` follows ``dx.ready`` through the pipeline's back-pressure.
+    * Parameters-only mode saves the whole dx pass (``n * groups`` cycles of ``g`` input plus the
+      ``latency`` of the pipeline drain) and ``K - 1`` cycles per channel of finalize (no chunk
+      entries are written); ``busy`` falls when the last ``grads`` record leaves.
+    """
+
+    def __init__(self, bfp, internal, channels, max_count, max_chunks):
+        if not isinstance(bfp, BFPFormat):
+            raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
+        if not isinstance(internal, FloatFormat):
+            raise ValueError(f"internal must be a hw.formats.FloatFormat, not {internal!r}")
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive integer, not {channels!r}")
+        if isinstance(max_chunks, bool) or not isinstance(max_chunks, int) or not 1 <= max_chunks <= 64 \
+                or max_chunks & (max_chunks - 1):
+            raise ValueError(f"max_chunks must be a power of two in 1..64, not {max_chunks!r}")
+        if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 2 * max_chunks:
+            raise ValueError(f"max_count must be an integer >= 2 * max_chunks = {2 * max_chunks}, "
+                             f"not {max_count!r}")
+        self.bfp = bfp
+        self.internal = internal
+        self.channels = channels
+        self.max_count = max_count
+        self.max_chunks = max_chunks
+        self.groups = -(-channels // bfp.block)
+
+        self._reduce = GradReduce(bfp, channels, max_count)
+        self._finalize = self._make_finalize()
+        self._affine = self._make_affine()
+        self.finalize_latency = getattr(self._finalize, "latency", None)
+        self.latency = 1 + self._affine.latency
+
+        super().__init__({
+            "cmd": In(stream.Signature(backward_cmd_layout(max_count, max_chunks))),
+            "stats": In(stream.Signature(saved_layout(internal, max_count, max_chunks))),
+            "xg": In(stream.Signature(pair_layout(bfp))),
+            "grads": Out(stream.Signature(grads_layout(internal))),
+            "g": In(stream.Signature(bfp.block_layout())),
+            "dx": Out(stream.Signature(bfp.flagged_block_layout())),
+            "busy": Out(1),
+            "count_error": Out(1),
+        })
+
+    # The two arithmetic units come from hw.finalize / hw.bfp_affine.
+    def _make_finalize(self):
+        from hw.finalize import BackwardFinalize
+        return BackwardFinalize(self.bfp, self.internal, self.max_count, self.max_chunks)
+
+    def _make_affine(self):
+        from hw.bfp_affine import BFPAffine
+        return BFPAffine(self.bfp, self.internal)
+
+    @property
+    def sum_widths(self):
+        """Signed widths of the exact ``sum g`` (units u) and ``sum g x`` (units u**2)."""
+        return self._reduce.sum_g_width, self._reduce.sum_gx_width
+
+    def manifest_info(self):
+        B = self.bfp.block
+        f = self.internal
+        return {
+            "parameters": {
+                "channels": self.channels, "groups": self.groups, "block": B,
+                "max_count": self.max_count, "max_chunks": self.max_chunks,
+                "sum_g_width": self._reduce.sum_g_width,
+                "sum_gx_width": self._reduce.sum_gx_width,
+                "position_width": position_width(self.max_count),
+            },
+            "formats": {
+                "x": {"bfp_width": self.bfp.width, "exp_bits": self.bfp.exp_bits, "block": B},
+                "g": {"bfp_width": self.bfp.width, "exp_bits": self.bfp.exp_bits, "block": B},
+                "dx": {"bfp_width": self.bfp.width, "exp_bits": self.bfp.exp_bits, "block": B,
+                       "flags": "sat, special (0), flush (0)"},
+                "internal_float": {"name": f.name, "exp_bits": f.exp_bits, "frac_bits": f.frac_bits},
+            },
+            "timing": {
+                "dx_latency": self.latency,
+                "reduce_to_finalize_cycles": GradReduce.LATENCY + 1,
+                "finalize_latency": self.finalize_latency,
+                "finalize_cycles_per_channel": "max(K, finalize initiation interval); "
+                                               "parameters-only: the initiation interval",
+                "throughput": "one block (pair) per cycle in the reduction and dx passes",
+                "params_only_saves": "the dx pass: n * groups cycles + dx latency, and K - 1 "
+                                     "cycles per channel of finalize",
+            },
+            "port_roles": {
+                "cmd__payload": "stream cmd: count n, chunks_log2, c_scale, params_only "
+                                "(hw.bn_layouts.backward_cmd_layout)",
+                "cmd__valid": "stream cmd: valid", "cmd__ready": "stream cmd: ready (high when idle)",
+                "stats__payload": "stream stats: per-channel record saved by the forward core "
+                                  "(hw.bn_layouts.saved_layout)",
+                "stats__valid": "stream stats: valid", "stats__ready": "stream stats: ready",
+                "xg__payload": "stream xg: x and g BFP blocks of one position and group "
+                               "(hw.bn_layouts.pair_layout), reduction pass",
+                "xg__valid": "stream xg: valid", "xg__ready": "stream xg: ready",
+                "grads__payload": "stream grads: per-channel dgamma, dbeta, overflow "
+                                  "(hw.bn_layouts.grads_layout)",
+                "grads__valid": "stream grads: valid", "grads__ready": "stream grads: ready",
+                "g__payload": "stream g: BFP block of the output gradient, dx pass",
+                "g__valid": "stream g: valid", "g__ready": "stream g: ready",
+                "dx__payload": "stream dx: flagged BFP block of the input gradient",
+                "dx__valid": "stream dx: valid", "dx__ready": "stream dx: ready",
+                "busy": "status: a command is in progress",
+                "count_error": "status: sticky, last command dropped for a bad count (cleared by a good one)",
+            },
+        }
+
+    def elaborate(self, platform):
+        m = Module()
+        bfp, B, G, C = self.bfp, self.bfp.block, self.groups, self.channels
+        Kmax, f = self.max_chunks, self.internal
+        pw = position_width(self.max_count)
+        log2_kmax = Kmax.bit_length() - 1
+        m.submodules.reduce = red = self._reduce
+        m.submodules.finalize = fin = self._finalize
+        m.submodules.affine = aff = self._affine
+
+        # --- command --------------------------------------------------------------------------
+        cmd = self.cmd.payload
+        n = Signal(count_width(self.max_count))
+        cl2 = Signal(chunks_log2_width(Kmax))
+        c_scale = Signal.like(cmd.c_scale)
+        params_only = Signal()
+        n_last = Signal(pw)
+        m_last = Signal(pw)             # positions per chunk - 1
+        k_last = Signal(range(Kmax))    # K - 1
+
+        low_mask = Signal(len(cmd.count))      # K - 1
+        for i in range(len(cmd.count)):
+            m.d.comb += low_mask[i].eq(cmd.chunks_log2 > i)
+        cmd_ok = Signal()
+        m.d.comb += cmd_ok.eq((cmd.chunks_log2 <= log2_kmax)
+                              & (cmd.count <= self.max_count)
+                              & ((cmd.count & low_mask) == 0)
+                              & ((cmd.count >> (cmd.chunks_log2 + 1)) != 0))
+
+        # --- storage for the dx pass ------------------------------------------------------------
+        b_layout = data.StructLayout({"b_mid": f.width, "b_max": f.width, "b_min": f.width})
+        c_layout = data.StructLayout({"argmax": pw, "argmin": pw, "flat": 1})
+        m.submodules.amem = amem = memory.Memory(shape=data.ArrayLayout(f.width, B), depth=G, init=[])
+        m.submodules.bmem = bmem = memory.Memory(shape=data.ArrayLayout(b_layout, B), depth=G, init=[])
+        m.submodules.cmem = cmem = memory.Memory(shape=data.ArrayLayout(c_layout, B), depth=G * Kmax,
+                                                 init=[])
+        a_wr, b_wr, c_wr = (mem.write_port(granularity=1) for mem in (amem, bmem, cmem))
+        a_rd, b_rd, c_rd = amem.read_port(), bmem.read_port(), cmem.read_port()
+
+        def cmem_addr(grp, k):
+            return Cat(k[:log2_kmax], grp) if log2_kmax else grp
+
+        # --- finalize counters ------------------------------------------------------------------
+        # Input side (stats record -> chunk entries -> BackwardFinalize).
+        in_lane = Signal(range(max(B, 2)))
+        in_grp = Signal(range(max(G, 2)))
+        in_chan = Signal(range(C + 1))
+        kk = Signal(range(Kmax))
+        # Output side (BackwardFinalize -> grads, b memory).
+        out_lane = Signal(range(max(B, 2)))
+        out_grp = Signal(range(max(G, 2)))
+        out_chan = Signal(range(C + 1))
+
+        # --- dx counters ------------------------------------------------------------------------
+        d_pos = Signal(pw)
+        d_grp = Signal(range(max(G, 2)))
+        d_k = Signal(range(Kmax))
+        d_in_chunk = Signal(pw)
+        d_done = Signal()               # every g block taken
+        o_pos = Signal(pw)
+        o_grp = Signal(range(max(G, 2)))
+        # Reduction counters.
+        r_pos = Signal(pw)
+        r_grp = Signal(range(max(G, 2)))
+
+        red_rd_en = Signal()
+        red_rd_addr = Signal(range(max(G, 2)))
+        m.d.comb += [
+            red.rd_en.eq(red_rd_en),
+            red.rd_addr.eq(red_rd_addr),
+            red.i.payload.eq(self.xg.payload),
+        ]
+
+        in_fx = Signal()
+        take = Signal()
+        d1_ready = Signal()
+
+        st = self.stats.payload
+        fi = fin.i.payload
+        fo = fin.o.payload
+
+        with m.FSM(name="fsm") as fsm:
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    with m.If(cmd_ok):
+                        m.d.comb += red.clear.eq(1)
+                        m.d.sync += [
+                            self.count_error.eq(0),
+                            n.eq(cmd.count), cl2.eq(cmd.chunks_log2), c_scale.eq(cmd.c_scale),
+                            params_only.eq(cmd.params_only),
+                            n_last.eq(cmd.count - 1),
+                            m_last.eq((cmd.count >> cmd.chunks_log2) - 1),
+                            k_last.eq(low_mask),
+                            r_pos.eq(0), r_grp.eq(0),
+                        ]
+                        m.next = "REDUCE"
+                    with m.Else():
+                        m.d.sync += self.count_error.eq(1)
+
+            with m.State("REDUCE"):
+                m.d.comb += [
+                    red.i.valid.eq(self.xg.valid),
+                    self.xg.ready.eq(red.i.ready),
+                ]
+                with m.If(self.xg.valid):
+                    if G > 1:
+                        with m.If(r_grp == G - 1):
+                            m.d.sync += [r_grp.eq(0), r_pos.eq(r_pos + 1)]
+                        with m.Else():
+                            m.d.sync += r_grp.eq(r_grp + 1)
+                        last = (r_grp == G - 1) & (r_pos == n_last)
+                    else:
+                        m.d.sync += r_pos.eq(r_pos + 1)
+                        last = r_pos == n_last
+                    with m.If(last):
+                        m.next = "DRAIN"
+
+            with m.State("DRAIN"):
+                with m.If(~red.busy):
+                    # Read group 0's sums; they are valid from the first FINAL cycle on.
+                    m.d.comb += [red_rd_en.eq(1), red_rd_addr.eq(0)]
+                    m.d.sync += [
+                        in_lane.eq(0), in_grp.eq(0), in_chan.eq(0), kk.eq(0),
+                        out_lane.eq(0), out_grp.eq(0), out_chan.eq(0),
+                    ]
+                    m.next = "FINAL"
+
+            with m.State("FINAL"):
+                in_open = in_chan != C
+                last_chunk = params_only | (kk == k_last)
+                m.d.comb += [
+                    fin.i.valid.eq(in_open & self.stats.valid & last_chunk),
+                    self.stats.ready.eq(in_open & last_chunk & fin.i.ready),
+                    # chunk entries of the current channel (not in parameters-only mode)
+                    c_wr.addr.eq(cmem_addr(in_grp, kk)),
+                    c_wr.en.eq(Mux(in_open & self.stats.valid & ~params_only,
+                                   Const(1, B) << in_lane, 0)),
+                ]
+                for lane in range(B):
+                    m.d.comb += [
+                        c_wr.data[lane].argmax.eq(st.argmax[kk]),
+                        c_wr.data[lane].argmin.eq(st.argmin[kk]),
+                        c_wr.data[lane].flat.eq(st.chunk_flat[kk]),
+                        a_wr.data[lane].eq(st.a),
+                    ]
+                with m.If(in_open & self.stats.valid & ~last_chunk):
+                    m.d.sync += kk.eq(kk + 1)
+                with m.If(self.stats.valid & self.stats.ready):
+                    m.d.comb += [
+                        a_wr.addr.eq(in_grp),
+                        a_wr.en.eq(Const(1, B) << in_lane),
+                    ]
+                    m.d.sync += [kk.eq(0), in_chan.eq(in_chan + 1)]
+                    with m.If((in_lane == B - 1) | (in_chan == C - 1)):
+                        m.d.sync += [in_lane.eq(0), in_grp.eq(in_grp + 1)]
+                        # the next group's sums, valid from the next cycle on
+                        m.d.comb += [red_rd_en.eq(1), red_rd_addr.eq(in_grp + 1)]
+                    with m.Else():
+                        m.d.sync += in_lane.eq(in_lane + 1)
+
+                # Finalize results: grads out, b coefficients stored.
+                m.d.comb += [
+                    self.grads.valid.eq(fin.o.valid),
+                    fin.o.ready.eq(self.grads.ready),
+                    b_wr.addr.eq(out_grp),
+                ]
+                for lane in range(B):
+                    m.d.comb += [
+                        b_wr.data[lane].b_mid.eq(fo.b_mid),
+                        b_wr.data[lane].b_max.eq(fo.b_max),
+                        b_wr.data[lane].b_min.eq(fo.b_min),
+                    ]
+                with m.If(fin.o.valid & fin.o.ready):
+                    m.d.comb += b_wr.en.eq(Const(1, B) << out_lane)
+                    m.d.sync += out_chan.eq(out_chan + 1)
+                    with m.If(out_lane == B - 1):
+                        m.d.sync += [out_lane.eq(0), out_grp.eq(out_grp + 1)]
+                    with m.Else():
+                        m.d.sync += out_lane.eq(out_lane + 1)
+                    with m.If(out_chan == C - 1):
+                        m.d.sync += [
+                            d_pos.eq(0), d_grp.eq(0), d_k.eq(0), d_in_chunk.eq(0), d_done.eq(0),
+                            o_pos.eq(0), o_grp.eq(0),
+                        ]
+                        with m.If(params_only):
+                            m.next = "IDLE"
+                        with m.Else():
+                            m.next = "DX"
+
+            with m.State("DX"):
+                with m.If(take):
+                    end_pos = (d_grp == G - 1) if G > 1 else Const(1)
+                    with m.If(end_pos):
+                        m.d.sync += [d_grp.eq(0), d_pos.eq(d_pos + 1)]
+                        with m.If(d_in_chunk == m_last):
+                            m.d.sync += [d_in_chunk.eq(0), d_k.eq(d_k + 1)]
+                        with m.Else():
+                            m.d.sync += d_in_chunk.eq(d_in_chunk + 1)
+                        with m.If(d_pos == n_last):
+                            m.d.sync += d_done.eq(1)
+                    with m.Else():
+                        m.d.sync += d_grp.eq(d_grp + 1)
+
+                with m.If(self.dx.valid & self.dx.ready):
+                    end_pos = (o_grp == G - 1) if G > 1 else Const(1)
+                    with m.If(end_pos):
+                        m.d.sync += [o_grp.eq(0), o_pos.eq(o_pos + 1)]
+                        with m.If(o_pos == n_last):
+                            m.next = "IDLE"
+                    with m.Else():
+                        m.d.sync += o_grp.eq(o_grp + 1)
+
+
+
+        # Finalize input record: the current lane of the group's sums and the stats record.
+        row = red.rd_data
+        m.d.comb += [
+            fi.sum_g.eq(row.sum_g[in_lane]),
+            fi.sum_gx.eq(row.sum_gx[in_lane]),
+            fi.count.eq(n), fi.chunks_log2.eq(cl2), fi.c_scale.eq(c_scale),
+            fi.mu.eq(st.mu), fi.inv.eq(st.inv), fi.a.eq(st.a),
+        ]
+        m.d.comb += [
+            self.grads.payload.dgamma.eq(fo.dgamma),
+            self.grads.payload.dbeta.eq(fo.dbeta),
+            self.grads.payload.overflow.eq(fo.overflow),
+        ]
+
+        # --- dx pass ----------------------------------------------------------------------------
+        # Stage D1: the g block, its position and group; the coefficient memories are read for
+        # it as it is taken (read enable = D1 loads), so their data matches D1 and holds while
+        # D1 is stalled.
+        d1_valid = Signal()
+        d1_block = Signal(bfp.block_layout())
+        d1_pos = Signal(pw)
+        d1_grp = Signal(range(max(G, 2)))
+        m.d.comb += in_fx.eq(fsm.ongoing("DX"))
+        m.d.comb += d1_ready.eq(aff.i.ready | ~d1_valid)
+
+        m.d.comb += [
+            self.g.ready.eq(in_fx & ~d_done & d1_ready),
+            take.eq(self.g.valid & self.g.ready),
+            a_rd.en.eq(d1_ready), b_rd.en.eq(d1_ready), c_rd.en.eq(d1_ready),
+            a_rd.addr.eq(d_grp), b_rd.addr.eq(d_grp), c_rd.addr.eq(cmem_addr(d_grp, d_k)),
+        ]
+        with m.If(d1_ready):
+            m.d.sync += [
+                d1_valid.eq(take),
+                d1_block.eq(self.g.payload),
+                d1_pos.eq(d_pos),
+                d1_grp.eq(d_grp),
+            ]
+        ai = aff.i.payload
+        m.d.comb += [aff.i.valid.eq(d1_valid), ai.block.eq(d1_block)]
+        for lane in range(B):
+            ce = c_rd.data[lane]
+            bs = b_rd.data[lane]
+            at_max = ~ce.flat & (d1_pos == ce.argmax)
+            at_min = ~ce.flat & (d1_pos == ce.argmin)
+            b_sel = Mux(at_max, bs.b_max, Mux(at_min, bs.b_min, bs.b_mid))
+            if (G - 1) * B + lane >= C:            # a padding lane of the last group
+                keep = d1_grp != G - 1
+                m.d.comb += [ai.a[lane].eq(Mux(keep, a_rd.data[lane], 0)),
+                             ai.b[lane].eq(Mux(keep, b_sel, 0))]
+            else:
+                m.d.comb += [ai.a[lane].eq(a_rd.data[lane]), ai.b[lane].eq(b_sel)]
+
+        wiring.connect(m, aff.o, wiring.flipped(self.dx))
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        return m

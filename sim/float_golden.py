@@ -103,13 +103,13 @@ def fmul(fmt, a, b):
 
 
 def fdiv(fmt, a, b):
-    """``a / b``; division by zero saturates to the largest magnitude with the sign of ``a``
-    (``0 / 0`` is 0)."""
+    """``a / b``; division by zero saturates to the largest magnitude with the sign of
+    ``a`` XOR the sign of the zero (a zero operand with its sign bit set counts as -0); ``0 / b`` is 0."""
     fmt = _check(fmt)
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.where(b == 0, np.copysign(float(fmt.max_value()), a), a / np.where(b == 0, 1.0, b))
+        q = np.where(b == 0, np.copysign(float(fmt.max_value()), a) * np.copysign(1.0, b), a / np.where(b == 0, 1.0, b))
     q = np.where(a == 0, 0.0, q)
     return fround(fmt, q)
 

@@ -113,6 +113,12 @@ class ForwardCore(wiring.Component):
             "count_error": Out(1),
         })
 
+    @classmethod
+    def from_params(cls, p):
+        """Build from ``gen.units.Params`` (width, block, in_format, chunks, channels, max_count,
+        internal_frac_bits)."""
+        return cls(p.bfp, p.internal, p.channels, p.max_count, p.chunks)
+
     # The two arithmetic units come from hw.finalize / hw.bfp_affine.
     def _make_finalize(self):
         from hw.finalize import ForwardFinalize

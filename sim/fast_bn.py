@@ -136,7 +136,8 @@ def round_float(fmt, values):
     normal = np.ldexp(mant, np.clip(biased - bias - M, -1100, 1100))
     normal = np.where(over, maxv, normal)
     small = (e.astype(np.int64) - 1 + bias) < 1
-    tiny = np.where(np.rint(np.ldexp(mag, bias - 1)) >= 1, 2.0 ** (1 - bias), 0.0)
+    with np.errstate(over="ignore"):
+        tiny = np.where(np.rint(np.ldexp(mag, bias - 1)) >= 1, 2.0 ** (1 - bias), 0.0)
     out = np.where(small, tiny, normal)
     out = np.where(mag == 0, 0.0, np.copysign(out, x))
     return out, over
@@ -217,7 +218,8 @@ def encode_fields(fmt, x):
     expo = np.where(over, fmt.exp_max, biased_c)
     frac = np.where(over, (1 << M) - 1, mant - (1 << M))
     small = biased < 1
-    up = np.rint(np.ldexp(mag, bias - 1)) >= 1
+    with np.errstate(over="ignore"):
+        up = np.rint(np.ldexp(mag, bias - 1)) >= 1
     expo = np.where(small, np.where(up, 1, 0), expo)
     frac = np.where(small, 0, frac)
     zero = mag == 0

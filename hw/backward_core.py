@@ -142,7 +142,7 @@ class BackwardCore(wiring.Component):
     def finalize_interval(self):
         """Cycles between two inputs ``BackwardFinalize`` can take (its initiation interval)."""
         fin = self._finalize
-        for name in ("initiation_interval", "interval", "ii"):
+        for name in ("cycles_per_channel", "initiation_interval"):
             if getattr(fin, name, None) is not None:
                 return getattr(fin, name)
         return 1
@@ -435,7 +435,7 @@ class BackwardCore(wiring.Component):
         m.d.comb += [
             self.grads.payload.dgamma.eq(fo.dgamma),
             self.grads.payload.dbeta.eq(fo.dbeta),
-            self.grads.payload.overflow.eq(fo.overflow),
+            self.grads.payload.overflow.eq(fo.overflow | red.overflow),
         ]
 
         # --- dx pass ----------------------------------------------------------------------------

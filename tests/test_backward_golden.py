@@ -134,7 +134,7 @@ def test_no_correction_error_is_order_one_overall():
         dx_nc, _, _ = range_bn_backward_no_correction(w, cache)
         mask = _corrected_positions(x, k)
         ratios.append(float(np.abs(dx - dx_nc)[mask].mean() / np.abs(dx).mean()))
-    assert np.median(ratios) > 0.2, ratios
+    assert np.median(ratios) > 0.3, ratios   # measured: median 0.64, min 0.08, max 2.0
 
 
 # --- golden model against float64 --------------------------------------------------------------

@@ -1,0 +1,292 @@
+"""``python -m gen.benchmark``: LightNorm area against the conventional float BN baselines.
+
+In one run:
+
+1. the baselines (``gen.baselines``: fp32 and bf16, forward and backward) on every target with
+   place and route, at the block size and channel count of the sweep (they do not depend on the
+   BFP width; ``--baselines-from AREA_JSON`` reuses an earlier ``python -m gen area`` result of
+   the same block/channels instead of synthesizing them again);
+2. every registered LightNorm unit at each width of ``--widths`` for the generic and ECP5 targets
+   (synthesis), and at ``--pnr-width`` (default 8) on every target with place and route;
+3. the ratio of LightNorm forward + backward area to each baseline at equal throughput (one
+   vector of B lanes per cycle on both), ECP5 LUT sites primary and generic cells too; the goals
+   (<= 1/8 of fp32, <= 1/3 of bf16 at W=8, B=16; Fmax >= 100 MHz on ECP5-85F speed 6 and >= 40
+   MHz on iCE40 UP5K), met or missed;
+4. a PNG plot of area against width (matplotlib, Agg) and a results section in ``docs/area.md``
+   with the exact command and the measured run time; ``benchmark.json`` beside the plot.
+
+"LightNorm forward + backward" is the sum of the registered units whose name contains
+``forward`` or ``backward`` (the cores, which contain the shifter, statistics, finalize and
+affine units as submodules); until those are registered it is the sum of every registered unit,
+and the report says so.
+"""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gen.area import run_area
+from gen.baselines import baseline_names
+from gen.units import ParamError, Params, all_units
+
+__all__ = ["main", "core_units"]
+
+GOALS = {"fp32": 1 / 8, "bf16": 1 / 3}
+CORE_PATTERN = re.compile(r"forward|backward")
+
+
+def core_units(names):
+    """(names summed as "LightNorm forward + backward", description)."""
+    cores = [n for n in names if CORE_PATTERN.search(n)]
+    if cores:
+        return cores, "forward + backward cores (" + ", ".join(cores) + ")"
+    return list(names), ("every registered unit (" + ", ".join(names) +
+                         "); the forward/backward cores were not registered yet")
+
+
+def _get(result, unit, target, key):
+    r = result["units"].get(unit, {}).get("targets", {}).get(target, {})
+    return r.get(key)
+
+
+def _sum(result, units, target, key):
+    vals = [_get(result, u, target, key) for u in units]
+    if any(v is None for v in vals):
+        return None
+    return sum(vals)
+
+
+def _log(msg):
+    print(f"benchmark: {msg}", file=sys.stderr, flush=True)
+
+
+def main(argv=None):
+    from gen.__main__ import _Parser
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _Parser(prog="python -m gen.benchmark",
+                     description="LightNorm vs conventional float BN: area ratios over widths, Fmax, plot, "
+                                 "docs/area.md results.")
+    parser.add_argument("--widths", default="4,6,8,12,16", help="BFP widths to sweep (default 4,6,8,12,16)")
+    parser.add_argument("--block", type=int, default=16, help="block size B = lanes per cycle (default 16)")
+    parser.add_argument("--channels", type=int, default=16, help="channels held on chip (default 16)")
+    parser.add_argument("--pnr-width", type=int, default=8, help="width placed and routed on every target (default 8)")
+    parser.add_argument("--baselines-from", default=None,
+                        help="area.json of an earlier 'python -m gen area' run holding the baselines")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel tool runs (default 2)")
+    parser.add_argument("--docs", default="docs/area.md", help="markdown file to write (default docs/area.md)")
+    parser.add_argument("--plot", default="docs/area_vs_width.png", help="PNG to write (default docs/area_vs_width.png)")
+    parser.add_argument("--pnr-timeout", type=float, default=2400.0, help="seconds per nextpnr run (default 2400)")
+    args = parser.parse_args(argv)
+    try:
+        widths = sorted({int(w) for w in args.widths.split(",") if w.strip()})
+    except ValueError:
+        parser.error(f"--widths must be comma-separated integers, not {args.widths!r}")
+    if not widths:
+        parser.error("--widths is empty")
+    if args.pnr_width not in widths:
+        widths = sorted(set(widths) | {args.pnr_width})
+    if not 1 <= args.jobs <= 16:
+        parser.error(f"--jobs must be an integer in 1..16, not {args.jobs!r}")
+    try:
+        base_params = Params(width=args.pnr_width, block=args.block, channels=args.channels)
+        for w in widths:
+            Params(width=w, block=args.block, channels=args.channels)
+    except ParamError as exc:
+        parser.error(str(exc))
+    base_from = None
+    if args.baselines_from:
+        try:
+            base_from = json.loads(Path(args.baselines_from).read_text())
+        except (OSError, ValueError) as exc:
+            parser.error(f"cannot read --baselines-from {args.baselines_from!r}: {exc}")
+        bp = base_from.get("parameters", {})
+        if (bp.get("block"), bp.get("channels")) != (args.block, args.channels):
+            parser.error(f"--baselines-from was run with block {bp.get('block')}, channels {bp.get('channels')}; "
+                         f"this run uses {args.block}, {args.channels}")
+        missing = [n for n in baseline_names() if n not in base_from.get("units", {})]
+        if missing:
+            parser.error(f"--baselines-from lacks baseline {missing[0]!r}")
+    for path in (args.docs, args.plot):
+        if not Path(path).resolve().parent.is_dir():
+            parser.error(f"directory of {path!r} does not exist")
+
+    t0 = time.time()
+    command = "python -m gen.benchmark" + ("" if not argv else " " + " ".join(shlex.quote(a) for a in argv))
+    work = Path(tempfile.mkdtemp(prefix="lightnorm-benchmark-"))
+    ln_names = [n for n, _ in all_units()]
+    try:
+        # 1. Baselines.
+        if base_from is None:
+            _log("baselines: all targets with place and route")
+            baselines = run_area(base_params, work / "baselines", units=baseline_names(), jobs=args.jobs,
+                                 pnr_timeout=args.pnr_timeout)
+        else:
+            _log(f"baselines: reusing {args.baselines_from}")
+            baselines = base_from
+        # 2. LightNorm sweep.
+        sweep = {}
+        for w in widths:
+            full = w == args.pnr_width
+            targets = ("generic", "ice40", "ecp5") if full else ("generic", "ecp5")
+            _log(f"LightNorm W={w}: {', '.join(targets)}" + (" with place and route" if full else ""))
+            sweep[w] = run_area(Params(width=w, block=args.block, channels=args.channels), work / f"w{w}",
+                                targets=targets, include_baselines=False, jobs=args.jobs, pnr=full,
+                                pnr_timeout=args.pnr_timeout)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    seconds = time.time() - t0
+
+    cores, cores_desc = core_units(ln_names)
+    summary = _summarize(baselines, sweep, cores, widths, args.pnr_width)
+    summary.update({"command": command, "seconds": round(seconds, 1), "cores": cores,
+                    "cores_description": cores_desc, "block": args.block, "channels": args.channels,
+                    "baselines_from": args.baselines_from, "lightnorm_units": ln_names,
+                    "pnr_width": args.pnr_width})
+    _plot(summary, args.plot)
+    text = _markdown(summary, baselines, sweep[args.pnr_width], args.plot, args.docs)
+    _write_atomic(Path(args.docs), text)
+    _write_atomic(Path(args.plot).with_name("benchmark.json"),
+                  json.dumps({"summary": summary, "baselines": baselines,
+                              "sweep": {str(k): v for k, v in sweep.items()}}, indent=1, sort_keys=True) + "\n")
+    _log(f"wrote {args.docs}, {args.plot} ({seconds:.0f} s)")
+    return 0
+
+
+def _write_atomic(path, text):
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.resolve().parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def _summarize(baselines, sweep, cores, widths, pnr_width):
+    rows = []
+    for w in widths:
+        res = sweep[w]
+        row = {"width": w}
+        for target, key in (("ecp5", "lut_sites"), ("ecp5", "luts"), ("ecp5", "ffs"), ("ecp5", "dsp"),
+                            ("generic", "cells")):
+            ln = _sum(res, cores, target, key)
+            row[f"lightnorm_{target}_{key}"] = ln
+            for fmt in ("fp32", "bf16"):
+                base = _sum(baselines, [f"float_bn_fwd_{fmt}", f"float_bn_bwd_{fmt}"], target, key)
+                row[f"{fmt}_{target}_{key}"] = base
+                if key in ("lut_sites", "cells", "luts") and ln is not None and base:
+                    row[f"ratio_{fmt}_{target}_{key}"] = round(ln / base, 4)
+        rows.append(row)
+    at = next(r for r in rows if r["width"] == pnr_width)
+    goals = {}
+    for fmt, goal in GOALS.items():
+        ratio = at.get(f"ratio_{fmt}_ecp5_lut_sites")
+        goals[f"area_vs_{fmt}"] = {"goal": f"<= 1/{round(1 / goal)}", "ratio": ratio,
+                                   "met": ratio is not None and ratio <= goal}
+    return {"rows": rows, "goals": goals}
+
+
+def _plot(summary, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = summary["rows"]
+    ws = [r["width"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, (target, key, label) in zip(axes, (("ecp5", "lut_sites", "ECP5 LUT sites"),
+                                                ("generic", "cells", "generic cells (yosys synth)"))):
+        ln = [r.get(f"lightnorm_{target}_{key}") for r in rows]
+        ax.plot(ws, ln, "o-", label="LightNorm fwd+bwd")
+        for fmt, style in (("fp32", "s--"), ("bf16", "^--")):
+            b = [r.get(f"{fmt}_{target}_{key}") for r in rows]
+            ax.plot(ws, b, style, label=f"float BN {fmt} fwd+bwd")
+        ax.set_xlabel("BFP width W (bits)")
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+        ax.set_xticks(ws)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Area at B={summary['block']}, {summary['channels']} channels (equal throughput: one vector of B per cycle)")
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _fmt_ratio(x):
+    if x is None:
+        return "-"
+    return f"{x:.3f} (1/{1 / x:.1f})" if x else "0"
+
+
+def _markdown(summary, baselines, full, plot_path, docs_path):
+    from gen.area import markdown as area_markdown
+    rows = summary["rows"]
+    rel_plot = os.path.relpath(Path(plot_path).resolve(), Path(docs_path).resolve().parent)
+    lines = [
+        "# Area and timing: LightNorm against a conventional float batch norm",
+        "",
+        "Generated by `gen/benchmark.py`; do not edit by hand. Command:",
+        "",
+        "```",
+        summary["command"],
+        "```",
+        "",
+        f"Measured run time: {summary['seconds']:.0f} s"
+        + (f" (baselines reused from `{summary['baselines_from']}`, whose own run time was "
+           f"{baselines.get('seconds')} s)" if summary.get("baselines_from") else "") + ".",
+        "",
+        f"LightNorm side: {summary['cores_description']}. Baselines: `hw/float_bn.py` (fp32 and bf16, "
+        "forward + backward; see that module for the design). Both take one vector of "
+        f"B = {summary['block']} lanes per cycle on every per-element path and hold "
+        f"{summary['channels']} channels.",
+        "",
+        "## Ratios (LightNorm fwd+bwd / baseline fwd+bwd)",
+        "",
+        "| W | LightNorm ECP5 LUT sites | fp32 | bf16 | ratio vs fp32 | ratio vs bf16 | LightNorm generic cells | ratio vs fp32 (generic) | ratio vs bf16 (generic) |",
+        "|---:|---:|---:|---:|---|---|---:|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['width']} | {r.get('lightnorm_ecp5_lut_sites')} | {r.get('fp32_ecp5_lut_sites')} | "
+            f"{r.get('bf16_ecp5_lut_sites')} | {_fmt_ratio(r.get('ratio_fp32_ecp5_lut_sites'))} | "
+            f"{_fmt_ratio(r.get('ratio_bf16_ecp5_lut_sites'))} | {r.get('lightnorm_generic_cells')} | "
+            f"{_fmt_ratio(r.get('ratio_fp32_generic_cells'))} | {_fmt_ratio(r.get('ratio_bf16_generic_cells'))} |")
+    lines += ["", f"Goals at W = {summary['pnr_width']}, B = {summary['block']} (ECP5 LUT sites):", ""]
+    for name, g in summary["goals"].items():
+        status = "not measured" if g["ratio"] is None else ("met" if g["met"] else "**missed**")
+        lines.append(f"- {name.replace('_', ' ')}: goal {g['goal']}, measured {_fmt_ratio(g['ratio'])}: {status}")
+    lines += ["", f"![area against width]({rel_plot})", ""]
+    lines += ["## Fmax", ""]
+    for label, res in (("LightNorm", full), ("baselines", baselines)):
+        for name, u in res["units"].items():
+            for t in ("ice40", "ecp5"):
+                r = u["targets"].get(t)
+                if not r:
+                    continue
+                goal = r.get("goal_mhz")
+                if r.get("status") == "does not fit":
+                    msg = "does not fit" + (f" ({', '.join(r['over'])} over capacity)" if r.get("over") else "")
+                elif r.get("pnr") == "ok":
+                    ok = "meets" if r.get("meets_goal") else "**misses**"
+                    msg = f"{r['fmax_mhz']} MHz, {ok} the {goal} MHz goal"
+                    cp = r.get("critical_path")
+                    if cp and not r.get("meets_goal"):
+                        msg += f"; limiting path {cp['from']} -> {cp['to']} ({cp['delay_ns']} ns, {cp['logic_levels']} logic levels)"
+                else:
+                    msg = f"place and route {r.get('pnr', r.get('status'))}"
+                lines.append(f"- {name} on {t}: {msg}")
+    lines += ["", f"## Per unit and target, W = {summary['pnr_width']} (LightNorm)", ""]
+    lines += area_markdown(full).split("\n")[2:]
+    lines += ["## Per unit and target (baselines)", ""]
+    lines += area_markdown(baselines).split("\n")[2:]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

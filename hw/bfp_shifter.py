@@ -1,0 +1,465 @@
+"""The BFP alignment shifter: one block of exact elements (or packed floats) -> one BFP block.
+
+Two units live here:
+
+:class:`BlockQuantizer`
+    The reusable core. Its input is a block of *exact elements* ``(sign, mag, exp)`` with value
+    ``(-1)**sign * mag * 2**(exp + exp_offset)``; its output is one flagged BFP block. It implements
+    :func:`sim.golden.quantize_block` bit for bit. The Range-BN units (``y = a*x + b``, ``dx``) feed
+    it their wide (rounded-to-odd) results, so the magnitude width, the exponent width and
+    signedness and the exponent offset are parameters.
+
+:class:`BFPShifter`
+    Packed floats in, BFP block out: a combinational float decoder in front of a
+    :class:`BlockQuantizer`. Implements :func:`sim.golden.float_to_bfp` bit for bit.
+
+Both are pipelined stream components (``i`` in, ``o`` out) that sustain one block per cycle.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.formats import BFPFormat, FloatFormat, float_format, flags_layout
+
+__all__ = ["BlockQuantizer", "BFPShifter", "MAX_MAG_WIDTH", "MAX_EXP_WIDTH"]
+
+#: Parameter limits of :class:`BlockQuantizer`.
+MAX_MAG_WIDTH = 128
+MAX_EXP_WIDTH = 32
+
+
+def _check_int(what, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{what} must be an integer in {lo}..{hi}, not {value!r}")
+
+
+# Lint-clean arithmetic. Amaranth's Verilog path trims constant operands to their shortest width,
+# and Verilator -Wall wants both operands of an operator equally wide (or one of them 1 bit wide) and
+# every bit of every intermediate result used. The helpers below keep to that: constants in
+# comparisons and additions always have their top bit set at the width of the other operand.
+
+def _gt_const(value, c):
+    """``value > c`` for an unsigned ``value`` and an integer ``c >= 0``."""
+    n = len(value)
+    if c >= (1 << n) - 1:
+        return Const(0, 1)
+    k = c.bit_length()
+    if k == 0:
+        return value.any()
+    if c == (1 << k) - 1:                   # no k-bit value exceeds c
+        return value[k:].any()
+    low = value[:k] > c                     # ``c`` is exactly k bits wide
+    return value[k:].any() | low if k < n else low
+
+
+def _add_const(m, value, k, name):
+    """``value + k`` as a signed signal one bit wider than the unsigned ``value`` (w bits). The
+    caller guarantees ``|k| <= 2**(w-1)`` and ``value + k`` in ``[-2**w, 2**w)``."""
+    w = len(value)
+    result = Signal(signed(w + 1), name=name)
+    if k == 0:
+        m.d.comb += result.eq(value)
+        return result
+    assert abs(k) <= 1 << (w - 1)
+    total = Signal(w + 1, name=f"{name}_biased")
+    if k < 0:
+        m.d.comb += total.eq(value + Const((1 << w) + k, w))   # value + k + 2**w >= 0
+    else:
+        m.d.comb += total.eq(value - Const((1 << w) - k, w))   # value + k - 2**w < 0
+    # Flipping bit w adds 2**w modulo 2**(w+1).
+    m.d.comb += result.eq(Cat(total[:w], ~total[w]))
+    return result
+
+
+def _max_tree(values):
+    """Maximum of unsigned values of equal width: a balanced comparator tree."""
+    values = list(values)
+    while len(values) > 1:
+        paired = [Mux(a > b, a, b) for a, b in zip(values[0::2], values[1::2])]
+        if len(values) % 2:
+            paired.append(values[-1])
+        values = paired
+    return values[0]
+
+
+def _leading_one(value, width):
+    """Index of the most significant set bit of ``value`` (0 when ``value`` is 0), ``width`` bits."""
+    result = Const(0, width)
+    for k in range(1, len(value)):
+        result = Mux(value[k], Const(k, width), result)
+    return result
+
+
+class _Stage:
+    """One register stage of the pipeline: ``valid`` and a payload ``data``; ``ready`` says the
+    register loads this cycle (it is empty, or the next register loads and so takes its content)."""
+
+    def __init__(self, name, layout):
+        self.valid = Signal(name=f"{name}_valid")
+        self.data = Signal(layout, name=f"{name}_data")
+        self.ready = Signal(name=f"{name}_ready")
+
+
+class BlockQuantizer(wiring.Component):
+    """Round a block of exact elements into one BFP block (``sim.golden.quantize_block``).
+
+    Parameters
+    ----------
+    bfp : BFPFormat
+        Output format: ``bfp.block`` lanes of ``bfp.width``-bit codes, ``bfp.exp_bits`` exponent.
+    mag_width : int
+        Bits of each lane's unsigned magnitude ``mag`` (1..128).
+    exp_width : int
+        Bits of each lane's exponent field ``exp`` (1..32; at least 2 when signed).
+    exp_signed : bool
+        Whether ``exp`` is two's complement (default) or unsigned.
+    exp_offset : int
+        Lane value is ``(-1)**sign * mag * 2**(exp + exp_offset)``.
+    normalized : bool
+        Promise that every lane's ``mag`` is either 0 or has its top bit set. Saves one
+        leading-one detector per lane; a lane whose top bit is clear must then be exactly 0.
+
+    Ports
+    -----
+    i : stream of ``input_layout``: ``lanes`` (array of ``element_layout`` = ``mag``, ``exp``,
+        ``sign``; lane 0 first) and ``flags`` (``hw.formats.FLAG_NAMES``), ORed into the output
+        flags (upstream ``special`` / ``flush``, or an upstream ``sat``).
+    o : stream of ``bfp.flagged_block_layout()``.
+
+    Arithmetic
+    ----------
+    Shared exponent ``E`` = max over non-zero lanes of ``floor(log2 |v|) + bias``, clamped to
+    ``[1, exp_max]``; all-zero block: ``E = 0`` and all codes 0. Each magnitude is shifted to the
+    code LSB ``2**(E - bias - (W - 2))`` with guard and sticky bits and rounded to nearest, ties to
+    even; a result above ``2**(W-1) - 1`` saturates and raises ``sat``. Codes are two's
+    complement and never ``-2**(W-1)`` or negative zero.
+
+    Timing
+    ------
+    Latency: ``latency`` = 3 cycles (stage 1: leading-one and max-exponent comparator tree and
+    clamp; stage 2: alignment shift with guard/sticky; stage 3: round, saturate, negate). A block
+    accepted on clock edge ``t`` is presented on ``o`` (``o.valid`` high) after edge ``t + 3``.
+    Throughput: one block per cycle when ``o.ready`` is held high.
+    Back-pressure: every stage is a plain register stage,
+    ``i.ready = o.ready | ~o.valid`` per stage, so ``i.ready`` depends combinationally on
+    ``o.ready`` and the stages' valid bits; ``o.valid`` never depends on ``o.ready``, and
+    ``o.payload`` / ``o.valid`` hold while ``o.valid & ~o.ready``. Empty stages (bubbles)
+    are filled even while ``o`` is stalled.
+    """
+
+    #: Register stages from ``i`` to ``o``.
+    LATENCY = 3
+
+    def __init__(self, bfp, mag_width, exp_width, *, exp_signed=True, exp_offset=0, normalized=False):
+        if not isinstance(bfp, BFPFormat):
+            raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
+        _check_int("magnitude width", mag_width, 1, MAX_MAG_WIDTH)
+        _check_int("exponent width", exp_width, 2 if exp_signed else 1, MAX_EXP_WIDTH)
+        if isinstance(exp_offset, bool) or not isinstance(exp_offset, int):
+            raise ValueError(f"exponent offset must be an integer, not {exp_offset!r}")
+        self.bfp = bfp
+        self.mag_width = mag_width
+        self.exp_width = exp_width
+        self.exp_signed = bool(exp_signed)
+        self.exp_offset = exp_offset
+        self.normalized = bool(normalized)
+        self.latency = self.LATENCY
+
+        exp_shape = signed(exp_width) if exp_signed else unsigned(exp_width)
+        self.element_layout = data.StructLayout({"mag": mag_width, "exp": exp_shape, "sign": 1})
+        self.input_layout = data.StructLayout({
+            "lanes": data.ArrayLayout(self.element_layout, bfp.block),
+            "flags": flags_layout(),
+        })
+        self.output_layout = bfp.flagged_block_layout()
+        self._plan()
+        super().__init__({
+            "i": In(stream.Signature(self.input_layout)),
+            "o": Out(stream.Signature(self.output_layout)),
+        })
+
+    def exact_element(self, sign, mag, exp):
+        """The golden-model element ``(sign, mag, exp)`` of one lane's field values."""
+        return (sign, mag, exp + self.exp_offset)
+
+    # Static range analysis: sizes the comparator tree, the offset adders and the shifter.
+    def _plan(self):
+        bfp, mw, ew = self.bfp, self.mag_width, self.exp_width
+        W = bfp.width
+        self.exp_lo = -(1 << (ew - 1)) if self.exp_signed else 0
+        self.exp_hi = (1 << (ew - 1)) - 1 if self.exp_signed else (1 << ew) - 1
+        # u = exp - exp_lo is the lane exponent made unsigned (for a signed field: its top bit
+        # inverted). Comparator key of a non-zero lane: u (normalized) or u + msb(mag); a zero
+        # lane has key 0. floor(log2 |v|) + bias = key + k_shared.
+        u_max = self.exp_hi - self.exp_lo
+        msb_lo = mw - 1 if self.normalized else 0
+        self.key_max = u_max + (0 if self.normalized else mw - 1)
+        self.k_shared = (self.exp_lo + self.exp_offset + (mw - 1 if self.normalized else 0)
+                         + bfp.bias)
+        raw_lo, raw_hi = self.k_shared, self.key_max + self.k_shared
+        shared_hi = min(max(raw_hi, 1), bfp.exp_max)
+        # Right shift of a lane to the code LSB: sh = E - k_shift - exp.
+        k_shift = bfp.bias + (W - 2) + self.exp_offset
+        sh_min = msb_lo - (W - 2)
+        if raw_hi > bfp.exp_max:            # E may clamp below a lane's own exponent
+            sh_min = min(sh_min, bfp.exp_max - k_shift - self.exp_hi)
+        sh_max = shared_hi - k_shift - self.exp_lo
+        # Left shifts up to ``lead`` bits are exact; a non-zero lane shifted further left always
+        # saturates (it is at least 2**(W-1)). The shifter input is mag * 2**(lead + 1) (one
+        # zero bit below the LSB becomes the guard bit) and shifts right by r = sh + lead.
+        self.lead = min(max(-sh_min, 0), W - 1)
+        self.x_width = mw + self.lead
+        self.r_cap = min(max(sh_max + self.lead, 0), self.x_width + 1)
+        # r = P - u with P = E + c_p, computed per block.
+        self.c_p = self.lead - k_shift - self.exp_lo
+        # Width of the comparator keys: wide enough for the keys, for both offsets added to the
+        # maximum key, and for the clamp comparisons to use every bit.
+        needed = [self.key_max.bit_length(), bfp.exp_bits + 1]
+        if not self.normalized:
+            needed.append(max(ew, (mw - 1).bit_length()) + 1)
+        for k in (self.k_shared, self.k_shared + self.c_p):
+            needed.append(abs(k).bit_length() + 1)
+            needed.append((self.key_max + max(k, 0)).bit_length())
+        self.key_width = max(needed)
+
+    def elaborate(self, platform):
+        m = Module()
+        bfp, B, W = self.bfp, self.bfp.block, self.bfp.width
+        mw, ew, kw = self.mag_width, self.exp_width, self.key_width
+        fl = flags_layout()
+
+        # --- stage 1: keys, max-key comparator tree, shared exponent and shift base P ---------
+        def unsigned_exp(exp):
+            return Cat(exp[:-1], ~exp[-1]) if self.exp_signed else exp
+
+        keys, nonzero = [], []
+        for k in range(B):
+            lane = self.i.payload.lanes[k]
+            nz = lane.mag[-1] if self.normalized else lane.mag.any()
+            key = Signal(kw, name=f"key{k}")
+            if self.normalized:
+                m.d.comb += key.eq(Mux(nz, unsigned_exp(lane.exp), Const(0, kw)))
+            else:
+                m.d.comb += key.eq(Mux(nz, unsigned_exp(lane.exp), Const(0, kw - 1))
+                                   + _leading_one(lane.mag, kw - 1))
+            keys.append(key)
+            nonzero.append(nz)
+        top = Signal(kw)
+        any_nonzero = Signal()
+        m.d.comb += [top.eq(_max_tree(keys)), any_nonzero.eq(Cat(*nonzero).any())]
+
+        # The unclamped shared exponent is raw = top + k_shared; clamp it to [1, exp_max].
+        positive = Signal()                                     # raw >= 1
+        clamp_hi = Signal()                                     # raw > exp_max
+        if self.k_shared:
+            raw = _add_const(m, top, self.k_shared, "raw")
+            m.d.comb += [
+                positive.eq(~raw[-1] & raw[:kw].any()),
+                clamp_hi.eq(~raw[-1] & _gt_const(raw[:kw], bfp.exp_max)),
+            ]
+        else:
+            raw = top
+            m.d.comb += [
+                positive.eq(top.any()),
+                clamp_hi.eq(_gt_const(top, bfp.exp_max)),
+            ]
+        shared = Signal(bfp.exp_bits)
+        m.d.comb += shared.eq(Mux(positive, Mux(clamp_hi, bfp.exp_max, raw[:bfp.exp_bits]), 1))
+        # Shift base P = shared + c_p, from a second adder on ``top`` in parallel.
+        raw_p = _add_const(m, top, self.k_shared + self.c_p, "raw_p")
+        p_value = Mux(positive, Mux(clamp_hi, Const(bfp.exp_max + self.c_p), raw_p),
+                      Const(1 + self.c_p))
+        p_width = max(p_value.shape().width, ew + 1)
+
+        s1 = _Stage("s1", data.StructLayout({
+            "lanes": data.ArrayLayout(data.StructLayout({
+                "mag": mw, "u": signed(p_width), "sign": 1,
+            }), B),
+            "p": signed(p_width),
+            "exponent": bfp.exp_bits,
+            "flags": fl,
+        }))
+        # --- stage 2: alignment shift with guard and sticky -----------------------------------
+        s2 = _Stage("s2", data.StructLayout({
+            "lanes": data.ArrayLayout(data.StructLayout({
+                "q": W - 1,         # low bits of the truncated magnitude
+                "big": 1,           # truncated magnitude >= 2**(W-1), or shifted out at the top
+                "guard": 1,
+                "sticky": 1,
+                "sign": 1,
+            }), B),
+            "exponent": bfp.exp_bits,
+            "flags": fl,
+        }))
+        # stage 3 is the output register ``o``.
+
+        # A register loads when it is empty or when the next register loads (takes its content).
+        o_load = Signal()
+        m.d.comb += [
+            o_load.eq(self.o.ready | ~self.o.valid),
+            s2.ready.eq(o_load | ~s2.valid),
+            s1.ready.eq(s2.ready | ~s1.valid),
+            self.i.ready.eq(s1.ready),
+        ]
+
+        with m.If(s1.ready):
+            m.d.sync += [
+                s1.valid.eq(self.i.valid),
+                s1.data.p.eq(p_value),
+                s1.data.exponent.eq(Mux(any_nonzero, shared, 0)),
+                s1.data.flags.eq(self.i.payload.flags),
+            ]
+            for k in range(B):
+                lane = self.i.payload.lanes[k]
+                m.d.sync += [
+                    s1.data.lanes[k].mag.eq(lane.mag),
+                    s1.data.lanes[k].u.eq(unsigned_exp(lane.exp)),
+                    s1.data.lanes[k].sign.eq(lane.sign),
+                ]
+
+        # Stage 2 logic: aligned = mag * 2**(lead + 1); aligned >> r = 2 * floor(x / 2**r) + guard
+        # where x = mag * 2**lead; sticky = any bit of ``aligned`` below position r.
+        r_width = max(1, self.r_cap.bit_length())
+        lanes2 = []
+        for k in range(B):
+            lane = s1.data.lanes[k]
+            nz = lane.mag[-1] if self.normalized else lane.mag.any()
+            r_full = Signal(signed(p_width + 1), name=f"r_full{k}")
+            m.d.comb += r_full.eq(s1.data.p - lane.u)
+            below = r_full[-1]                          # left shift beyond ``lead``: saturates
+            r_low = r_full[:p_width]
+            above = ~below & _gt_const(r_low, self.r_cap)
+            r = Signal(r_width, name=f"r{k}")
+            m.d.comb += r.eq(Mux(above, Const(self.r_cap, r_width), r_low[:r_width]))
+            aligned = Cat(Const(0, self.lead + 1), lane.mag)
+            shifted = Signal(self.x_width + 1, name=f"shifted{k}")
+            m.d.comb += shifted.eq(aligned >> r)
+            sticky_bits = [aligned[j] & _gt_const(r, j)
+                           for j in range(self.lead + 1, min(self.x_width + 1, self.r_cap))]
+            q = shifted[1:]                                             # x_width bits
+            big = nz & below
+            if self.x_width > W - 1:
+                big = big | q[W - 1:].any()
+            lanes2.append({
+                "q": q[:W - 1],
+                "big": big,
+                "guard": shifted[0],
+                "sticky": Cat(*sticky_bits).any() if sticky_bits else Const(0, 1),
+                "sign": lane.sign,
+            })
+
+        with m.If(s2.ready):
+            m.d.sync += [
+                s2.valid.eq(s1.valid),
+                s2.data.exponent.eq(s1.data.exponent),
+                s2.data.flags.eq(s1.data.flags),
+            ]
+            for k, fields in enumerate(lanes2):
+                for name, value in fields.items():
+                    m.d.sync += s2.data.lanes[k][name].eq(value)
+
+        # Stage 3 logic: round to nearest even, saturate, negate.
+        codes, sats = [], []
+        for k in range(B):
+            lane = s2.data.lanes[k]
+            rounded = Signal(W, name=f"rounded{k}")
+            m.d.comb += rounded.eq(lane.q + (lane.guard & (lane.sticky | lane.q[0])))
+            sat = Signal(name=f"sat{k}")
+            m.d.comb += sat.eq(lane.big | rounded[W - 1])
+            mag = Signal(W - 1, name=f"mag{k}")
+            m.d.comb += mag.eq(Mux(sat, bfp.code_max, rounded[:W - 1]))
+            code = Signal(W, name=f"code{k}")
+            m.d.comb += code.eq(Mux(lane.sign, -mag, mag))
+            codes.append(code)
+            sats.append(sat)
+
+        with m.If(o_load):
+            m.d.sync += [
+                self.o.valid.eq(s2.valid),
+                self.o.payload.exponent.eq(s2.data.exponent),
+                self.o.payload.flags.sat.eq(s2.data.flags.sat | Cat(*sats).any()),
+                self.o.payload.flags.special.eq(s2.data.flags.special),
+                self.o.payload.flags.flush.eq(s2.data.flags.flush),
+            ]
+            for k in range(B):
+                m.d.sync += self.o.payload.codes[k].eq(codes[k])
+        return m
+
+
+class BFPShifter(wiring.Component):
+    """Convert a block of packed floats into one flagged BFP block (``sim.golden.float_to_bfp``).
+
+    Parameters
+    ----------
+    in_format : FloatFormat or str
+        Input float format (see ``hw.formats.FLOAT_FORMATS``).
+    bfp : BFPFormat
+        Output format; usually ``BFPFormat.for_float(in_format, width, block)``, but any exponent
+        width works (shared exponents outside its range clamp, and codes saturate).
+
+    Ports
+    -----
+    i : stream of ``data.ArrayLayout(in_format.layout(), bfp.block)`` (lane 0 first).
+    o : stream of ``bfp.flagged_block_layout()``.
+
+    Decoding: exponent 0 is zero (a non-zero fraction there raises ``flush``); the all-ones
+    exponent is an ordinary binade and raises ``special``. The decoder is combinational and
+    feeds a :class:`BlockQuantizer` (``normalized`` magnitudes ``1.f``).
+
+    Timing
+    ------
+    Latency: ``latency`` = 3 cycles; throughput: one block per cycle; back-pressure: as
+    :class:`BlockQuantizer` (``i.ready`` is combinational from ``o.ready``; ``o.valid`` never
+    waits for ``o.ready``; ``o`` holds while stalled).
+    """
+
+    def __init__(self, in_format, bfp):
+        if not isinstance(in_format, (FloatFormat, str)):
+            raise ValueError(f"in_format must be a hw.formats.FloatFormat or a format name, "
+                             f"not {in_format!r}")
+        in_format = float_format(in_format)
+        if not isinstance(bfp, BFPFormat):
+            raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
+        self.in_format = in_format
+        self.bfp = bfp
+        self.latency = BlockQuantizer.LATENCY
+        self.input_layout = data.ArrayLayout(in_format.layout(), bfp.block)
+        self.output_layout = bfp.flagged_block_layout()
+        super().__init__({
+            "i": In(stream.Signature(self.input_layout)),
+            "o": Out(stream.Signature(self.output_layout)),
+        })
+
+    def quantizer(self):
+        """A fresh :class:`BlockQuantizer` configured for this shifter's decoded elements."""
+        fmt = self.in_format
+        return BlockQuantizer(self.bfp, fmt.frac_bits + 1, fmt.exp_bits, exp_signed=False,
+                              exp_offset=-(fmt.bias + fmt.frac_bits), normalized=True)
+
+    def elaborate(self, platform):
+        m = Module()
+        fmt = self.in_format
+        m.submodules.quantizer = quant = self.quantizer()
+
+        flush, special = [], []
+        for k in range(self.bfp.block):
+            word = self.i.payload[k]
+            lane = quant.i.payload.lanes[k]
+            normal = word.exponent.any()
+            flush.append(~normal & word.fraction.any())
+            special.append(word.exponent.all())
+            m.d.comb += [
+                lane.mag.eq(Mux(normal, Cat(word.fraction, Const(1, 1)), 0)),
+                lane.exp.eq(word.exponent),
+                lane.sign.eq(word.sign),
+            ]
+        m.d.comb += [
+            quant.i.payload.flags.sat.eq(0),
+            quant.i.payload.flags.special.eq(Cat(*special).any()),
+            quant.i.payload.flags.flush.eq(Cat(*flush).any()),
+            quant.i.valid.eq(self.i.valid),
+            self.i.ready.eq(quant.i.ready),
+        ]
+        wiring.connect(m, wiring.flipped(self.o), quant.o)
+        return m

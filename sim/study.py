@@ -164,6 +164,24 @@ def train(net, data, seed, epochs, batch, lr, weight_decay, log=None, tag=""):
     return hist
 
 
+def verify_exact(net, x):
+    """For every exact-mode LightNorm layer of ``net``: capture its input on the images ``x`` and
+    compare the layer with the golden model bit for bit (``check_against_golden``). Returns the
+    number of values compared (0 if the net has no exact layer)."""
+    import torch
+    from sim.torch_bn import LightNormBatchNorm2d
+    layers = [m for m in net.modules() if isinstance(m, LightNormBatchNorm2d) and m.mode == "exact"]
+    inputs = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, inp: inputs.__setitem__(id(mod), inp[0].detach()))
+             for m in layers]
+    net.eval()
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    return sum(m.check_against_golden(inputs[id(m)]) for m in layers)
+
+
 def _log(msg):
     print(msg, flush=True)
 
@@ -180,6 +198,9 @@ def run_one(job):
                  log=_log if job["verbose"] else None, tag=f"[{job['method']} seed {job['seed']}]")
     hist["wall"] = time.perf_counter() - t0
     hist["cpu"] = time.process_time() - c0
+    # proof that the run used the bit-exact path: each LightNorm layer of the trained net against
+    # the golden model on two test images (forward in training and eval mode, backward)
+    hist["golden_checked_values"] = verify_exact(net, torch.from_numpy(data[1][:2]))
     if job.get("save"):
         torch.save(net.state_dict(), job["save"])
     return job["method"], job["seed"], hist
@@ -215,27 +236,42 @@ def table(rows, ref="fp32_bn"):
 
 
 def plot(results, methods, path):
+    """Test accuracy against epoch: mean over seeds, band = min..max; full scale and zoomed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for m in methods:
         runs = results.get(m)
         if not runs:
             continue
         acc = 100 * np.array([h["test_acc"] for h in runs.values()])
         ep = np.arange(1, acc.shape[1] + 1)
-        line, = ax.plot(ep, acc.mean(0), label=METHODS[m][0], marker="o", ms=3)
-        ax.fill_between(ep, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(80, 100)
-    ax.grid(alpha=0.3)
-    ax.set_title("digits 8x8, small CNN: test accuracy (mean over seeds, band = min..max)")
-    ax.legend(fontsize=8, loc="lower right")
+        for ax in axes:
+            line, = ax.plot(ep, acc.mean(0), label=METHODS[m][0], marker="o", ms=3)
+            ax.fill_between(ep, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.12)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(0, 100)
+    axes[0].set_title("digits 8x8, small CNN: test accuracy (mean of seeds, band min..max)", fontsize=10)
+    axes[1].set_ylim(94, 100)
+    axes[1].set_title("zoom", fontsize=10)
+    axes[0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def replot(out):
+    """Rebuild the table and the plot from ``out/results.json`` (no training)."""
+    data = json.loads((Path(out) / "results.json").read_text())
+    methods = list(data["meta"]["methods"])
+    results = {m: {int(s): h for s, h in runs.items()} for m, runs in data["runs"].items()}
+    rows = summarize(results, methods)
+    plot(results, methods, Path(out) / "accuracy.png")
+    return table(rows)
 
 
 def main(argv=None):
@@ -248,7 +284,11 @@ def main(argv=None):
     ap.add_argument("--chunks", type=int, default=DEFAULTS["chunks"], help="Range-BN chunks K")
     ap.add_argument("--quick", action="store_true", help="2 epochs, 1 seed (smoke run)")
     ap.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    ap.add_argument("--replot", action="store_true", help="only rebuild table and plot from --out/results.json")
     args = ap.parse_args(argv)
+    if args.replot:
+        print(replot(args.out))
+        return None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
         if m not in METHODS:
@@ -273,7 +313,9 @@ def main(argv=None):
         m, s, hist = res
         results.setdefault(m, {})[s] = hist
         done += 1
-        print(f"done {done}/{len(jobs)}: {m} seed {s}: final test {100 * hist['test_acc'][-1]:.2f}% "
+        checked = f", {hist['golden_checked_values']} values bit-identical to golden_bn" \
+            if hist.get("golden_checked_values") else ""
+        print(f"done {done}/{len(jobs)}: {m} seed {s}: final test {100 * hist['test_acc'][-1]:.2f}%{checked} "
               f"in {hist['wall']:.0f} s, {hist['cpu']:.0f} CPU s (elapsed {time.perf_counter() - t0:.0f} s)", flush=True)
 
     if args.jobs <= 1:

@@ -163,6 +163,8 @@ class LightNormBatchNorm2d(nn.Module):
         self._cfg_cache = {}
         #: flags of the last exact-mode call: block-flag counts and internal-float flag names
         self.last_flags = {}
+        #: how many backward calls ran in the hardware's full mode and in parameters-only mode
+        self.backward_calls = {"full": 0, "params_only": 0}
 
     def extra_repr(self):
         b = self.cfg.bfp
@@ -195,6 +197,73 @@ class LightNormBatchNorm2d(nn.Module):
         if self.training:
             self.num_batches_tracked += 1
         return _Function.apply(x, self.weight, self.bias, self)
+
+    # --- cross-check against the golden model -------------------------------------------------
+
+    def check_against_golden(self, x, g=None, seed=0):
+        """Run this layer (exact mode) on ``x`` in training mode (on a copy: the module's running
+        statistics are not touched) and in eval mode, and compare every output value with
+        ``sim/golden_bn.py`` run on the same data: y (training and eval), the running statistics,
+        and, with ``g`` (default: random), dx, dgamma and dbeta. Raises ``AssertionError`` on any
+        difference; returns the number of values compared. Slow (pure Python golden model): use
+        a small ``x``."""
+        import copy
+        from sim import golden_bn as gb
+        from sim.golden import float_to_bfp
+        if self.mode != "exact":
+            raise ValueError("only the exact mode is bit-exact")
+        x = x.detach().to(torch.float64)
+        xn = _to_nc(x)
+        n, C = xn.shape
+        cfg = self.cfg_for(n)
+        f, fmt, B = cfg.internal, self.fmt, cfg.bfp.block
+
+        def stream(a):
+            out = []
+            for row in a:
+                words = [fmt.encode(float(v)) for v in row]
+                for grp in range(cfg.groups):
+                    out.append(float_to_bfp(fmt, cfg.bfp, [words[grp * B + l] if grp * B + l < C else 0
+                                                           for l in range(B)]))
+            return out
+
+        def values(blocks):
+            return np.array([[float(v) for v in row] for row in gb.blocks_to_values(cfg, blocks)])
+
+        bits = lambda v: [f.encode(float(t)) for t in v]                  # noqa: E731
+        gamma = bits(fb.round_float(f, self.weight.detach().double().numpy())[0])
+        beta = bits(fb.round_float(f, self.bias.detach().double().numpy())[0])
+        rm = bits(fb.round_float(f, self.running_mean.numpy())[0])
+        rs = bits(fb.round_float(f, self.running_sigma.numpy())[0])
+        xs = stream(xn)
+        compared = 0
+        # eval mode
+        ev = copy.deepcopy(self).eval()
+        with torch.no_grad():
+            y_eval = _to_nc(ev(x))
+        gy_eval, _, _, _, _ = gb.forward(cfg, xs, gamma, beta, False, rm, rs)
+        assert np.array_equal(y_eval, values(gy_eval)), "eval-mode y differs from the golden model"
+        compared += y_eval.size
+        # training mode, forward and backward
+        tr = copy.deepcopy(self).train()
+        xt = x.clone().requires_grad_()
+        y = tr(xt)
+        if g is None:
+            g = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 1e-3
+        y.backward(g.to(y.dtype))
+        gy_blocks, st, par, grm, grs = gb.forward(cfg, xs, gamma, beta, True, rm, rs)
+        assert np.array_equal(_to_nc(y), values(gy_blocks)), "training-mode y differs from the golden model"
+        assert bits(tr.running_mean.numpy()) == grm and bits(tr.running_sigma.numpy()) == grs
+        gn = _to_nc(g.to(y.dtype))
+        s = tr.grad_shift(gn)
+        dxb, gp = gb.backward(cfg, xs, stream(np.ldexp(gn, s)), st, par)
+        want_dx = np.ldexp(values(dxb), -s)
+        assert np.array_equal(_to_nc(xt.grad), want_dx), "dx differs from the golden model"
+        for got, key in ((tr.weight.grad, "dgamma"), (tr.bias.grad, "dbeta")):
+            want = np.ldexp([float(f.decode(getattr(p, key))) for p in gp], -s)
+            assert np.array_equal(got.double().numpy(), np.asarray(want, dtype=got.numpy().dtype)), key
+        compared += 2 * y.numel() + 2 * C + 2 * C
+        return compared
 
     # --- numpy implementations -------------------------------------------------------------------
 
@@ -249,6 +318,7 @@ class LightNormBatchNorm2d(nn.Module):
         s = self.grad_shift(g)
         gb = fb.quantize_input(cfg, self.fmt, np.ldexp(g, s))
         dxb, gp = fb.backward(cfg, xb, gb, st, par, params_only=not need_dx)
+        self.backward_calls["full" if need_dx else "params_only"] += 1
         self.last_flags.update({"g_sat": int(gb.sat.sum()), "g_shift": s,
                                 "dx_sat": int(dxb.sat.sum()) if dxb is not None else 0,
                                 "internal_bwd": sorted(set().union(*gp.flags)),

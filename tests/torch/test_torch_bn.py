@@ -177,3 +177,29 @@ def test_state_dict_and_repr():
         LightNormBatchNorm2d(3, mode="nope")
     with pytest.raises(ValueError):
         bn(torch.randn(2, 4, 2, 2))
+
+
+@pytest.mark.parametrize("width,block,C,chunks", [(8, 16, 6, 1), (5, 3, 7, 4)])
+def test_check_against_golden(width, block, C, chunks):
+    torch.manual_seed(5)
+    bn = LightNormBatchNorm2d(C, width=width, block=block, chunks=chunks)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(C) + 0.5)
+        bn.bias.copy_(torch.randn(C))
+    for _ in range(3):                       # move the running statistics away from their reset
+        bn(torch.randn(2, C, 4, 4))
+    assert bn.check_against_golden(torch.randn(2, C, 4, 4) * 2) > 0
+    # the check does not touch the module's running statistics
+    rm = bn.running_mean.clone()
+    bn.check_against_golden(torch.randn(2, C, 4, 4))
+    assert torch.equal(rm, bn.running_mean)
+
+
+def test_study_verify_exact_on_a_small_net():
+    from sim.study import build_model, verify_exact
+    net = build_model("lightnorm_w6", 0, channels=(4, 5, 3), block=3, chunks=2)
+    net.train()
+    for _ in range(2):
+        net(torch.rand(4, 1, 8, 8))
+    assert verify_exact(net, torch.rand(2, 1, 8, 8)) > 0
+    assert verify_exact(build_model("fp32_bn", 0), torch.rand(2, 1, 8, 8)) == 0

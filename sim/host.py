@@ -32,7 +32,8 @@ from hw.formats import BFPFormat, FloatFormat, FLAG_NAMES
 __all__ = [
     "Send", "Recv", "BoardInfo", "Report", "HostError",
     "read_info", "read_status", "reset_unit", "transfer",
-    "shifter_session", "random_float_words", "words_from_array",
+    "shifter_session", "random_float_words", "words_from_array", "bn_session",
+    "pack_layout", "unpack_layout",
     "run_session", "run_serial", "main",
 ]
 
@@ -247,6 +248,152 @@ def shifter_session(words, *, chunk=None):
         if pack_flagged_block(bfp, expected) != value:
             report.mismatches.append((k, _block_text(expected), _block_text(unpack_flagged_block(bfp, value))))
     report.flags, _ = yield from read_status(info)
+    return report
+
+
+# --- the Range-BN cores ----------------------------------------------------------------------------
+
+def pack_layout(layout, value):
+    """Bits of ``value`` (int, or dict / list following an Amaranth ``data`` layout)."""
+    from amaranth.hdl import Shape
+    from amaranth.lib import data
+    if isinstance(layout, data.Layout):
+        bits = 0
+        for key, fld in layout:
+            item = value[key] if isinstance(value, (dict, list, tuple)) else 0
+            bits |= pack_layout(fld.shape, item) << fld.offset
+        return bits
+    return int(value) & ((1 << Shape.cast(layout).width) - 1)
+
+
+def unpack_layout(layout, bits):
+    """Inverse of :func:`pack_layout`: dicts for structs, lists for arrays, ints (unsigned)."""
+    from amaranth.hdl import Shape
+    from amaranth.lib import data
+    if isinstance(layout, data.ArrayLayout):
+        return [unpack_layout(fld.shape, bits >> fld.offset) for _, fld in layout]
+    if isinstance(layout, data.Layout):
+        return {key: unpack_layout(fld.shape, bits >> fld.offset) for key, fld in layout}
+    return bits & ((1 << Shape.cast(layout).width) - 1)
+
+
+def _bn_setup(info, n, seed):
+    """Random activations and gradients in LightNorm's stream order, and the golden config."""
+    from sim import golden_bn as gbn
+    from sim.golden import float_to_bfp
+    p = info.params
+    fmt, bfp = info.float_format(), info.bfp()
+    channels, chunks = p["channels"], p["chunks"]
+    while chunks > 1 and (n % chunks or n // chunks < 2):
+        chunks //= 2
+    cfg = gbn.BNConfig(bfp=bfp, channels=channels, chunks=chunks,
+                       internal_frac_bits=p["internal_frac_bits"], c_scale=gbn.range_scale(n // chunks))
+    rng = random.Random(seed)
+    groups = cfg.groups
+
+    def tensor(spread):
+        scale = [2.0 ** rng.uniform(-spread, spread) for _ in range(channels)]
+        offset = [rng.uniform(-2, 2) for _ in range(channels)]
+        blocks = []
+        for _ in range(n):
+            row = [fmt.encode((rng.gauss(0, 1) + offset[c]) * scale[c]) for c in range(channels)]
+            for g in range(groups):
+                lanes = [row[g * bfp.block + l] if g * bfp.block + l < channels else 0 for l in range(bfp.block)]
+                blk = float_to_bfp(fmt, bfp, lanes)
+                blocks.append(gbn.Block(blk[0], blk[1], {"sat": False, "special": False, "flush": False}))
+        return blocks
+    x, g = tensor(3), tensor(2)
+    f = cfg.internal
+    gamma = [f.encode(rng.uniform(0.5, 2.0) * rng.choice([1, -1])) for _ in range(channels)]
+    beta = [f.encode(rng.uniform(-1, 1)) for _ in range(channels)]
+    return cfg, x, g, gamma, beta
+
+
+def _block_record(bfp, block):
+    return block[0] | sum(bfp.to_bits(q) << (bfp.exp_bits + k * bfp.width) for k, q in enumerate(block[1]))
+
+
+def bn_session(n=16, *, seed=0, backward=True):
+    """Training forward pass (and, on a ``bn`` board, the backward pass) on the board's cores;
+    every ``stats`` record, ``y`` block, ``grads`` record and ``dx`` block is compared with
+    ``sim.golden_bn`` bit for bit. ``n`` positions per channel; K = the board's largest K that
+    divides ``n`` with ``n / K >= 2``."""
+    from hw import bn_layouts as L
+    from sim import golden_bn as gbn
+    info = yield from read_info()
+    if info.kind not in ("forward", "bn"):
+        raise HostError(f"this session needs the Range-BN cores; the board has {info.kind!r}")
+    p = info.params
+    cfg, x, g, gamma, beta = _bn_setup(info, n, seed)
+    bfp, f = cfg.bfp, cfg.internal
+    max_count, max_chunks = p["max_count"], p["chunks"]
+    if n > max_count:
+        raise HostError(f"n={n} exceeds the board's max_count {max_count}")
+    k_log2 = cfg.chunks.bit_length() - 1
+    rm0, rs0 = gbn.running_reset(cfg)
+    y_gold, stats_gold, params_gold, rm, rs = gbn.forward(
+        cfg, x, gamma, beta, training=True, running_mean=[rm0] * cfg.channels, running_sigma=[rs0] * cfg.channels)
+
+    saved_l = L.saved_layout(f, max_count, max_chunks)
+    yield from reset_unit()
+    yield from read_status(info)
+    report = Report("Range-BN forward" + (" + backward" if backward and info.kind == "bn" else ""), info=info)
+
+    cmd = pack_layout(L.cmd_layout(max_count, max_chunks),
+                      {"count": n, "chunks_log2": k_log2, "c_scale": cfg.c_scale, "training": 1})
+    yield from transfer(info, 0, [cmd])
+    x_records = [_block_record(bfp, b) for b in x]
+    yield from transfer(info, 1, x_records)                               # statistics pass
+    prm_l = L.params_layout(f)
+    prm = [pack_layout(prm_l, {"gamma": gamma[c], "beta": beta[c], "running_mean": rm0,
+                               "running_sigma": rs0, "load_running": 1}) for c in range(cfg.channels)]
+    saved = yield from transfer(info, 2, prm, out_port=0)                 # finalize
+    for c, got in enumerate(saved):
+        pc, sc = params_gold[c], stats_gold[c]
+        want = {"mu": pc.mu, "sigma": pc.sigma, "inv": pc.inv, "a": pc.a, "b": pc.b,
+                "running_mean": rm[c], "running_sigma": rs[c], "flat": int(pc.flat),
+                "argmax": [sc.argmax[k] if k < cfg.chunks else 0 for k in range(max_chunks)],
+                "argmin": [sc.argmin[k] if k < cfg.chunks else 0 for k in range(max_chunks)],
+                "chunk_flat": [int(sc.max[k] == sc.min[k]) if k < cfg.chunks else 0 for k in range(max_chunks)],
+                "overflow": int(any(fl.startswith("overflow") for fl in pc.flags))}
+        if pack_layout(saved_l, want) != got:
+            have = unpack_layout(saved_l, got)
+            diff = {k: (want[k], have[k]) for k in want if want[k] != have[k]}
+            report.mismatches.append((f"stats[{c}]", str({k: v[0] for k, v in diff.items()}),
+                                      str({k: v[1] for k, v in diff.items()})))
+    y = yield from transfer(info, 1, x_records, out_port=1)              # normalize pass
+    for j, (want, got) in enumerate(zip(y_gold, y)):
+        if pack_flagged_block(bfp, want) != got:
+            report.mismatches.append((f"y[{j}]", _block_text(want), _block_text(unpack_flagged_block(bfp, got))))
+    report.records = len(saved) + len(y)
+
+    if backward and info.kind == "bn":
+        dx_gold, gparams = gbn.backward(cfg, x, g, stats_gold, params_gold)
+        bcmd = pack_layout(L.backward_cmd_layout(max_count, max_chunks),
+                           {"count": n, "chunks_log2": k_log2, "c_scale": cfg.c_scale, "params_only": 0})
+        yield from transfer(info, 3, [bcmd])
+        pair_l = L.pair_layout(bfp)
+        pairs = [(_block_record(bfp, xb) << pair_l["x"].offset) | (_block_record(bfp, gb) << pair_l["g"].offset)
+                 for xb, gb in zip(x, g)]
+        yield from transfer(info, 5, pairs)                               # reduction pass
+        grads = yield from transfer(info, 4, saved, out_port=2)          # finalize
+        grads_l = L.grads_layout(f)
+        for c, got in enumerate(grads):
+            gp = gparams[c]
+            want = {"dgamma": gp.dgamma, "dbeta": gp.dbeta,
+                    "overflow": int(any(fl.startswith("overflow") for fl in gp.flags))}
+            if pack_layout(grads_l, want) != got:
+                report.mismatches.append((f"grads[{c}]", str(want), str(unpack_layout(grads_l, got))))
+        g_records = [_block_record(bfp, b) for b in g]
+        dx = yield from transfer(info, 6, g_records, out_port=3)         # dx pass
+        for j, (want, got) in enumerate(zip(dx_gold, dx)):
+            if pack_flagged_block(bfp, want) != got:
+                report.mismatches.append((f"dx[{j}]", _block_text(want), _block_text(unpack_flagged_block(bfp, got))))
+        report.records += len(grads) + len(dx)
+    report.flags, status = yield from read_status(info)
+    errors = [name for bit, name in ((1, "forward count_error"), (3, "backward count_error")) if status >> bit & 1]
+    if errors:
+        report.mismatches.append(("status", "no count_error", ", ".join(errors)))
     return report
 
 

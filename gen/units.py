@@ -96,6 +96,7 @@ def _bfp_shifter(p):
 #: (Verilog module name, factory(Params) -> Component), in emission order. Append as units land.
 UNITS = [
     ("ln_bfp_shifter", _bfp_shifter),
+    ("ln_forward_core", lambda p: __import__("hw.forward_core", fromlist=["ForwardCore"]).ForwardCore.from_params(p)),
 ]
 
 

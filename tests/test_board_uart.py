@@ -67,9 +67,12 @@ def test_board_uart_long(config, monkeypatch):
 LINT_WAIVED = ("WIDTHEXPAND", "WIDTHTRUNC", "CASEINCOMPLETE", "PROCASSINIT", "UNUSEDSIGNAL", "DECLFILENAME")
 
 
+@pytest.mark.long
 def test_board_uart_bn(monkeypatch):
-    """Forward and backward cores behind the UART (4 channels in one block of 4, K = 2,
-    n <= 32): the host's Range-BN session, bit for bit against sim.golden_bn."""
+    """Forward and backward cores behind the UART (4 channels in one block of 4, K = 2, n = 8 and
+    32): the host's Range-BN session, bit for bit against sim.golden_bn. Long: the Verilated
+    model of both cores builds in minutes and runs a few hundred to a few thousand cycles per
+    second, and one session is ~70k cycles at this divisor."""
     params = Params(width=8, block=4, in_format="fp10", channels=4, chunks=2, max_count=32)
     _run_board_uart(params, "board_uart_bn_w8_b4_c4_k2", monkeypatch, unit="bn", n=32)
 

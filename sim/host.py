@@ -17,6 +17,7 @@ Command line (a board flashed with ``python -m gen bitstream``)::
     python -m sim.host --port /dev/ttyUSB1                    # iCEBreaker: 2nd FTDI channel
     python -m sim.host --port /dev/ttyUSB0 --blocks 1000      # ULX3S
     python -m sim.host --port /dev/ttyUSB0 --npy tensor.npy   # floats from a file
+    python -m sim.host --port /dev/ttyUSB0 --n 64             # a 'bn' board: forward + backward
 
 Exit status: 0 all results equal the golden model, 1 mismatches (listed) or a board error,
 2 bad arguments.
@@ -452,7 +453,10 @@ def main(argv=None):
     parser.add_argument("--baud", type=int, default=115200, help="baud rate the bitstream was built for (default 115200)")
     parser.add_argument("--blocks", type=int, default=256, help="random blocks to send (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random tensor (default 0)")
-    parser.add_argument("--npy", help="send the values of this .npy file (any shape, flattened) instead")
+    parser.add_argument("--npy", help="shifter: send the values of this .npy file (any shape, flattened) instead")
+    parser.add_argument("--n", type=int, default=16,
+                        help="Range-BN cores: positions per channel of the random tensor (default 16)")
+    parser.add_argument("--forward-only", action="store_true", help="Range-BN cores: skip the backward pass")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply (default 5)")
     args = parser.parse_args(argv)
     if args.blocks < 1:
@@ -461,7 +465,9 @@ def main(argv=None):
     def session():
         info = yield from read_info()
         fmt, bfp = info.float_format(), info.bfp()
-        if args.npy:
+        if info.kind != "shifter":
+            words = []
+        elif args.npy:
             import numpy as np
             try:
                 words = words_from_array(fmt, np.load(args.npy).ravel())
@@ -470,6 +476,8 @@ def main(argv=None):
         else:
             words = random_float_words(fmt, args.blocks * bfp.block, seed=args.seed)
         print(f"board: {info.kind}, " + ", ".join(f"{k}={v}" for k, v in info.params.items() if v))
+        if info.kind in ("forward", "bn"):
+            return (yield from bn_session(args.n, seed=args.seed, backward=not args.forward_only))
         return (yield from shifter_session(words))
 
     try:

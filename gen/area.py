@@ -93,7 +93,7 @@ def _emit_one(args):
     factory = {n: f for n, f, _ in all_area_units(True)}[name]
     t0 = time.time()
     component = factory(params)
-    text = emit(component, name)
+    text = emit(component, name, hierarchy=True)  # keep submodules for the per-module breakdown
     return name, text, ports(component), time.time() - t0
 
 

@@ -231,6 +231,8 @@ def encode_fields(fmt, x):
 def encode_values(fmt, x):
     """float64 values after ``FloatFormat.encode`` (what the input converter holds)."""
     fmt = float_format(fmt)
+    if not force_exact_path and fmt.exp_bits <= 10 and fmt.frac_bits < 52:
+        return _encode_values_fast(fmt, x)[0]
     sign, expo, frac = encode_fields(fmt, x)
     v = np.ldexp(((1 << fmt.frac_bits) | frac).astype(np.float64), expo - fmt.bias - fmt.frac_bits)
     v = np.where(expo == 0, 0.0, v)

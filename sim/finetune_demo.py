@@ -123,7 +123,7 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-2, help="fine-tuning learning rate (Adam)")
     ap.add_argument("--sigma-mul", type=float, default=0.2)
     ap.add_argument("--sigma-add", type=float, default=0.1)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the work is mostly NumPy)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     out = Path(args.out)

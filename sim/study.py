@@ -256,7 +256,7 @@ def plot(results, methods, path):
         ax.grid(alpha=0.3)
     axes[0].set_ylim(0, 100)
     axes[0].set_title("digits 8x8, small CNN: test accuracy (mean of seeds, band min..max)", fontsize=10)
-    axes[1].set_ylim(94, 100)
+    axes[1].set_ylim(90, 100)
     axes[1].set_title("zoom", fontsize=10)
     axes[0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -137,15 +137,15 @@ class BlockQuantizer(wiring.Component):
 
     Timing
     ------
-    Latency: ``latency`` = 3 cycles (stage 1: leading-one and max-exponent comparator tree and
-    clamp; stage 2: alignment shift with guard/sticky; stage 3: round, saturate, negate). A block
-    accepted on clock edge ``t`` is presented on ``o`` (``o.valid`` high) after edge ``t + 3``.
-    Throughput: one block per cycle when ``o.ready`` is held high.
-    Back-pressure: every stage is a plain register stage,
-    ``i.ready = o.ready | ~o.valid`` per stage, so ``i.ready`` depends combinationally on
-    ``o.ready`` and the stages' valid bits; ``o.valid`` never depends on ``o.ready``, and
-    ``o.payload`` / ``o.valid`` hold while ``o.valid & ~o.ready``. Empty stages (bubbles)
-    are filled even while ``o`` is stalled.
+    Latency: ``latency`` = 3 cycles, edge to edge: three register stages (1: leading-one and
+    max-exponent comparator tree, clamp; 2: alignment shift with guard and sticky; 3: round,
+    saturate, negate). A block taken from ``i`` at clock edge ``t`` is on ``o`` (``o.valid``
+    high) from edge ``t + 2`` and leaves at edge ``t + 3`` when ``o.ready`` is high.
+    Throughput: one block per cycle while ``o.ready`` is high (N blocks in N + 3 cycles).
+    Back-pressure: each register loads when it is empty or when the next register loads, so
+    ``i.ready`` is combinational from ``o.ready`` and the stage valid bits (a bubble anywhere
+    lets ``i`` advance even while ``o`` stalls); ``o.valid`` never depends on ``o.ready``, and
+    ``o.payload`` / ``o.valid`` hold while ``o.valid & ~o.ready``.
     """
 
     #: Register stages from ``i`` to ``o``.
@@ -409,9 +409,9 @@ class BFPShifter(wiring.Component):
 
     Timing
     ------
-    Latency: ``latency`` = 3 cycles; throughput: one block per cycle; back-pressure: as
-    :class:`BlockQuantizer` (``i.ready`` is combinational from ``o.ready``; ``o.valid`` never
-    waits for ``o.ready``; ``o`` holds while stalled).
+    Latency: ``latency`` = 3 cycles edge to edge (the decoder adds none); throughput: one block
+    per cycle; back-pressure: as :class:`BlockQuantizer` (``i.ready`` is combinational from
+    ``o.ready``; ``o.valid`` never waits for ``o.ready``; ``o`` holds while stalled).
     """
 
     def __init__(self, in_format, bfp):

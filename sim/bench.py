@@ -207,7 +207,32 @@ def _bits(handle):
     return handle.value.to_unsigned()
 
 
-class StreamMonitor:
+class _Part:
+    """A driver or monitor as two steps: :meth:`sample` at the falling edge (signals settled) and
+    :meth:`drive` just after the rising edge. :meth:`start` runs them in a coroutine of their own;
+    :class:`StreamBench` instead runs every part of a bench from one coroutine (faster)."""
+
+    def sample(self):
+        pass
+
+    def drive(self):
+        pass
+
+    def start(self):
+        import cocotb
+        self.drive()
+        return cocotb.start_soon(self._run())
+
+    async def _run(self):
+        triggers, _ = _cocotb()
+        while True:
+            await triggers.FallingEdge(self.clk)
+            self.sample()
+            await triggers.RisingEdge(self.clk)
+            self.drive()
+
+
+class StreamMonitor(_Part):
     """Records every transfer on a stream as ``Transfer(cycle, bits)`` in :attr:`transfers` and
     checks the stream rules: once ``valid`` is high without ``ready``, ``valid`` stays high and
     ``payload`` stays unchanged until the transfer. A violation raises ``AssertionError``, which
@@ -218,40 +243,35 @@ class StreamMonitor:
         self.transfers = []
         self.stalls = 0                 # cycles with valid & ~ready
         self.checked = 0                # cycles on which the hold rule was checked
+        self._pending = None            # payload bits held since a stalled cycle
 
-    def start(self):
-        import cocotb
-        return cocotb.start_soon(self._run())
+    def drive(self):
+        pass                            # a monitor drives nothing
 
-    async def _run(self):
-        triggers, _ = _cocotb()
-        pending = None                  # payload bits held since a stalled cycle
-        while True:
-            await triggers.FallingEdge(self.clk)
-            valid = int(self.bus.valid.value)
-            ready = int(self.bus.ready.value)
-            if pending is not None:
-                self.checked += 1
-                if not valid:
-                    raise AssertionError(f"stream {self.bus.name}: valid dropped while stalled "
-                                         f"(cycle {self.counter.cycle})")
-                bits = _bits(self.bus.payload)
-                if bits != pending:
-                    raise AssertionError(f"stream {self.bus.name}: payload changed while stalled "
-                                         f"(cycle {self.counter.cycle}): {pending:#x} -> {bits:#x}")
-            if valid:
-                bits = _bits(self.bus.payload)
-                if ready:
-                    self.transfers.append(Transfer(self.counter.cycle + 1, bits))
-                    pending = None
-                else:
-                    self.stalls += 1
-                    pending = bits
-            else:
-                pending = None
+    def sample(self):
+        valid = int(self.bus.valid.value)
+        ready = int(self.bus.ready.value)
+        pending = self._pending
+        bits = _bits(self.bus.payload) if valid else None
+        if pending is not None:
+            self.checked += 1
+            if not valid:
+                raise AssertionError(f"stream {self.bus.name}: valid dropped while stalled "
+                                     f"(cycle {self.counter.cycle})")
+            if bits != pending:
+                raise AssertionError(f"stream {self.bus.name}: payload changed while stalled "
+                                     f"(cycle {self.counter.cycle}): {pending:#x} -> {bits:#x}")
+        if valid and ready:
+            self.transfers.append(Transfer(self.counter.cycle + 1, bits))
+            self._pending = None
+        elif valid:
+            self.stalls += 1
+            self._pending = bits
+        else:
+            self._pending = None
 
 
-class StreamSource:
+class StreamSource(_Part):
     """Drives a DUT input stream from :attr:`queue` (payload integers). Before each new payload it
     inserts an idle cycle with probability ``idle`` (a float) or as told by ``pattern`` (an
     iterator of booleans, True = may send). ``valid`` never depends on ``ready``: once raised it
@@ -264,36 +284,29 @@ class StreamSource:
         self.pattern = pattern
         self.rng = rng or random.Random(0)
         self.sent = 0
+        self._valid = False
 
     def send(self, bits):
         self.queue.append(int(bits))
-
-    def start(self):
-        import cocotb
-        self.bus.valid.value = 0
-        return cocotb.start_soon(self._run())
 
     def _may_send(self):
         if self.pattern is not None:
             return bool(next(self.pattern))
         return self.idle <= 0 or self.rng.random() >= self.idle
 
-    async def _run(self):
-        triggers, _ = _cocotb()
-        valid = False
-        while True:
-            await triggers.FallingEdge(self.clk)
-            if valid and int(self.bus.ready.value):
-                valid = False           # transfer at the coming rising edge
-                self.sent += 1
-            await triggers.RisingEdge(self.clk)
-            if not valid and self.queue and self._may_send():
-                self.bus.payload.value = self.queue.popleft()
-                valid = True
-            self.bus.valid.value = int(valid)
+    def sample(self):
+        if self._valid and int(self.bus.ready.value):
+            self._valid = False         # transfer at the coming rising edge
+            self.sent += 1
+
+    def drive(self):
+        if not self._valid and self.queue and self._may_send():
+            self.bus.payload.value = self.queue.popleft()
+            self._valid = True
+        self.bus.valid.value = int(self._valid)
 
 
-class StreamSink:
+class StreamSink(_Part):
     """Drives ``ready`` of a DUT output stream: low with probability ``backpressure`` each cycle,
     or as told by ``pattern`` (an iterator of booleans, True = ready), independent of ``valid``."""
 
@@ -303,34 +316,31 @@ class StreamSink:
         self.pattern = pattern
         self.rng = rng or random.Random(1)
 
-    def start(self):
-        import cocotb
-        self.bus.ready.value = 0
-        return cocotb.start_soon(self._run())
-
-    async def _run(self):
-        triggers, _ = _cocotb()
-        while True:
-            if self.pattern is not None:
-                ready = bool(next(self.pattern))
-            else:
-                ready = self.backpressure <= 0 or self.rng.random() >= self.backpressure
-            self.bus.ready.value = int(ready)
-            await triggers.RisingEdge(self.clk)
+    def drive(self):
+        if self.pattern is not None:
+            ready = bool(next(self.pattern))
+        else:
+            ready = self.backpressure <= 0 or self.rng.random() >= self.backpressure
+        self.bus.ready.value = int(ready)
 
 
 class StreamBench:
-    """Source, sink and monitors around a DUT with stream ports ``i`` and ``o``.
+    """Source, sink and monitors around a DUT with stream ports ``i`` and ``o``, all stepped by one
+    coroutine per clock cycle.
 
     ``in_shape`` / ``out_shape`` are the payload shapes (Amaranth layouts); :meth:`run` packs
     Python values with :func:`pack`, waits until every output arrived and returns them unpacked
-    with :func:`unpack`. The monitors keep ``Transfer(cycle, bits)`` lists for timing checks.
+    with :func:`unpack`. The monitors keep ``Transfer(cycle, bits)`` lists for timing checks;
+    ``source.idle`` and ``sink.backpressure`` may be changed between runs.
 
     Usage inside a cocotb test::
 
         bench = StreamBench(dut, layout_in, layout_out, idle=0.3, backpressure=0.3, seed=1)
         await bench.start()
         outputs = await bench.run([{"lanes": ..., "flags": ...}, ...])
+
+    More streams: build extra :class:`StreamSource` / :class:`StreamSink` / :class:`StreamMonitor`
+    objects on ``bench.counter`` and pass them as ``extra_parts`` to :meth:`start`.
     """
 
     def __init__(self, dut, in_shape, out_shape, *, idle=0.0, backpressure=0.0, seed=0,
@@ -341,19 +351,42 @@ class StreamBench:
         self.idle, self.backpressure = idle, backpressure
         self.in_bus, self.out_bus = StreamBus(dut, in_port), StreamBus(dut, out_port)
         self.counter = None
+        self.parts = []
 
-    async def start(self, period_ns=10, reset_cycles=3):
-        """Clock, reset, then start source, sink and both monitors."""
-        self.counter = await start_clock_and_reset(self.dut, period_ns, reset_cycles)
+    async def start(self, period_ns=10, reset_cycles=3, extra_parts=()):
+        """Clock and reset, then step source, sink, both monitors and ``extra_parts`` every cycle."""
+        import cocotb
+        triggers, Clock = _cocotb()
         clk = self.dut.clk
+        Clock(clk, period_ns, unit="ns").start()
+        self.dut.rst.value = 1
+        for _ in range(reset_cycles):
+            await triggers.RisingEdge(clk)
+        self.dut.rst.value = 0
+        self.counter = CycleCounter(clk)
         self.source = StreamSource(self.in_bus, clk, idle=self.idle,
                                    rng=random.Random(self.rng.random()))
         self.sink = StreamSink(self.out_bus, clk, backpressure=self.backpressure,
                                rng=random.Random(self.rng.random()))
         self.in_monitor = StreamMonitor(self.in_bus, clk, self.counter)
         self.out_monitor = StreamMonitor(self.out_bus, clk, self.counter)
-        for part in (self.source, self.sink, self.in_monitor, self.out_monitor):
-            part.start()
+        self.parts = [self.source, self.sink, self.in_monitor, self.out_monitor, *extra_parts]
+        for part in self.parts:
+            part.drive()
+        cocotb.start_soon(self._step())
+
+    async def _step(self):
+        triggers, _ = _cocotb()
+        clk, parts, counter = self.dut.clk, self.parts, self.counter
+        falling, rising = triggers.FallingEdge(clk), triggers.RisingEdge(clk)
+        while True:
+            await falling
+            for part in parts:
+                part.sample()
+            await rising
+            counter.cycle += 1
+            for part in parts:
+                part.drive()
 
     async def run(self, values, *, timeout_cycles=None, expect=None, raw=False):
         """Send ``values`` (packed with ``in_shape`` unless ``raw``), wait for ``expect`` outputs
@@ -458,32 +491,23 @@ VERILATOR_MAKE_VARS = {
     "OPT_SLOW": "-O0",
 }
 #: Verilator run-time objects, identical for every design built with the same Verilator and
-#: flags: compiled once, then copied into each new build directory.
+#: flags: compiled once into an archive that later builds link instead of compiling them again.
 _RUNTIME_OBJECTS = ("verilated", "verilated_dpi", "verilated_vpi", "verilated_threads")
 
 
-def _runtime_cache():
+def _runtime_archive():
     try:
         from importlib.metadata import version
         tag = version("verilator")
     except Exception:
         tag = "unknown"
     key = hashlib.sha256(json.dumps([tag, VERILATOR_MAKE_VARS, sys.platform]).encode()).hexdigest()[:10]
-    return SIM_BUILD_ROOT / f".verilated-runtime-{key}"
+    return SIM_BUILD_ROOT / f".verilated-runtime-{key}" / "libverilated_rt.a"
 
 
-def _build_verilator(runner, source, toplevel, build_dir, timescale):
-    import shutil
-    cache = _runtime_cache()
-    waves = os.environ.get("WAVES", "0") not in ("", "0")
-    seeded = False
-    if not waves and (cache / ".complete").exists():
-        for stem in _RUNTIME_OBJECTS:
-            for ext in (".o", ".d"):
-                shutil.copy2(cache / f"{stem}{ext}", build_dir / f"{stem}{ext}")
-        seeded = True
+def _make(runner, source, toplevel, build_dir, timescale, make_vars):
     saved = os.environ.get("MAKEFLAGS")
-    os.environ["MAKEFLAGS"] = " ".join(f"{k}={v}" for k, v in VERILATOR_MAKE_VARS.items())
+    os.environ["MAKEFLAGS"] = " ".join(f"{k}={v}" for k, v in make_vars.items())
     try:
         runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
                      build_args=["-Wno-fatal"], timescale=timescale, always=True,
@@ -493,23 +517,44 @@ def _build_verilator(runner, source, toplevel, build_dir, timescale):
             del os.environ["MAKEFLAGS"]
         else:
             os.environ["MAKEFLAGS"] = saved
-    classes = (build_dir / "Vtop_classes.mk").read_text()
-    plain = re.search(r"^VM_TIMING = 0$", classes, re.M) and not waves
-    if seeded and not plain:
-        # The cached objects were built without timing/tracing support: start over.
+
+
+def _build_verilator(runner, source, toplevel, build_dir, timescale):
+    """Build with :data:`VERILATOR_MAKE_VARS`, linking the shared run-time archive when there is
+    one (and creating it after the first plain build)."""
+    import shutil
+    import subprocess
+    import tempfile
+    archive = _runtime_archive()
+    waves = os.environ.get("WAVES", "0") not in ("", "0")
+    usable = not waves and " " not in str(archive)
+    if usable and archive.exists():
+        make_vars = dict(VERILATOR_MAKE_VARS, VK_GLOBAL_OBJS="",
+                         LIBS=f"-Wl,--whole-archive,{archive},--no-whole-archive")
+        try:
+            _make(runner, source, toplevel, build_dir, timescale, make_vars)
+            if re.search(r"^VM_TIMING = 0$", (build_dir / "Vtop_classes.mk").read_text(), re.M):
+                return
+        except (RuntimeError, SystemExit):
+            pass
+        # Needs other run-time objects (timing) or the archive is stale: build everything.
+        text = source.read_text()
         shutil.rmtree(build_dir)
         build_dir.mkdir(parents=True)
-        source.parent.mkdir(parents=True, exist_ok=True)
-        raise RuntimeError(f"{toplevel}: design needs Verilator timing or tracing support; "
-                           f"rerun with WAVES=1 to build without the shared run-time cache")
-    if not seeded and plain:
-        with _FileLock(cache.parent / f".{cache.name}.lock"):
-            if not (cache / ".complete").exists():
-                cache.mkdir(parents=True, exist_ok=True)
-                for stem in _RUNTIME_OBJECTS:
-                    for ext in (".o", ".d"):
-                        shutil.copy2(build_dir / f"{stem}{ext}", cache / f"{stem}{ext}")
-                (cache / ".complete").write_text("ok\n")
+        source.write_text(text)
+        usable = False
+    _make(runner, source, toplevel, build_dir, timescale, VERILATOR_MAKE_VARS)
+    plain = re.search(r"^VM_TIMING = 0$", (build_dir / "Vtop_classes.mk").read_text(), re.M)
+    if usable and plain and not archive.exists():
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        with _FileLock(archive.parent.parent / f".{archive.parent.name}.lock"):
+            if not archive.exists():
+                with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
+                    partial = Path(tmp) / archive.name
+                    subprocess.run(["ar", "rcs", str(partial),
+                                    *(str(build_dir / f"{stem}.o") for stem in _RUNTIME_OBJECTS)],
+                                   check=True, capture_output=True)
+                    os.replace(partial, archive)
 
 
 _RUN_COUNTER = iter(range(1 << 30))

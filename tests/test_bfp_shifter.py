@@ -33,7 +33,7 @@ QUANTIZER_MATRIX = [
      "exp_offset": -150, "normalized": True},
 ]
 
-RANDOM_BLOCKS = 1500
+RANDOM_BLOCKS = 1000
 
 
 def _run(cfg, dut, name):
@@ -74,3 +74,57 @@ def test_block_quantizer(unit_config):
     name = (f"block_quantizer_w{bfp.width}_b{bfp.block}_e{bfp.exp_bits}_m{c['mag_width']}"
             f"_x{c['exp_width']}{'s' if c['exp_signed'] else 'u'}")
     _check(_run(cfg, dut, name), dut)
+
+
+# --- fast checks: parameter validation and the bench's payload packing --------------------
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"mag_width": 0}, "magnitude width must be an integer in 1..128, not 0"),
+    ({"mag_width": 129}, "magnitude width must be an integer in 1..128, not 129"),
+    ({"exp_width": 1}, "exponent width must be an integer in 2..32, not 1"),
+    ({"exp_width": 33, "exp_signed": False}, "exponent width must be an integer in 1..32, not 33"),
+    ({"exp_width": "6"}, "exponent width must be an integer in 2..32, not '6'"),
+    ({"exp_offset": 1.5}, "exponent offset must be an integer, not 1.5"),
+    ({"bfp": (8, 5, 16)}, "bfp must be a hw.formats.BFPFormat, not (8, 5, 16)"),
+])
+def test_block_quantizer_validation(kwargs, message):
+    args = {"bfp": BFPFormat(8, 5, 4), "mag_width": 12, "exp_width": 6}
+    args.update(kwargs)
+    with pytest.raises(ValueError) as info:
+        BlockQuantizer(args.pop("bfp"), args.pop("mag_width"), args.pop("exp_width"), **args)
+    assert str(info.value) == message
+
+
+def test_bfp_shifter_validation():
+    bfp = BFPFormat(8, 5, 4)
+    with pytest.raises(ValueError, match=r"^unknown float format 'fp9'"):
+        BFPShifter("fp9", bfp)
+    with pytest.raises(ValueError, match=r"^in_format must be a hw.formats.FloatFormat or a format name, not 10$"):
+        BFPShifter(10, bfp)
+    with pytest.raises(ValueError, match=r"^bfp must be a hw.formats.BFPFormat, not 'bfp'$"):
+        BFPShifter("fp10", "bfp")
+    dut = BFPShifter("fp10", bfp)
+    assert dut.latency == BlockQuantizer.LATENCY == 3
+
+
+def test_pack_unpack_round_trip():
+    from sim.bench import flatten, pack, unpack
+    q = BlockQuantizer(BFPFormat(6, 4, 3), 9, 5, exp_signed=True)
+    value = {"lanes": [{"mag": 511, "exp": -16, "sign": 1}, {"mag": 0, "exp": 15, "sign": 0},
+                       {"mag": 5, "exp": -1, "sign": 1}],
+             "flags": {"sat": 0, "special": 1, "flush": 0}}
+    bits = pack(q.input_layout, value)
+    assert unpack(q.input_layout, bits) == value
+    leaves = flatten(q.input_layout)
+    assert leaves[0] == ((("lanes", 0, "mag"), 0, 9, False))
+    assert leaves[1] == ((("lanes", 0, "exp"), 9, 5, True))
+    assert sum(width for _, _, width, _ in leaves) == 3 * 15 + 3
+    out = BFPFormat(6, 4, 3).flagged_block_layout()
+    assert unpack(out, pack(out, {"exponent": 9, "codes": [31, 0, 33]}))["codes"] == [31, 0, 33]
+    assert pack(out, {"codes": [0, 0, 1]}) == 1 << (4 + 12)
+    with pytest.raises(KeyError, match="unknown fields"):
+        pack(out, {"exponents": 1})
+    with pytest.raises(ValueError, match="does not fit"):
+        pack(out, {"exponent": 16})
+    with pytest.raises(ValueError, match="array of 3 elements, got 2"):
+        pack(out, {"codes": [1, 2]})

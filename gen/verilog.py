@@ -27,7 +27,7 @@ def emit(component, name, hierarchy=False):
     if not hierarchy:
         # Internal names are dropped: Yosys keeps named wires that only partly alias other nets,
         # and Verilator flags their unused bits. Ports keep their names.
-        script += ["flatten", "rename -hide w:* x:* %d", "opt_clean -purge", "splitnets", "opt_clean -purge", "attrmap -remove init"]
+        script += ["flatten", "rename -hide w:* x:* %d", "opt_clean -purge", "splitnets -driver", "opt_clean -purge", "attrmap -remove init"]
     script += ["attrmap -remove generator -remove top -remove src -remove amaranth.hierarchy -remove amaranth.decoding",
                "attrmap -modattr -remove generator -remove top -remove src -remove amaranth.hierarchy",
                "write_verilog -noattr" if not hierarchy else "write_verilog -norename"]

@@ -192,26 +192,29 @@ class ForwardCore(wiring.Component):
         c_scale = Signal.like(self.cmd.payload.c_scale)
         training = Signal()
 
+        # Count check (golden_bn.check_count plus the generator limits). Comparisons whose result
+        # is fixed by the field widths are folded here, not left to synthesis.
         log2_kmax = Kmax.bit_length() - 1
-        low_mask = Signal(len(cmd.count))      # K - 1
-        for i in range(len(cmd.count)):
+        cl2_w, cnt_w = len(cmd.chunks_log2), len(cmd.count)
+        low_mask = Signal(cnt_w)      # K - 1
+        for i in range(min(cnt_w, (1 << cl2_w) - 1)):
             m.d.comb += low_mask[i].eq(cmd.chunks_log2 > i)
+        k_ok = (cmd.chunks_log2 <= log2_kmax) if log2_kmax < (1 << cl2_w) - 1 else Const(1)
+        n_ok = (cmd.count <= self.max_count) if self.max_count < (1 << cnt_w) - 1 else Const(1)
         cmd_ok = Signal()
-        m.d.comb += cmd_ok.eq((cmd.chunks_log2 <= log2_kmax)
-                              & (cmd.count <= self.max_count)
-                              & ((cmd.count & low_mask) == 0)
-                              & ((cmd.count >> (cmd.chunks_log2 + 1)) != 0))
+        m.d.comb += cmd_ok.eq(k_ok & n_ok
+                              & ~(cmd.count & low_mask).any()
+                              & (cmd.count >> (cmd.chunks_log2 + 1)).any())
 
         # --- per-channel registers: coefficients and running statistics (rotating banks) ------
         coef_layout = data.StructLayout({"a": f.width, "b": f.width})
         run_layout = data.StructLayout({"mean": f.width, "sigma": f.width})
         rm0, rs0 = running_reset(SimpleNamespace(internal=f))
-        coef = [Signal(data.ArrayLayout(coef_layout, L), name=f"coef{g}") for g in range(G)]
-        run = [Signal(data.ArrayLayout(run_layout, L), name=f"run{g}",
-                      init=[{"mean": rm0, "sigma": rs0}] * L) for g in range(G)]
-        coef_head = Signal.like(coef[0])
-        run_head = Signal.like(run[0])
-        m.d.comb += [coef_head.eq(coef[0]), run_head.eq(run[0])]
+        # One signal per channel slot keeps the emitted nets narrow (see hw.stats_unit).
+        coef = [[Signal(coef_layout, name=f"coef{g}_lane{l}") for l in range(L)] for g in range(G)]
+        run = [[Signal(run_layout, name=f"run{g}_lane{l}", init={"mean": rm0, "sigma": rs0})
+                for l in range(L)] for g in range(G)]
+        coef_head, run_head = coef[0], run[0]
         rotate_coef = Signal()
         rotate_final = Signal()          # finalize moves on to the next group
         write_lane = Signal()            # finalize writes the head lane ``lane``
@@ -357,9 +360,10 @@ class ForwardCore(wiring.Component):
         ]
 
         # Head-bank updates: finalize writes lane ``lane``; rotations keep the head = group.
-        new_coef = Signal.like(coef[0])
-        new_run = Signal.like(run[0])
-        m.d.comb += [new_coef.eq(coef_head), new_run.eq(run_head)]
+        new_coef = [Signal(coef_layout, name=f"new_coef{l}") for l in range(L)]
+        new_run = [Signal(run_layout, name=f"new_run{l}") for l in range(L)]
+        m.d.comb += [new_coef[l].eq(coef_head[l]) for l in range(L)]
+        m.d.comb += [new_run[l].eq(run_head[l]) for l in range(L)]
         with m.If(write_lane):
             r = fin.o.payload
             for l in range(L):
@@ -369,15 +373,15 @@ class ForwardCore(wiring.Component):
                         new_run[l].mean.eq(r.new_running_mean), new_run[l].sigma.eq(r.new_running_sigma),
                     ]
         with m.If(rotate_coef | rotate_final):
-            m.d.sync += [coef[g].eq(coef[g + 1]) for g in range(G - 1)]
-            m.d.sync += coef[G - 1].eq(new_coef)
+            m.d.sync += [coef[g][l].eq(coef[g + 1][l]) for g in range(G - 1) for l in range(L)]
+            m.d.sync += [coef[G - 1][l].eq(new_coef[l]) for l in range(L)]
         with m.Else():
-            m.d.sync += coef[0].eq(new_coef)
+            m.d.sync += [coef[0][l].eq(new_coef[l]) for l in range(L)]
         with m.If(rotate_final):
-            m.d.sync += [run[g].eq(run[g + 1]) for g in range(G - 1)]
-            m.d.sync += run[G - 1].eq(new_run)
+            m.d.sync += [run[g][l].eq(run[g + 1][l]) for g in range(G - 1) for l in range(L)]
+            m.d.sync += [run[G - 1][l].eq(new_run[l]) for l in range(L)]
         with m.Else():
-            m.d.sync += run[0].eq(new_run)
+            m.d.sync += [run[0][l].eq(new_run[l]) for l in range(L)]
 
         # Normalize datapath: x -> BFPAffine with the head group's coefficients; padding lanes
         # of the last group get a = b = 0 (y lane = 0).

@@ -167,7 +167,10 @@ class StatsUnit(wiring.Component):
             for j in range(K):
                 # K = 2**chunks_log2: chunk j is used iff bit_length(j) <= chunks_log2, and is the
                 # last one iff j + 1 == K.
-                m.d.sync += used[j].eq(self.chunks_log2 >= j.bit_length())
+                if j == 0:
+                    m.d.sync += used[j].eq(1)
+                else:
+                    m.d.sync += used[j].eq(self.chunks_log2 >= j.bit_length())
                 if (j + 1) & j == 0:
                     m.d.sync += last_oh[j].eq(self.chunks_log2 == (j + 1).bit_length() - 1)
                 else:
@@ -225,10 +228,12 @@ class StatsUnit(wiring.Component):
             m.d.sync += s2_vals[l].eq(code << s1_block.exponent)
 
         # --- rotating banks of per-channel state ----------------------------------------------
-        bank_layout = data.ArrayLayout(self.lane_layout, L)
-        banks = [Signal(bank_layout, name=f"bank{g}") for g in range(G)]
+        # One signal per channel slot (not one per bank): keeps every net of the emitted Verilog
+        # narrow (a flattened multi-thousand-bit bank makes single Verilog lines too long for
+        # Verilator's preprocessor).
+        banks = [[Signal(self.lane_layout, name=f"bank{g}_lane{l}") for l in range(L)] for g in range(G)]
         head = banks[0]
-        new_head = Signal(bank_layout)
+        new_head = [Signal(self.lane_layout, name=f"new_lane{l}") for l in range(L)]
         for l in range(L):
             s, v, n = head[l], s2_vals[l], new_head[l]
             m.d.comb += n.eq(s)
@@ -254,10 +259,10 @@ class StatsUnit(wiring.Component):
                     ]
 
         with m.If(s2_valid):
-            m.d.sync += [banks[g].eq(banks[g + 1]) for g in range(G - 1)]
-            m.d.sync += banks[G - 1].eq(new_head)
+            m.d.sync += [banks[g][l].eq(banks[g + 1][l]) for g in range(G - 1) for l in range(L)]
+            m.d.sync += [banks[G - 1][l].eq(new_head[l]) for l in range(L)]
         with m.Elif(self.rd_rotate):
-            m.d.sync += [banks[g].eq(banks[(g + 1) % G]) for g in range(G)]
+            m.d.sync += [banks[g][l].eq(banks[(g + 1) % G][l]) for g in range(G) for l in range(L)]
         with m.If(s2_last):
             m.d.sync += self.done.eq(1)
 

@@ -176,6 +176,8 @@ def build(board, params, *, unit=None, baud=None, out=None, rx_fifo_depth=512, p
         if run.returncode != 0:
             over = [f"{c} {u}/{t}" for c, (u, t) in utilization.items() if u > t]
             tool_errors = errors or [line for line in run.stdout.splitlines() if "ERROR" in line][-3:]
+            # nextpnr names cells by their whole carry chain; keep the message readable.
+            tool_errors = [re.sub(r"'([^']{40})[^']{20,}'", r"'\1...'", e) for e in tool_errors]
             if over or any(re.search(r"(too many|no BEL|Unable to place|only has|exceeds)", e, re.I)
                            for e in tool_errors):
                 what = f" ({', '.join(over)})" if over else ""

@@ -1,0 +1,530 @@
+"""Fault injection (mutation testing) of the emitted Verilog against each unit's cocotb regression.
+
+One mutant at a time: the Yosys-generated Verilog of a unit (exactly what ``python -m gen``
+writes) is parsed line by line with regular expressions and a small tokenizer, a single fault is
+injected, and the unit's cocotb regression (the same test module ``tests/`` uses, at a small
+configuration with a modest vector count) runs against the mutant. Each mutant ends up as
+
+``killed``     the regression failed (wrong data, latency, throughput, protocol, or a timeout);
+``survived``   the regression passed;
+``invalid``    the mutant does not compile / lint with Verilator (counted apart, not as caught).
+
+Score = killed / (killed + survived). Survivors can be classified formally with ``--classify``
+(units with a formal specification only, see ``sim/formal.py``): a survivor that the equivalence
+proof and the bounded back-pressure scoreboard both accept is *equivalent* (no input sequence
+tells it apart from the specification), otherwise it is a gap in the tests.
+
+Fault models (on the right-hand side of ``assign`` statements):
+
+* operator swaps: ``+``/``-``, ``&``/``|``, ``^``->``|``, ``<``/``<=``, ``>``/``>=``, ``==``/``!=``,
+  ``<<``/``>>``, ``&&``/``||``, ``*``->``+``; reductions ``|``/``&``;
+* dropped operators and terms: unary ``~``, ``!``, ``-`` removed; ``a op b`` -> ``a`` and -> ``b``;
+  one element dropped from a reduced concatenation ``| { a, b, c }``;
+* inverted selects: ``c ? a : b`` -> ``!c ? a : b``;
+* flipped constant bits (every bit of constants up to 4 bits; LSB, MSB and a middle bit of wider);
+* off-by-one shift amounts: ``x >> r`` -> ``x >> (r + 1)`` and ``(r - 1)``.
+
+Usage::
+
+    python -m sim.fault_inject --unit ln_bfp_shifter --mutants 20        # quick sample
+    python -m sim.fault_inject --unit ln_bfp_shifter --mutants 0         # all mutants
+    python -m sim.fault_inject --list-units
+
+Results go to ``build/fault_inject/<unit>.json`` (and a Markdown summary on stdout).
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, asdict
+from pathlib import Path
+
+__all__ = ["Mutant", "mutants", "apply", "UNIT_BENCHES", "run_unit", "main"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OUT_ROOT = REPO_ROOT / "build" / "fault_inject"
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer and mutation operators
+# --------------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"""
+    (?P<esc>\\\S+(?=\s))                                  # escaped identifier (ends at a space)
+  | (?P<const>\d+\s*'[sS]?[hHbBdDoO][0-9a-fA-FxXzZ_?]+)  # sized constant
+  | (?P<num>\d+)
+  | (?P<sys>\$[A-Za-z_]\w*)
+  | (?P<id>[A-Za-z_][\w$]*)
+  | (?P<op>===|!==|<<<|>>>|<<|>>|<=|>=|==|!=|&&|\|\||~&|~\||~\^|\^~|[-+*/%&|^~!<>?:])
+  | (?P<punct>[\[\](){},;])
+    """, re.X)
+
+_OPERAND_END = {"esc", "const", "num", "id"}
+_BINARY_SWAPS = {
+    "+": ["-"], "-": ["+"], "&": ["|"], "|": ["&"], "^": ["|"],
+    "<": ["<="], "<=": ["<"], ">": [">="], ">=": [">"], "==": ["!="], "!=": ["=="],
+    "<<": [">>"], ">>": ["<<"], "&&": ["||"], "||": ["&&"], "*": ["+"],
+}
+_DROPPABLE = {"+", "-", "|", "&", "^", "&&", "||"}
+
+
+@dataclass(frozen=True)
+class Mutant:
+    line: int           # 0-based line index in the Verilog text
+    start: int          # column span replaced
+    end: int
+    new: str
+    kind: str
+    description: str
+
+    @property
+    def key(self):
+        return f"L{self.line + 1}:{self.start}:{self.kind}:{self.new}"
+
+
+def _tokens(text, offset):
+    toks = []
+    pos = 0
+    while pos < len(text):
+        if text[pos].isspace():
+            pos += 1
+            continue
+        m = _TOKEN.match(text, pos)
+        if not m:
+            return None                 # something we do not understand: leave the line alone
+        toks.append((m.lastgroup, m.group(), offset + m.start(), offset + m.end()))
+        pos = m.end()
+    return toks
+
+
+def _const_bits(tok):
+    m = re.fullmatch(r"(\d+)\s*'([sS]?)([hHbBdDoO])([0-9a-fA-F_]+)", tok)
+    if not m:
+        return None
+    width, signed, base, digits = int(m[1]), m[2], m[3].lower(), m[4].replace("_", "")
+    value = int(digits, {"h": 16, "b": 2, "d": 10, "o": 8}[base])
+    return width, signed, value
+
+
+def _flip_bits(width):
+    if width <= 4:
+        return list(range(width))
+    return sorted({0, width // 2, width - 1})
+
+
+def _operand_span(toks, i, direction):
+    """Token index range of the operand starting at ``i`` going ``direction`` (+1 right, -1
+    left): an identifier / constant with an optional ``[...]`` select, or a bracketed group."""
+    n = len(toks)
+    if direction > 0:
+        if i >= n:
+            return None
+        kind, text = toks[i][0], toks[i][1]
+        if kind == "sys" and i + 1 < n and toks[i + 1][1] == "(":
+            j = _match(toks, i + 1)
+            return (i, j) if j is not None else None
+        if text in ("(", "{"):
+            j = _match(toks, i)
+            return (i, j) if j is not None else None
+        if kind in _OPERAND_END:
+            j = i
+            while j + 1 < n and toks[j + 1][1] == "[":
+                k = _match(toks, j + 1)
+                if k is None:
+                    return None
+                j = k
+            return (i, j)
+        return None
+    return None
+
+
+def _match(toks, i):
+    pairs = {"(": ")", "[": "]", "{": "}"}
+    open_, close = toks[i][1], pairs.get(toks[i][1])
+    if close is None:
+        return None
+    depth = 0
+    for j in range(i, len(toks)):
+        if toks[j][1] == open_:
+            depth += 1
+        elif toks[j][1] == close:
+            depth -= 1
+            if depth == 0:
+                return j
+    return None
+
+
+def _top_level_binary(toks):
+    """If the expression is ``A op B`` with single operands A and B, return (op index)."""
+    a = _operand_span(toks, 0, +1)
+    if a is None or a[1] + 1 >= len(toks):
+        return None
+    op = a[1] + 1
+    if toks[op][0] != "op":
+        return None
+    b = _operand_span(toks, op + 1, +1)
+    if b is None or b[1] != len(toks) - 1:
+        return None
+    return op
+
+
+_ASSIGN = re.compile(r"^(\s*assign\s+)(.+?)(\s*=\s*)(.*?)(\s*;\s*)$")
+
+
+def mutants(text):
+    """Every single-fault mutant of the ``assign`` statements of ``text`` (deduplicated)."""
+    result, seen = [], set()
+    lines = text.split("\n")
+    for ln, line in enumerate(lines):
+        m = _ASSIGN.match(line)
+        if not m:
+            continue
+        rhs_off = m.start(4)
+        toks = _tokens(m[4], rhs_off)
+        if not toks:
+            continue
+
+        def add(start, end, new, kind, desc):
+            mutated = line[:start] + new + line[end:]
+            if mutated == line or (ln, mutated) in seen:
+                return
+            seen.add((ln, mutated))
+            result.append(Mutant(ln, start, end, new, kind, desc))
+
+        # bracket depth of every token: operators inside [...] selects are left alone
+        depth, depths = 0, []
+        for kind, tok, s, e in toks:
+            if tok == "]":
+                depth -= 1
+            depths.append(depth)
+            if tok == "[":
+                depth += 1
+        prev_operand = False
+        for i, (kind, tok, s, e) in enumerate(toks):
+            inside = depths[i] > 0
+            if kind == "op" and not inside and tok not in ("?", ":"):
+                if prev_operand:
+                    for new in _BINARY_SWAPS.get(tok, []):
+                        add(s, e, new, "op-swap", f"binary {tok} -> {new}")
+                    if tok in ("<<", ">>"):
+                        r = _operand_span(toks, i + 1, +1)
+                        if r is not None:
+                            rs, re_ = toks[r[0]][2], toks[r[1]][3]
+                            amount = line[rs:re_]
+                            for d in ("+", "-"):
+                                add(rs, re_, f"({amount} {d} 1'h1)", "shift-off-by-one",
+                                    f"shift amount {amount.strip()} {d} 1")
+                else:
+                    if tok in ("~", "!", "-"):
+                        add(s, e, "", "drop-unary", f"unary {tok} dropped")
+                    elif tok in ("|", "&"):
+                        new = "&" if tok == "|" else "|"
+                        add(s, e, new, "reduce-swap", f"reduction {tok} -> {new}")
+                        # drop one element of a reduced concatenation
+                        if i + 1 < len(toks) and toks[i + 1][1] == "{":
+                            close = _match(toks, i + 1)
+                            if close is not None:
+                                elems, start_el = [], i + 2
+                                d2 = 0
+                                for j in range(i + 2, close + 1):
+                                    t = toks[j][1]
+                                    if t in ("(", "[", "{"):
+                                        d2 += 1
+                                    elif t in (")", "]", "}") and j != close:
+                                        d2 -= 1
+                                    if (t == "," and d2 == 0) or j == close:
+                                        elems.append((start_el, j - 1))
+                                        start_el = j + 1
+                                if len(elems) >= 2:
+                                    for k, (a, b) in enumerate(elems):
+                                        keep = [line[toks[x][2]:toks[y][3]] for q, (x, y) in enumerate(elems) if q != k]
+                                        dropped = line[toks[a][2]:toks[b][3]].strip()
+                                        add(toks[i + 1][2], toks[close][3], "{ " + ", ".join(keep) + " }",
+                                            "drop-term", f"term {dropped} dropped from reduction {tok}")
+            if kind == "const" and not inside:
+                parsed = _const_bits(tok)
+                if parsed:
+                    width, signed, value = parsed
+                    for b in _flip_bits(width):
+                        new_value = value ^ (1 << b)
+                        add(s, e, f"{width}'{signed}h{new_value:x}", "const-bit", f"constant {tok} bit {b} flipped")
+            prev_operand = kind in _OPERAND_END or tok in (")", "]", "}")
+        # inverted select: the condition is the first operand of a top-level ?:
+        q = [i for i, t in enumerate(toks) if t[1] == "?" and depths[i] == 0]
+        if q:
+            c = _operand_span(toks, 0, +1)
+            if c is not None and c[1] + 1 == q[0]:
+                cs, ce = toks[c[0]][2], toks[c[1]][3]
+                add(cs, ce, f"!({line[cs:ce]})", "invert-select", f"select condition {line[cs:ce].strip()} inverted")
+        # dropped term: A op B -> A, -> B
+        op = _top_level_binary(toks)
+        if op is not None and toks[op][1] in _DROPPABLE:
+            a0, a1 = toks[0][2], toks[op - 1][3]
+            b0, b1 = toks[op + 1][2], toks[-1][3]
+            add(rhs_off, toks[-1][3], line[a0:a1], "drop-term", f"right operand of {toks[op][1]} dropped")
+            add(rhs_off, toks[-1][3], line[b0:b1], "drop-term", f"left operand of {toks[op][1]} dropped")
+    return result
+
+
+def apply(text, mutant):
+    lines = text.split("\n")
+    line = lines[mutant.line]
+    lines[mutant.line] = line[:mutant.start] + mutant.new + line[mutant.end:]
+    return "\n".join(lines)
+
+
+def describe(text, mutant):
+    before = text.split("\n")[mutant.line].strip()
+    after = apply(text, mutant).split("\n")[mutant.line].strip()
+    return before, after
+
+
+# --------------------------------------------------------------------------------------------
+# Units and their regressions
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class UnitBench:
+    """How to run one unit's cocotb regression on a mutant."""
+    unit: str                   # Verilog module name in gen.units.UNITS
+    params: dict                # gen.units.Params keyword arguments (small configuration)
+    module: str                 # cocotb test module
+    config: object              # function(params, vectors) -> LN_CONFIG dict
+    judge: object               # function(test_dir, component) -> None, raises AssertionError
+    formal: bool = False        # survivors can be classified by sim.formal
+    notes: str = ""
+
+
+def _shifter_config(p, vectors):
+    return {"unit": "shifter", "in_format": p.in_format, "width": p.width, "block": p.block,
+            "exp_bits": p.bfp.exp_bits, "random_blocks": vectors, "seed": 1, "summary": "summary.json"}
+
+
+def _shifter_judge(test_dir, component):
+    # The checks of tests/test_bfp_shifter.py::_check, on the summary the cocotb module writes.
+    s = json.loads((Path(test_dir) / "summary.json").read_text())
+    assert s["mismatches"] == 0, s["line"]
+    assert s["latency"] == [component.latency], f"latency {s['latency']}"
+    assert s["throughput"] == 1.0, f"throughput {s['throughput']}"
+    assert s["throughput_cycles"] == s["throughput_blocks"] + component.latency, "throughput cycles"
+    assert s["hold_checks"] > 0, "no hold checks"
+
+
+UNIT_BENCHES = {
+    "ln_bfp_shifter": UnitBench(
+        "ln_bfp_shifter", dict(width=4, block=2, in_format="e3m2", chunks=1, channels=1, max_count=2),
+        "sim.test_bfp_shifter", _shifter_config, _shifter_judge, formal=True),
+}
+
+
+def _params(bench):
+    from gen.units import Params
+    return Params(**bench.params)
+
+
+def emit(bench):
+    from sim.formal import emit_unit
+    text, _ports, component = emit_unit(bench.unit, _params(bench))
+    return text, component
+
+
+# --------------------------------------------------------------------------------------------
+# Running one mutant (in a subprocess, so hangs can be timed out)
+# --------------------------------------------------------------------------------------------
+
+def _worker(job_file):
+    job = json.loads(Path(job_file).read_text())
+    bench = UNIT_BENCHES[job["unit"]]
+    from sim.bench import run_cocotb
+    params = _params(bench)
+    _text, component = emit(bench)
+    build_dir = Path(job["build_dir"])
+    cfg = bench.config(params, job["vectors"])
+    outcome = {"status": None, "message": ""}
+    try:
+        result = run_cocotb(Path(job["verilog"]).read_text(), bench.unit, bench.module,
+                            name=f"mutant-{bench.unit}", build_dir=build_dir, config=cfg)
+        bench.judge(result["test_dir"], component)
+        outcome["status"] = "survived"
+    except AssertionError as exc:
+        outcome["status"] = "killed"
+        outcome["message"] = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "assertion"
+    except BaseException as exc:                      # build errors surface as exceptions
+        built = (build_dir / ".built").exists()
+        outcome["status"] = "killed" if built else "invalid"
+        outcome["message"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+    print("FAULT_INJECT_RESULT " + json.dumps(outcome), flush=True)
+
+
+def run_mutant(bench, text, vectors, timeout, workdir):
+    """Run the regression on Verilog ``text``; returns ``(status, message, seconds)``."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "mutant.v").write_text(text)
+    job = {"unit": bench.unit, "verilog": str(workdir / "mutant.v"), "build_dir": str(workdir / "build"),
+           "vectors": vectors}
+    (workdir / "job.json").write_text(json.dumps(job))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    from sim.bench import verilator_path
+    vp = verilator_path()
+    if vp:
+        env["PATH"] = str(vp) + os.pathsep + env.get("PATH", "")
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "sim.fault_inject", "--worker", str(workdir / "job.json")],
+                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+                              start_new_session=True)
+        out = proc.stdout + proc.stderr
+        m = re.search(r"^FAULT_INJECT_RESULT (.*)$", out, re.M)
+        if m:
+            r = json.loads(m[1])
+            return r["status"], r["message"], time.monotonic() - t0
+        return "invalid", "worker crashed: " + out.strip()[-300:], time.monotonic() - t0
+    except subprocess.TimeoutExpired:
+        return "killed", f"timeout after {timeout} s (hang)", time.monotonic() - t0
+
+
+def classify_formally(bench, mutated):
+    """For units with a formal specification: 'equivalent' when the mutant passes the
+    equivalence proof and the bounded back-pressure scoreboard, else the failing check."""
+    from sim import formal
+    params = _params(bench)
+    verdicts = []
+    for check, depth in (("equiv", None), ("protocol", None), ("scoreboard", 8)):
+        r = formal.run_check(bench.unit, params, check, depth=depth, patch=lambda _t: mutated)
+        verdicts.append(f"{check}:{r.status}")
+        if not r.passed:
+            return "not equivalent (" + ", ".join(verdicts) + ")"
+    return "equivalent (" + ", ".join(verdicts) + ")"
+
+
+def run_unit(unit, *, sample=20, seed=1, vectors=100, timeout=None, classify=False, log=print, keep=False):
+    """Inject faults into ``unit``; returns the result dict (also written to build/fault_inject)."""
+    bench = UNIT_BENCHES[unit]
+    text, _component = emit(bench)
+    every = mutants(text)
+    chosen = list(every)
+    if sample and sample < len(every):
+        chosen = random.Random(seed).sample(every, sample)
+        chosen.sort(key=lambda m: (m.line, m.start))
+    root = Path(tempfile.mkdtemp(prefix=f"fault-{unit}-"))
+    t_all = time.monotonic()
+    # Baseline: the unmutated design must pass (and gives the timeout).
+    status, message, base_s = run_mutant(bench, text, vectors, timeout or 3600, root / "baseline")
+    if status != "survived":
+        raise RuntimeError(f"baseline regression of {unit} does not pass: {status} {message}")
+    timeout = timeout or max(300, int(6 * base_s))
+    log(f"{unit}: {len(every)} mutants, running {len(chosen)}; baseline {base_s:.0f} s, timeout {timeout} s")
+    records = []
+    for n, mut in enumerate(chosen):
+        mutated = apply(text, mut)
+        wd = root / f"m{n:04d}"
+        status, message, secs = run_mutant(bench, mutated, vectors, timeout, wd)
+        before, after = describe(text, mut)
+        rec = {"key": mut.key, "kind": mut.kind, "description": mut.description, "line": mut.line + 1,
+               "before": before, "after": after, "status": status, "message": message,
+               "seconds": round(secs, 1)}
+        if status == "survived" and classify and bench.formal:
+            rec["formal"] = classify_formally(bench, mutated)
+        records.append(rec)
+        log(f"[{n + 1}/{len(chosen)}] {status:8} {secs:5.0f} s  {mut.kind:16} L{mut.line + 1}: {mut.description}"
+            + (f"  -> {rec['formal']}" if "formal" in rec else ""))
+        if not keep:
+            shutil.rmtree(wd, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(root, ignore_errors=True)
+    killed = sum(r["status"] == "killed" for r in records)
+    survived = sum(r["status"] == "survived" for r in records)
+    invalid = sum(r["status"] == "invalid" for r in records)
+    result = {
+        "unit": unit, "params": bench.params, "test_module": bench.module, "vectors": vectors,
+        "mutants_total": len(every), "mutants_run": len(records), "seed": seed,
+        "killed": killed, "survived": survived, "invalid": invalid,
+        "score": killed / (killed + survived) if killed + survived else None,
+        "seconds": round(time.monotonic() - t_all, 1), "baseline_seconds": round(base_s, 1),
+        "kinds": _by_kind(records), "mutants": records,
+    }
+    OUT_ROOT.mkdir(parents=True, exist_ok=True)
+    (OUT_ROOT / f"{unit}.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _by_kind(records):
+    kinds = {}
+    for r in records:
+        k = kinds.setdefault(r["kind"], {"killed": 0, "survived": 0, "invalid": 0})
+        k[r["status"]] += 1
+    return kinds
+
+
+def summary_markdown(result):
+    lines = [f"### {result['unit']}", "",
+             f"Configuration {result['params']}, regression `{result['test_module']}` with "
+             f"{result['vectors']} random vectors; {result['mutants_run']} of {result['mutants_total']} mutants "
+             f"(seed {result['seed']}), {result['seconds']:.0f} s.", "",
+             f"**Caught {result['killed']} / {result['killed'] + result['survived']}"
+             + (f" = {100 * result['score']:.1f} %**" if result["score"] is not None else "**")
+             + f"; {result['invalid']} invalid (do not compile).", "",
+             "| fault kind | killed | survived | invalid |", "|---|---|---|---|"]
+    for k, v in sorted(result["kinds"].items()):
+        lines.append(f"| {k} | {v['killed']} | {v['survived']} | {v['invalid']} |")
+    surv = [r for r in result["mutants"] if r["status"] == "survived"]
+    if surv:
+        lines += ["", "Survivors:", ""]
+        for r in surv:
+            lines.append(f"- L{r['line']} {r['kind']}: `{r['before']}` -> `{r['after']}`"
+                         + (f" ({r['formal']})" if "formal" in r else ""))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m sim.fault_inject",
+                                 description="Inject single faults into a unit's emitted Verilog and run its cocotb regression.")
+    ap.add_argument("--unit", action="append", help="unit (Verilog module name); repeatable; default: all with a bench")
+    ap.add_argument("--mutants", type=int, default=20, help="random sample size per unit; 0 = every mutant (default 20)")
+    ap.add_argument("--seed", type=int, default=1, help="sampling seed (default 1)")
+    ap.add_argument("--vectors", type=int, default=100, help="random vectors per regression run (default 100)")
+    ap.add_argument("--timeout", type=int, help="seconds per mutant (default: 6x the baseline run, >= 300)")
+    ap.add_argument("--classify", action="store_true", help="classify survivors with the formal specification")
+    ap.add_argument("--keep", action="store_true", help="keep work directories")
+    ap.add_argument("--list-units", action="store_true")
+    ap.add_argument("--count", action="store_true", help="only count the mutants of each unit")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        _worker(args.worker)
+        return 0
+    if args.list_units:
+        for name, b in UNIT_BENCHES.items():
+            print(name, b.params, b.module)
+        return 0
+    units = args.unit or list(UNIT_BENCHES)
+    for u in units:
+        if u not in UNIT_BENCHES:
+            ap.error(f"no fault-injection bench for unit {u!r}; known: {', '.join(UNIT_BENCHES)}")
+    if args.count:
+        for u in units:
+            text, _ = emit(UNIT_BENCHES[u])
+            ms = mutants(text)
+            kinds = {}
+            for m in ms:
+                kinds[m.kind] = kinds.get(m.kind, 0) + 1
+            print(u, len(ms), kinds)
+        return 0
+    for u in units:
+        result = run_unit(u, sample=args.mutants, seed=args.seed, vectors=args.vectors, timeout=args.timeout,
+                          classify=args.classify, keep=args.keep)
+        print(summary_markdown(result))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -286,6 +286,90 @@ def describe(text, mutant):
 
 
 # --------------------------------------------------------------------------------------------
+# Mutant schema: every sampled mutant in one Verilog text, selected at run time by +MUTANT=<k>
+# --------------------------------------------------------------------------------------------
+
+_DECL = re.compile(r"^\s*(?:input|output|wire|reg)\s+(?:signed\s+)?(?:\[(\d+):(\d+)\]\s*)?(\\\S+|[A-Za-z_][\w$]*)\s*(?:=.*)?;")
+
+
+def _widths(text):
+    widths = {}
+    for line in text.split("\n"):
+        m = _DECL.match(line)
+        if m:
+            widths[m[3]] = abs(int(m[1]) - int(m[2])) + 1 if m[1] is not None else 1
+    return widths
+
+
+def _lhs_width(lhs, widths):
+    lhs = lhs.strip()
+    parts = [p.strip() for p in lhs[1:-1].split(",")] if lhs.startswith("{") else [lhs]
+    total = 0
+    for part in parts:
+        m = re.fullmatch(r"(\\\S+|[A-Za-z_][\w$]*)\s*(?:\[(\d+)(?::(\d+))?\])?", part)
+        if not m or m[1] not in widths:
+            raise ValueError(f"cannot size the left-hand side {lhs!r}")
+        if m[2] is None:
+            total += widths[m[1]]
+        elif m[3] is None:
+            total += 1
+        else:
+            total += abs(int(m[2]) - int(m[3])) + 1
+    return total
+
+
+def schema(text, chosen):
+    """One Verilog text holding the original design and every mutant of ``chosen`` (numbered
+    1..n in order): each mutated ``assign`` evaluates the original and the mutated right-hand
+    sides into wires of the left-hand side's width (so widths and signedness are exactly those of
+    the stand-alone mutant) and selects one by the register ``__mut``, set from the plusarg
+    ``+MUTANT=<k>`` (0 or absent: the original design)."""
+    if len(re.findall(r"^module ", text, re.M)) != 1:
+        raise ValueError("the mutant schema needs a flattened (single-module) design")
+    widths = _widths(text)
+    lines = text.split("\n")
+    by_line = {}
+    for k, mut in enumerate(chosen, start=1):
+        by_line.setdefault(mut.line, []).append((k, mut))
+    for ln, muts in by_line.items():
+        line = lines[ln]
+        m = _ASSIGN.match(line)
+        width = _lhs_width(m[2], widths)
+        decl = f"[{width - 1}:0] " if width > 1 else ""
+        new = [f"  wire {decl}__mo{ln} = {m[4]};"]
+        sel = f"__mo{ln}"
+        for k, mut in reversed(muts):
+            mutated = _ASSIGN.match(apply(line, Mutant(0, mut.start, mut.end, mut.new, mut.kind, "")))
+            new.append(f"  wire {decl}__mk{k} = {mutated[4]};")
+            sel = f"(__mut == 16'd{k}) ? __mk{k} : {sel}"
+        new.append(f"{m[1]}{m[2]}{m[3]}{sel}{m[5]}")
+        lines[ln] = "\n".join(new)
+    for i, line in enumerate(lines):
+        if re.match(r"^module .*;\s*$", line):
+            lines[i] = line + "\n".join([
+                "", "  reg [15:0] __mut;",
+                "  initial begin",
+                "    if (!$value$plusargs(\"MUTANT=%d\", __mut)) __mut = 16'd0;",
+                "  end"])
+            break
+    return "\n".join(lines)
+
+
+def lint(text, top, workdir):
+    """``verilator --lint-only`` (warnings not fatal): ``(ok, first error line)``."""
+    from sim.bench import verilator_path
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    src = workdir / f"{top}.v"
+    src.write_text(text)
+    exe = shutil.which("verilator", path=str(verilator_path() or "") + os.pathsep + os.environ.get("PATH", ""))
+    proc = subprocess.run([exe, "--lint-only", "-Wno-fatal", "-Wno-lint", "-Wno-style", "--top-module", top, str(src)],
+                          capture_output=True, text=True, cwd=workdir, timeout=600)
+    errors = [l for l in (proc.stdout + proc.stderr).splitlines() if l.startswith("%Error")]
+    return proc.returncode == 0 and not errors, (errors[0] if errors else "")
+
+
+# --------------------------------------------------------------------------------------------
 # Units and their regressions
 # --------------------------------------------------------------------------------------------
 
@@ -296,7 +380,8 @@ class UnitBench:
     params: dict                # gen.units.Params keyword arguments (small configuration)
     module: str                 # cocotb test module
     config: object              # function(params, vectors) -> LN_CONFIG dict
-    judge: object               # function(test_dir, component) -> None, raises AssertionError
+    judge: object               # function(test_dir, info) -> None, raises AssertionError
+    info: object = None         # function(component) -> JSON-able dict handed to judge
     formal: bool = False        # survivors can be classified by sim.formal
     notes: str = ""
 
@@ -306,20 +391,21 @@ def _shifter_config(p, vectors):
             "exp_bits": p.bfp.exp_bits, "random_blocks": vectors, "seed": 1, "summary": "summary.json"}
 
 
-def _shifter_judge(test_dir, component):
+def _shifter_judge(test_dir, info):
     # The checks of tests/test_bfp_shifter.py::_check, on the summary the cocotb module writes.
     s = json.loads((Path(test_dir) / "summary.json").read_text())
     assert s["mismatches"] == 0, s["line"]
-    assert s["latency"] == [component.latency], f"latency {s['latency']}"
+    assert s["latency"] == [info["latency"]], f"latency {s['latency']}"
     assert s["throughput"] == 1.0, f"throughput {s['throughput']}"
-    assert s["throughput_cycles"] == s["throughput_blocks"] + component.latency, "throughput cycles"
+    assert s["throughput_cycles"] == s["throughput_blocks"] + info["latency"], "throughput cycles"
     assert s["hold_checks"] > 0, "no hold checks"
 
 
 UNIT_BENCHES = {
     "ln_bfp_shifter": UnitBench(
         "ln_bfp_shifter", dict(width=4, block=2, in_format="e3m2", chunks=1, channels=1, max_count=2),
-        "sim.test_bfp_shifter", _shifter_config, _shifter_judge, formal=True),
+        "sim.test_bfp_shifter", _shifter_config, _shifter_judge, info=lambda c: {"latency": c.latency},
+        formal=True),
 }
 
 
@@ -335,26 +421,32 @@ def emit(bench):
 
 
 # --------------------------------------------------------------------------------------------
-# Running one mutant (in a subprocess, so hangs can be timed out)
+# Running mutants (each run in a subprocess, so a hang can be timed out)
 # --------------------------------------------------------------------------------------------
 
 def _worker(job_file):
     job = json.loads(Path(job_file).read_text())
     bench = UNIT_BENCHES[job["unit"]]
-    from sim.bench import run_cocotb
-    params = _params(bench)
-    _text, component = emit(bench)
+    cfg = bench.config(_params(bench), job["vectors"])
     build_dir = Path(job["build_dir"])
-    cfg = bench.config(params, job["vectors"])
     outcome = {"status": None, "message": ""}
     try:
-        result = run_cocotb(Path(job["verilog"]).read_text(), bench.unit, bench.module,
-                            name=f"mutant-{bench.unit}", build_dir=build_dir, config=cfg)
-        bench.judge(result["test_dir"], component)
+        if job["mode"] == "build":
+            # Build (cached by text) and run the regression with no plusarg: the original design.
+            from sim.bench import run_cocotb
+            result = run_cocotb(Path(job["verilog"]).read_text(), bench.unit, bench.module,
+                                name=f"mutants-{bench.unit}", build_dir=build_dir, config=cfg,
+                                test_dir=job["test_dir"])
+            test_dir = result["test_dir"]
+        else:
+            test_dir = Path(job["test_dir"])
+            _run_built(bench, build_dir, test_dir, cfg, job["plusargs"])
+        bench.judge(test_dir, job["info"])
         outcome["status"] = "survived"
     except AssertionError as exc:
         outcome["status"] = "killed"
-        outcome["message"] = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "assertion"
+        text = str(exc).strip()
+        outcome["message"] = " | ".join(text.splitlines()[:3])[:400] if text else "assertion"
     except BaseException as exc:                      # build errors surface as exceptions
         built = (build_dir / ".built").exists()
         outcome["status"] = "killed" if built else "invalid"
@@ -362,13 +454,35 @@ def _worker(job_file):
     print("FAULT_INJECT_RESULT " + json.dumps(outcome), flush=True)
 
 
-def run_mutant(bench, text, vectors, timeout, workdir):
-    """Run the regression on Verilog ``text``; returns ``(status, message, seconds)``."""
+def _run_built(bench, build_dir, test_dir, cfg, plusargs):
+    """Run the cocotb module on an existing Verilator build with plusargs (``sim.bench.run_cocotb``
+    does the same but has no plusargs)."""
+    from sim import bench as sb
+    runner = sb._runner("verilator")
+    test_dir.mkdir(parents=True, exist_ok=True)
+    results_xml = (test_dir / "results.xml").resolve()
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    try:
+        runner.test(hdl_toplevel=bench.unit, hdl_toplevel_lang="verilog", test_module=bench.module,
+                    build_dir=build_dir, test_dir=test_dir, results_xml=str(results_xml),
+                    extra_env={sb.CONFIG_ENV: json.dumps(cfg)}, plusargs=plusargs,
+                    timescale=("1ns", "1ps"), log_file=test_dir / "sim.log")
+    except SystemExit:
+        pass
+    if not results_xml.exists():
+        raise AssertionError("cocotb wrote no results (simulation crashed)")
+    tests, failures = sb._results(results_xml)
+    if tests == 0:
+        raise AssertionError("no cocotb test ran")
+    if failures:
+        raise AssertionError(f"{len(failures)} of {tests} cocotb tests failed: "
+                             + "; ".join(f"{c}: {m[:200]}" for c, m in failures))
+
+
+def _spawn(job, workdir, timeout):
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "mutant.v").write_text(text)
-    job = {"unit": bench.unit, "verilog": str(workdir / "mutant.v"), "build_dir": str(workdir / "build"),
-           "vectors": vectors}
     (workdir / "job.json").write_text(json.dumps(job))
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -388,12 +502,12 @@ def run_mutant(bench, text, vectors, timeout, workdir):
             return r["status"], r["message"], time.monotonic() - t0
         return "invalid", "worker crashed: " + out.strip()[-300:], time.monotonic() - t0
     except subprocess.TimeoutExpired:
-        return "killed", f"timeout after {timeout} s (hang)", time.monotonic() - t0
+        return "timeout", f"no result after {timeout} s (hang)", time.monotonic() - t0
 
 
 def classify_formally(bench, mutated):
     """For units with a formal specification: 'equivalent' when the mutant passes the
-    equivalence proof and the bounded back-pressure scoreboard, else the failing check."""
+    equivalence proof, the protocol proof and the bounded back-pressure scoreboard."""
     from sim import formal
     params = _params(bench)
     verdicts = []
@@ -405,10 +519,16 @@ def classify_formally(bench, mutated):
     return "equivalent (" + ", ".join(verdicts) + ")"
 
 
-def run_unit(unit, *, sample=20, seed=1, vectors=100, timeout=None, classify=False, log=print, keep=False):
-    """Inject faults into ``unit``; returns the result dict (also written to build/fault_inject)."""
+def run_unit(unit, *, sample=20, seed=1, vectors=100, timeout=None, classify=False, log=print, keep=False,
+             standalone=False):
+    """Inject faults into ``unit``; returns the result dict (also written to build/fault_inject).
+
+    Default: all sampled mutants go into one *mutant schema* (:func:`schema`), built once with
+    Verilator; each mutant is one simulation run with ``+MUTANT=<k>``. ``standalone=True`` builds
+    every mutant separately (slow; used to cross-check the schema)."""
     bench = UNIT_BENCHES[unit]
-    text, _component = emit(bench)
+    text, component = emit(bench)
+    info = bench.info(component) if bench.info else {}
     every = mutants(text)
     chosen = list(every)
     if sample and sample < len(every):
@@ -416,38 +536,66 @@ def run_unit(unit, *, sample=20, seed=1, vectors=100, timeout=None, classify=Fal
         chosen.sort(key=lambda m: (m.line, m.start))
     root = Path(tempfile.mkdtemp(prefix=f"fault-{unit}-"))
     t_all = time.monotonic()
-    # Baseline: the unmutated design must pass (and gives the timeout).
-    status, message, base_s = run_mutant(bench, text, vectors, timeout or 3600, root / "baseline")
+    records = [None] * len(chosen)
+    # Mutants that do not lint are invalid and stay out of the schema.
+    valid = []
+    for n, mut in enumerate(chosen):
+        ok, err = lint(apply(text, mut), unit, root / "lint")
+        before, after = describe(text, mut)
+        records[n] = {"key": mut.key, "kind": mut.kind, "description": mut.description, "line": mut.line + 1,
+                      "before": before, "after": after, "status": None, "message": "", "seconds": 0.0}
+        if ok:
+            valid.append(n)
+        else:
+            records[n].update(status="invalid", message=err)
+    base = {"unit": unit, "vectors": vectors, "info": info}
+    if standalone:
+        status, message, base_s = _spawn(dict(base, mode="build", verilog=_write(root / "orig.v", text),
+                                              build_dir=str(root / "orig"), test_dir=str(root / "orig" / "run")),
+                                         root / "orig-job", timeout or 7200)
+    else:
+        sch = schema(text, [chosen[n] for n in valid])
+        status, message, base_s = _spawn(dict(base, mode="build", verilog=_write(root / "schema.v", sch),
+                                              build_dir=str(root / "schema"), test_dir=str(root / "schema" / "run0")),
+                                         root / "schema-job", timeout or 7200)
     if status != "survived":
         raise RuntimeError(f"baseline regression of {unit} does not pass: {status} {message}")
-    timeout = timeout or max(300, int(6 * base_s))
-    log(f"{unit}: {len(every)} mutants, running {len(chosen)}; baseline {base_s:.0f} s, timeout {timeout} s")
-    records = []
-    for n, mut in enumerate(chosen):
-        mutated = apply(text, mut)
+    timeout = timeout or max(1800, int(10 * base_s))
+    log(f"{unit}: {len(every)} mutants, running {len(chosen)} ({len(chosen) - len(valid)} do not lint); "
+        f"baseline (build + run) {base_s:.0f} s; per-mutant timeout {timeout} s")
+    for k, n in enumerate(valid, start=1):
+        mut = chosen[n]
         wd = root / f"m{n:04d}"
-        status, message, secs = run_mutant(bench, mutated, vectors, timeout, wd)
-        before, after = describe(text, mut)
-        rec = {"key": mut.key, "kind": mut.kind, "description": mut.description, "line": mut.line + 1,
-               "before": before, "after": after, "status": status, "message": message,
-               "seconds": round(secs, 1)}
+        if standalone:
+            job = dict(base, mode="build", verilog=_write(wd / "mutant.v", apply(text, mut)),
+                       build_dir=str(wd / "build"), test_dir=str(wd / "run"))
+        else:
+            job = dict(base, mode="run", build_dir=str(root / "schema"), test_dir=str(wd / "run"),
+                       plusargs=[f"+MUTANT={k}"])
+        status, message, secs = _spawn(job, wd, timeout)
+        rec = records[n]
+        rec.update(status=status, message=message, seconds=round(secs, 1))
         if status == "survived" and classify and bench.formal:
-            rec["formal"] = classify_formally(bench, mutated)
-        records.append(rec)
-        log(f"[{n + 1}/{len(chosen)}] {status:8} {secs:5.0f} s  {mut.kind:16} L{mut.line + 1}: {mut.description}"
+            rec["formal"] = classify_formally(bench, apply(text, mut))
+        log(f"[{k}/{len(valid)}] {status:8} {secs:5.0f} s  {mut.kind:16} L{mut.line + 1}: {mut.description}"
             + (f"  -> {rec['formal']}" if "formal" in rec else ""))
         if not keep:
             shutil.rmtree(wd, ignore_errors=True)
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
-    killed = sum(r["status"] == "killed" for r in records)
-    survived = sum(r["status"] == "survived" for r in records)
-    invalid = sum(r["status"] == "invalid" for r in records)
+    count = lambda st: sum(r["status"] == st for r in records)
+    killed, survived, invalid, timeouts = count("killed"), count("survived"), count("invalid"), count("timeout")
+    caught = killed + timeouts
+    equivalent = sum(1 for r in records if r["status"] == "survived" and r.get("formal", "").startswith("equivalent"))
     result = {
         "unit": unit, "params": bench.params, "test_module": bench.module, "vectors": vectors,
         "mutants_total": len(every), "mutants_run": len(records), "seed": seed,
-        "killed": killed, "survived": survived, "invalid": invalid,
-        "score": killed / (killed + survived) if killed + survived else None,
+        "mode": "standalone" if standalone else "schema",
+        "killed": killed, "timeout": timeouts, "survived": survived, "invalid": invalid,
+        "equivalent_survivors": equivalent if classify and bench.formal else None,
+        "score": caught / (caught + survived) if caught + survived else None,
+        "score_excluding_equivalent": (caught / (caught + survived - equivalent)
+                                       if classify and bench.formal and caught + survived - equivalent else None),
         "seconds": round(time.monotonic() - t_all, 1), "baseline_seconds": round(base_s, 1),
         "kinds": _by_kind(records), "mutants": records,
     }
@@ -456,10 +604,17 @@ def run_unit(unit, *, sample=20, seed=1, vectors=100, timeout=None, classify=Fal
     return result
 
 
+def _write(path, text):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
 def _by_kind(records):
     kinds = {}
     for r in records:
-        k = kinds.setdefault(r["kind"], {"killed": 0, "survived": 0, "invalid": 0})
+        k = kinds.setdefault(r["kind"], {"killed": 0, "timeout": 0, "survived": 0, "invalid": 0})
         k[r["status"]] += 1
     return kinds
 
@@ -469,12 +624,15 @@ def summary_markdown(result):
              f"Configuration {result['params']}, regression `{result['test_module']}` with "
              f"{result['vectors']} random vectors; {result['mutants_run']} of {result['mutants_total']} mutants "
              f"(seed {result['seed']}), {result['seconds']:.0f} s.", "",
-             f"**Caught {result['killed']} / {result['killed'] + result['survived']}"
+             f"**Caught {result['killed'] + result['timeout']} / "
+             f"{result['killed'] + result['timeout'] + result['survived']}"
              + (f" = {100 * result['score']:.1f} %**" if result["score"] is not None else "**")
-             + f"; {result['invalid']} invalid (do not compile).", "",
-             "| fault kind | killed | survived | invalid |", "|---|---|---|---|"]
+             + f" ({result['timeout']} by timeout); {result['invalid']} invalid (do not lint)."
+             + (f" Survivors proved equivalent: {result['equivalent_survivors']}; score without them "
+                f"{100 * result['score_excluding_equivalent']:.1f} %." if result.get("score_excluding_equivalent") else ""),
+             "", "| fault kind | killed | timeout | survived | invalid |", "|---|---|---|---|---|"]
     for k, v in sorted(result["kinds"].items()):
-        lines.append(f"| {k} | {v['killed']} | {v['survived']} | {v['invalid']} |")
+        lines.append(f"| {k} | {v['killed']} | {v['timeout']} | {v['survived']} | {v['invalid']} |")
     surv = [r for r in result["mutants"] if r["status"] == "survived"]
     if surv:
         lines += ["", "Survivors:", ""]
@@ -494,6 +652,8 @@ def main(argv=None):
     ap.add_argument("--timeout", type=int, help="seconds per mutant (default: 6x the baseline run, >= 300)")
     ap.add_argument("--classify", action="store_true", help="classify survivors with the formal specification")
     ap.add_argument("--keep", action="store_true", help="keep work directories")
+    ap.add_argument("--standalone", action="store_true",
+                    help="build every mutant separately instead of one mutant schema (slow)")
     ap.add_argument("--list-units", action="store_true")
     ap.add_argument("--count", action="store_true", help="only count the mutants of each unit")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -520,7 +680,7 @@ def main(argv=None):
         return 0
     for u in units:
         result = run_unit(u, sample=args.mutants, seed=args.seed, vectors=args.vectors, timeout=args.timeout,
-                          classify=args.classify, keep=args.keep)
+                          classify=args.classify, keep=args.keep, standalone=args.standalone)
         print(summary_markdown(result))
         print()
     return 0

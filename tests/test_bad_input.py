@@ -152,7 +152,7 @@ def test_encode_infinity(fmt_name, sign):
     assert fmt.decode(bits) == sign * fmt.max_value()
 
 
-@pytest.mark.parametrize("value", [None, object(), [1.0]], ids=repr)
+@pytest.mark.parametrize("value", [None, object(), [1.0]], ids=["None", "object", "list"])
 def test_encode_wrong_type(value):
     with pytest.raises((TypeError, ValueError)):
         float_format("fp10").encode(value)

@@ -199,8 +199,10 @@ def run_one(job):
     hist["wall"] = time.perf_counter() - t0
     hist["cpu"] = time.process_time() - c0
     # proof that the run used the bit-exact path: each LightNorm layer of the trained net against
-    # the golden model on two test images (forward in training and eval mode, backward)
-    hist["golden_checked_values"] = verify_exact(net, torch.from_numpy(data[1][:2]))
+    # the golden model on one test image (forward in training and eval mode, backward). The golden
+    # model is pure Python (~40 CPU s for this net), so by default only seed 0 is checked.
+    if job.get("verify"):
+        hist["golden_checked_values"] = verify_exact(net, torch.from_numpy(data[1][:1]))
     if job.get("save"):
         torch.save(net.state_dict(), job["save"])
     return job["method"], job["seed"], hist
@@ -284,6 +286,8 @@ def main(argv=None):
     ap.add_argument("--chunks", type=int, default=DEFAULTS["chunks"], help="Range-BN chunks K")
     ap.add_argument("--quick", action="store_true", help="2 epochs, 1 seed (smoke run)")
     ap.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    ap.add_argument("--verify", choices=("first", "all", "none"), default="first",
+                    help="check the trained LightNorm layers against golden_bn: seed 0 only (default), all seeds, none")
     ap.add_argument("--replot", action="store_true", help="only rebuild table and plot from --out/results.json")
     args = ap.parse_args(argv)
     if args.replot:
@@ -298,7 +302,8 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     threads = 2 if args.jobs <= 1 else 1
-    jobs = [dict(method=m, seed=s, cfg=cfg, threads=threads, verbose=not args.quiet)
+    jobs = [dict(method=m, seed=s, cfg=cfg, threads=threads, verbose=not args.quiet,
+                 verify=args.verify == "all" or (args.verify == "first" and s == 0))
             for s in range(cfg["seeds"]) for m in methods]
     # the bit-exact runs are the slow ones: start them first so the pool stays busy
     jobs.sort(key=lambda j: METHODS[j["method"]][2].get("mode") not in ("exact", "bfp_only"))

@@ -97,6 +97,7 @@ def _bfp_shifter(p):
 UNITS = [
     ("ln_bfp_shifter", _bfp_shifter),
     ("ln_forward_core", lambda p: __import__("hw.forward_core", fromlist=["ForwardCore"]).ForwardCore.from_params(p)),
+    ("ln_backward_core", lambda p: __import__("hw.backward_core", fromlist=["unit"]).unit(p)),
 ]
 
 

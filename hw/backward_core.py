@@ -5,15 +5,22 @@ Range-BN gradient's argmax/argmin correction. Stream records are those of ``hw.b
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.bn_layouts import (backward_cmd_layout, chunks_log2_width, count_width, grads_layout,
                            pair_layout, position_width, saved_layout)
 from hw.formats import BFPFormat, FloatFormat
-from hw.grad_reduce import GradReduce
+from hw.grad_reduce import GradReduce, RowStore
 
 __all__ = ["BackwardCore", "unit"]
+
+
+class _Port:
+    """``addr`` / ``en`` / ``data`` of one ``RowStore`` port, named like a memory port."""
+
+    def __init__(self, addr, en, data):
+        self.addr, self.en, self.data = addr, en, data
 
 
 def unit(p):
@@ -71,7 +78,8 @@ class BackwardCore(wiring.Component):
     Storage: ``GradReduce``'s accumulator memory (``groups`` rows); per channel ``a`` (``groups``
     rows of ``B`` lanes), ``b_mid``/``b_max``/``b_min`` (the same) and, per channel and chunk,
     argmax, argmin and chunk_flat (``groups * max_chunks`` rows of ``B`` lanes). All are
-    ``amaranth.lib.memory`` memories with one synchronous read port and lane-enabled writes.
+    ``amaranth.lib.memory`` memories (a register when there is a single row) with one
+    synchronous read port and lane-enabled writes.
 
     Timing
     ------
@@ -79,17 +87,23 @@ class BackwardCore(wiring.Component):
       starts ``GradReduce.LATENCY + 1`` = 4 cycles after the last pair is accepted.
     * Finalize: the channel's ``stats`` record is held for ``K`` cycles while its ``K`` chunk
       entries are written (one cycle in parameters-only mode, which writes none), and is handed to
-      ``BackwardFinalize`` on the last of them. Finalize is a stream unit: the next channel's
-      record is taken while the previous channel is computed, so with ``stats`` valid and
-      ``grads`` ready a channel costs ``max(K, finalize initiation interval)`` cycles
-      (``finalize_cycles_per_channel``); the last ``grads`` record leaves ``finalize latency``
-      cycles after the last hand-over, and the dx pass opens the cycle after it.
+      ``BackwardFinalize`` on the last of them. The next channel's chunk entries are written
+      while the previous channel is computed, so with ``stats`` valid and ``grads`` ready a
+      channel costs ``max(K, finalize initiation interval)`` cycles
+      (``finalize_cycles_per_channel(K)``). ``hw.finalize.BackwardFinalize`` is a sequential
+      engine: ``finalize_latency`` (about 50 + 7 M; 133 for M = 12) cycles per channel and an
+      initiation interval one more than that, so finalize takes ``channels * (latency + 1)``
+      cycles; the last ``grads`` record leaves ``finalize_latency`` cycles after the last
+      hand-over, and the dx pass opens the cycle after it.
     * dx pass: one block per cycle sustained; ``latency`` = ``1 + BFPAffine latency`` cycles from
       a ``g`` block's acceptance to its ``dx`` block (one stage reads the coefficient memories and
       selects ``b``). ``g.ready`` follows ``dx.ready`` through the pipeline's back-pressure.
-    * Parameters-only mode saves the whole dx pass (``n * groups`` cycles of ``g`` input plus the
-      ``latency`` of the pipeline drain) and ``K - 1`` cycles per channel of finalize (no chunk
-      entries are written); ``busy`` falls when the last ``grads`` record leaves.
+    * Parameters-only mode saves the whole dx pass: ``n * groups`` cycles of ``g`` input plus the
+      pipeline drain (``latency`` and a few hand-over cycles; ``sim/measure_backward.py`` measures
+      it), and the second read of g. It writes no chunk entries, which would also save
+      ``K - initiation interval`` cycles per channel if K exceeded the finalize engine's
+      initiation interval (it never does with ``hw.finalize``: about 50 + 7 M cycles).
+      ``busy`` falls the cycle after the last ``grads`` record leaves.
     """
 
     def __init__(self, bfp, internal, channels, max_count, max_chunks):
@@ -181,11 +195,12 @@ class BackwardCore(wiring.Component):
                 "dx_latency": self.latency,
                 "reduce_to_finalize_cycles": GradReduce.LATENCY + 1,
                 "finalize_latency": self.finalize_latency,
-                "finalize_cycles_per_channel": "max(K, finalize initiation interval); "
-                                               "parameters-only: the initiation interval",
+                "finalize_cycles_per_channel": self.finalize_cycles_per_channel(self.max_chunks),
+                "finalize_cycles_per_channel_params_only": self.finalize_cycles_per_channel(
+                    self.max_chunks, params_only=True),
                 "throughput": "one block (pair) per cycle in the reduction and dx passes",
-                "params_only_saves": "the dx pass: n * groups cycles + dx latency, and K - 1 "
-                                     "cycles per channel of finalize",
+                "params_only_saves": "the dx pass: n * groups cycles of g input plus the pipeline "
+                                     "drain (see docs/backward.md for measured cycles)",
             },
             "port_roles": {
                 "cmd__payload": "stream cmd: count n, chunks_log2, c_scale, params_only "
@@ -227,26 +242,29 @@ class BackwardCore(wiring.Component):
         params_only = Signal()
         n_last = Signal(pw)
         m_last = Signal(pw)             # positions per chunk - 1
-        k_last = Signal(range(Kmax))    # K - 1
+        k_last = Signal(range(max(Kmax, 2)))    # K - 1
 
         low_mask = Signal(len(cmd.count))      # K - 1
-        for i in range(len(cmd.count)):
+        cl2_max = (1 << len(cmd.chunks_log2)) - 1
+        for i in range(min(len(cmd.count), cl2_max)):     # (higher bits: never set)
             m.d.comb += low_mask[i].eq(cmd.chunks_log2 > i)
+        k_ok = (cmd.chunks_log2 <= log2_kmax) if log2_kmax < cl2_max else Const(1)
+        n_ok = (cmd.count <= self.max_count) if self.max_count < (1 << len(cmd.count)) - 1 else Const(1)
         cmd_ok = Signal()
-        m.d.comb += cmd_ok.eq((cmd.chunks_log2 <= log2_kmax)
-                              & (cmd.count <= self.max_count)
+        m.d.comb += cmd_ok.eq(k_ok & n_ok
                               & ((cmd.count & low_mask) == 0)
                               & ((cmd.count >> (cmd.chunks_log2 + 1)) != 0))
 
         # --- storage for the dx pass ------------------------------------------------------------
         b_layout = data.StructLayout({"b_mid": f.width, "b_max": f.width, "b_min": f.width})
         c_layout = data.StructLayout({"argmax": pw, "argmin": pw, "flat": 1})
-        m.submodules.amem = amem = memory.Memory(shape=data.ArrayLayout(f.width, B), depth=G, init=[])
-        m.submodules.bmem = bmem = memory.Memory(shape=data.ArrayLayout(b_layout, B), depth=G, init=[])
-        m.submodules.cmem = cmem = memory.Memory(shape=data.ArrayLayout(c_layout, B), depth=G * Kmax,
-                                                 init=[])
-        a_wr, b_wr, c_wr = (mem.write_port(granularity=1) for mem in (amem, bmem, cmem))
-        a_rd, b_rd, c_rd = amem.read_port(), bmem.read_port(), cmem.read_port()
+        amem = RowStore("amem", data.ArrayLayout(f.width, B), G, lanes=True)
+        bmem = RowStore("bmem", data.ArrayLayout(b_layout, B), G, lanes=True)
+        cmem = RowStore("cmem", data.ArrayLayout(c_layout, B), G * Kmax, lanes=True)
+        for store in (amem, bmem, cmem):
+            store.elaborate(m)
+        a_wr, b_wr, c_wr = (_Port(st.wr_addr, st.wr_en, st.wr_data) for st in (amem, bmem, cmem))
+        a_rd, b_rd, c_rd = (_Port(st.rd_addr, st.rd_en, st.rd_data) for st in (amem, bmem, cmem))
 
         def cmem_addr(grp, k):
             return Cat(k[:log2_kmax], grp) if log2_kmax else grp
@@ -256,7 +274,7 @@ class BackwardCore(wiring.Component):
         in_lane = Signal(range(max(B, 2)))
         in_grp = Signal(range(max(G, 2)))
         in_chan = Signal(range(C + 1))
-        kk = Signal(range(Kmax))
+        kk = Signal(range(max(Kmax, 2)))
         # Output side (BackwardFinalize -> grads, b memory).
         out_lane = Signal(range(max(B, 2)))
         out_grp = Signal(range(max(G, 2)))
@@ -265,7 +283,7 @@ class BackwardCore(wiring.Component):
         # --- dx counters ------------------------------------------------------------------------
         d_pos = Signal(pw)
         d_grp = Signal(range(max(G, 2)))
-        d_k = Signal(range(Kmax))
+        d_k = Signal(range(max(Kmax, 2)))
         d_in_chunk = Signal(pw)
         d_done = Signal()               # every g block taken
         o_pos = Signal(pw)

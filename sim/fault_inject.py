@@ -401,11 +401,36 @@ def _shifter_judge(test_dir, info):
     assert s["hold_checks"] > 0, "no hold checks"
 
 
+def _core_config(p, vectors):
+    return {"params": p.as_dict(), "seed": 1, "elements": vectors, "gap": 0.2, "backpressure": 0.2,
+            "idle": 0.2, "result": "result.json", "result_file": "result.json"}
+
+
+def _forward_judge(test_dir, info):
+    # tests/test_forward_core.py::_check on the bench's result file
+    r = json.loads((Path(test_dir) / "result.json").read_text())
+    assert not r["errors"], r["errors"][:2]
+    assert not any(r["mismatches"].values()), r["mismatches"]
+
+
+def _backward_judge(test_dir, info):
+    r = json.loads((Path(test_dir) / "result.json").read_text())
+    assert r["grads_mismatches"] == 0 and r["dx_mismatches"] == 0, r["first_mismatches"][:2]
+    assert not r["protocol_errors"] and not r["status_errors"], (r["protocol_errors"][:2], r["status_errors"][:2])
+    assert tuple(r["extra_outputs"]) == (0, 0) and r["idle_at_end"], "extra outputs / busy at end"
+
+
+_CORE_PARAMS = dict(width=4, block=4, in_format="fp10", chunks=2, channels=5, max_count=64, internal_frac_bits=8)
+
 UNIT_BENCHES = {
     "ln_bfp_shifter": UnitBench(
         "ln_bfp_shifter", dict(width=4, block=2, in_format="e3m2", chunks=1, channels=1, max_count=2),
         "sim.test_bfp_shifter", _shifter_config, _shifter_judge, info=lambda c: {"latency": c.latency},
         formal=True),
+    "ln_forward_core": UnitBench(
+        "ln_forward_core", _CORE_PARAMS, "sim.test_forward_core", _core_config, _forward_judge),
+    "ln_backward_core": UnitBench(
+        "ln_backward_core", _CORE_PARAMS, "sim.test_backward_core", _core_config, _backward_judge),
 }
 
 
@@ -648,7 +673,8 @@ def main(argv=None):
     ap.add_argument("--unit", action="append", help="unit (Verilog module name); repeatable; default: all with a bench")
     ap.add_argument("--mutants", type=int, default=20, help="random sample size per unit; 0 = every mutant (default 20)")
     ap.add_argument("--seed", type=int, default=1, help="sampling seed (default 1)")
-    ap.add_argument("--vectors", type=int, default=100, help="random vectors per regression run (default 100)")
+    ap.add_argument("--vectors", type=int, help="random vectors (shifter: blocks; cores: elements) per "
+                    "regression run (default: 100 for the shifter, 400 for the cores)")
     ap.add_argument("--timeout", type=int, help="seconds per mutant (default: 6x the baseline run, >= 300)")
     ap.add_argument("--classify", action="store_true", help="classify survivors with the formal specification")
     ap.add_argument("--keep", action="store_true", help="keep work directories")
@@ -679,7 +705,8 @@ def main(argv=None):
             print(u, len(ms), kinds)
         return 0
     for u in units:
-        result = run_unit(u, sample=args.mutants, seed=args.seed, vectors=args.vectors, timeout=args.timeout,
+        vectors = args.vectors or (100 if u == "ln_bfp_shifter" else 400)
+        result = run_unit(u, sample=args.mutants, seed=args.seed, vectors=vectors, timeout=args.timeout,
                           classify=args.classify, keep=args.keep, standalone=args.standalone)
         print(summary_markdown(result))
         print()

@@ -398,13 +398,50 @@ def one_to_one_rules(depth):
 COUNT_RULES["ln_bfp_shifter"] = one_to_one_rules(3)
 
 
+def core_rules(pairs, cmd="cmd"):
+    """Counting rules of a Range-BN core: for each ``(out, in)`` pair, outputs never outnumber
+    the inputs they are computed from; before the first command is accepted no output is valid
+    and the core is not busy."""
+    names = sorted({n for pair in pairs for n in pair} | {cmd})
+    lines = ["  // Range-BN core: outputs never outnumber their inputs; nothing before a command"]
+    for n in names:
+        lines.append(f"  reg [7:0] n_{n} = 0;")
+    lines.append("  always @(posedge clk) begin")
+    lines.append("    if (rst) begin " + " ".join(f"n_{n} <= 0;" for n in names) + " end")
+    lines.append("    else begin")
+    for n in names:
+        lines.append(f"      if ({n}__valid && {n}__ready && n_{n} != 8'hff) n_{n} <= n_{n} + 1;")
+    lines.append("    end")
+    lines.append("  end")
+    lines.append("  always @* if (f_past) begin")
+    for out, inp in pairs:
+        lines.append(f"    assert(n_{out} <= n_{inp});")
+    outs = " || ".join(f"{o}__valid" for o, _ in pairs)
+    lines.append(f"    if (n_{cmd} == 0) assert(!({outs}) && !busy);")
+    lines.append("  end")
+    return "\n".join(lines) + "\n"
+
+
+# forward: every y block comes from a normalize-pass x block, every stats record from a params
+# record (one of each per channel and command); backward: every dx block from a g block, every
+# grads record from a stats record.
+COUNT_RULES["ln_forward_core"] = core_rules([("y", "x"), ("stats", "params")])
+COUNT_RULES["ln_backward_core"] = core_rules([("dx", "g"), ("grads", "stats")])
+
+
 # --------------------------------------------------------------------------------------------
 # Suites
 # --------------------------------------------------------------------------------------------
 
-def _params(width, block, in_format):
+def _params(width, block, in_format, **extra):
     from gen.units import Params
-    return Params(width=width, block=block, in_format=in_format, chunks=1, channels=1, max_count=2)
+    kw = dict(width=width, block=block, in_format=in_format, chunks=1, channels=1, max_count=2)
+    kw.update(extra)
+    return Params(**kw)
+
+
+#: Small core configuration of the formal checks (two channels in one block, n <= 2, K = 1).
+CORE_SMALL = dict(channels=2, internal_frac_bits=4)
 
 
 #: (unit, width, block, in_format, check, depth) run by default (tests/test_formal.py).
@@ -416,6 +453,8 @@ DEFAULT_SUITE = [
     ("ln_bfp_shifter", 3, 2, "e2m2", "scoreboard", 8),
     ("ln_bfp_shifter", 4, 2, "e3m2", "protocol", None),
     ("ln_bfp_shifter", 4, 2, "e3m2", "count", 12),
+    ("ln_forward_core", 3, 2, "e2m1", "protocol", 8),
+    ("ln_backward_core", 3, 2, "e2m1", "protocol", 8),
 ]
 #: Bigger proofs behind ``--long``.
 LONG_SUITE = [
@@ -426,7 +465,15 @@ LONG_SUITE = [
     ("ln_bfp_shifter", 8, 2, "fp10", "equiv", None),
     ("ln_bfp_shifter", 4, 3, "e3m2", "scoreboard", 16),
     ("ln_bfp_shifter", 4, 2, "fp10", "scoreboard", 12),
+    ("ln_forward_core", 3, 2, "e2m1", "count", 16),
+    ("ln_backward_core", 3, 2, "e2m1", "count", 16),
 ]
+
+
+def suite_params(unit, width, block, in_format):
+    """Params of a suite entry: the cores get :data:`CORE_SMALL` on top."""
+    extra = CORE_SMALL if unit in ("ln_forward_core", "ln_backward_core") else {}
+    return _params(width, block, in_format, **extra)
 
 
 def main(argv=None):
@@ -450,7 +497,7 @@ def main(argv=None):
         wd = None
         if args.keep:
             wd = Path(args.keep) / f"{unit}_{check}_{width}_{block}_{fmt}"
-        r = run_check(unit, _params(width, block, fmt), check, depth=depth, workdir=wd)
+        r = run_check(unit, suite_params(unit, width, block, fmt), check, depth=depth, workdir=wd)
         print(f"{r.status:6} {r.seconds:7.1f} s  {r.name}", flush=True)
         if not r.passed:
             failed += 1

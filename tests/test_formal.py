@@ -55,7 +55,7 @@ def _suite_params(entries, long):
 @pytest.mark.parametrize("unit,width,block,in_format,check,depth",
                          _suite_params(formal.DEFAULT_SUITE, False) + _suite_params(formal.LONG_SUITE, True))
 def test_formal(unit, width, block, in_format, check, depth):
-    result = formal.run_check(unit, formal._params(width, block, in_format), check, depth=depth)
+    result = formal.run_check(unit, formal.suite_params(unit, width, block, in_format), check, depth=depth)
     assert result.passed, f"{result.name}: {result.status}\n{result.log_tail}\nwork directory: {result.workdir}"
 
 

@@ -22,7 +22,7 @@ from sim import golden_bn as gbn
 from sim.golden import Block, float_to_bfp
 
 __all__ = ["BackwardPlan", "Step", "saved_record", "activations", "to_blocks", "random_blocks",
-           "edge_blocks"]
+           "edge_blocks", "EDGE_KINDS", "build_core"]
 
 _NO_FLAGS = {"sat": False, "special": False, "flush": False}
 
@@ -51,20 +51,17 @@ def activations(kind, n, channels, rng):
 
 def to_blocks(cfg, fmt, x):
     """Float64 ``x[n, channels]`` -> packed ``fmt`` words -> the BFP block stream."""
+    from sim.fast_bn import encode_fields       # vectorized FloatFormat.encode (same bits)
     fmt = float_format(fmt)
     B, C = cfg.bfp.block, cfg.channels
-    cache, blocks = {}, []
-    for row in np.asarray(x, dtype=np.float64):
-        words = []
-        for v in row:
-            v = float(v)
-            w = cache.get(v)
-            if w is None:
-                w = cache[v] = fmt.encode(v)
-            words.append(w)
-        words += [0] * (cfg.groups * B - C)
+    sign, expo, frac = encode_fields(fmt, x)
+    words = (sign << (fmt.exp_bits + fmt.frac_bits)) | (expo << fmt.frac_bits) | frac
+    blocks = []
+    pad = [0] * (cfg.groups * B - C)
+    for row in words.tolist():
+        row = row + pad
         for g in range(cfg.groups):
-            blocks.append(float_to_bfp(fmt, cfg.bfp, words[g * B:(g + 1) * B]))
+            blocks.append(float_to_bfp(fmt, cfg.bfp, row[g * B:(g + 1) * B]))
     return blocks
 
 
@@ -87,40 +84,57 @@ def random_blocks(cfg, n, rng, exp_range=None):
     return out
 
 
-def edge_blocks(cfg, n, rng):
-    """Edge cases per channel, cycling over the channels: all-equal (flat), max and min ties
-    (repeated extremes), two-valued (equal values at different exponents), saturated codes at the
-    largest exponent, zeros, tiny alternating values (a huge 1 / sigma_hat), random."""
+#: Edge-case kinds of :func:`edge_blocks`.
+EDGE_KINDS = ("flat", "ties", "partflat", "stepflat", "two", "sat", "zero", "tiny", "random")
+
+
+def edge_blocks(cfg, n, rng, offset=0):
+    """Edge cases, one kind per group of ``B`` channels (so a block's shared exponent belongs to
+    its kind and does not wipe out the other lanes), group ``g`` taking ``EDGE_KINDS[(g + offset)
+    % len]``; lanes of a group differ in their constants and phases.
+
+    ``flat``: all-equal channels (R = 0); ``ties``: the max and the min repeat (first occurrence
+    wins); ``partflat``: constant in the even chunks, random in the odd ones (``chunk_flat`` set in
+    some chunks of a channel that is not flat); ``stepflat``: constant within every chunk, a
+    different constant per chunk (every chunk has max == min, so R = 0); ``two``: one value
+    written alternately as code 1 at exponent 5 and code 2 at exponent 4; ``sat``: +-code_max at
+    the largest exponent; ``zero``; ``tiny``: +-1 at exponent 1 (a huge 1 / sigma_hat);
+    ``random``: random codes at a random exponent."""
     bfp, B = cfg.bfp, cfg.bfp.block
-    kinds = ("flat", "ties", "two", "sat", "zero", "tiny", "random")
-    rows = []
-    for p in range(n):
-        row = []
-        for c in range(cfg.channels):
-            kind = kinds[c % len(kinds)]
-            if kind == "flat":
-                v = (3 if bfp.code_max >= 3 else 1, bfp.exp_max // 2)
-            elif kind == "ties":
-                v = ((bfp.code_max, 4) if p % 3 == 0 else (-bfp.code_max, 4) if p % 3 == 1 else (1, 4))
-            elif kind == "two":
-                v = (1, 2) if p % 2 else (2, 1)
-            elif kind == "sat":
-                v = ((bfp.code_max if p % 2 else -bfp.code_max), bfp.exp_max)
-            elif kind == "zero":
-                v = (0, 0)
-            elif kind == "tiny":
-                v = ((1 if p % 2 else -1), 1)
-            else:
-                v = (int(rng.integers(-bfp.code_max, bfp.code_max + 1)), int(rng.integers(0, bfp.exp_max + 1)))
-            row.append(v)
-        rows.append(row)
+    m = max(1, n // cfg.chunks)
+    cmax = bfp.code_max
     out = []
     for p in range(n):
+        k = p // m
         for g in range(cfg.groups):
-            lanes = rows[p][g * B:min((g + 1) * B, cfg.channels)]
-            e = max(ex for _, ex in lanes)
-            codes = [q >> (e - ex) if q >= 0 else -((-q) >> (e - ex)) for q, ex in lanes]
-            codes += [0] * (B - len(codes))
+            kind = EDGE_KINDS[(g + offset) % len(EDGE_KINDS)]
+            e = 4
+            if kind == "flat":
+                codes = [1 + (l % cmax) for l in range(B)]
+                e = min(bfp.exp_max, 15)
+            elif kind == "ties":
+                codes = [(cmax, -cmax, 1)[(p + l) % 3] for l in range(B)]
+            elif kind == "partflat":
+                codes = ([1 + (l % cmax) for l in range(B)] if k % 2 == 0 else
+                         [int(rng.integers(-cmax, cmax + 1)) for _ in range(B)])
+                e = 3
+            elif kind == "stepflat":
+                codes = [1 + ((k + l) % cmax) for l in range(B)]
+                e = 3
+            elif kind == "two":
+                e = 5 if p % 2 else 4
+                codes = [min(cmax, 1 if p % 2 else 2) * (1 if l % 2 else -1) for l in range(B)]
+            elif kind == "sat":
+                e = bfp.exp_max
+                codes = [cmax if (p + l) % 2 else -cmax for l in range(B)]
+            elif kind == "zero":
+                codes, e = [0] * B, 0
+            elif kind == "tiny":
+                e = 1
+                codes = [1 if (p + l) % 2 else -1 for l in range(B)]
+            else:
+                e = int(rng.integers(0, bfp.exp_max + 1))
+                codes = [int(rng.integers(-cmax, cmax + 1)) for _ in range(B)]
             out.append(Block(e, codes, _NO_FLAGS))
     return out
 
@@ -169,6 +183,7 @@ class BackwardPlan:
         self.saved_layout = saved_layout(p.internal, p.max_count, p.chunks)
         self.grads_layout = grads_layout(p.internal)
         self.pair_layout = pair_layout(p.bfp)
+        self._block_offsets = None
         self.steps = []
 
     def cfg(self, K, c_scale=None):
@@ -182,17 +197,34 @@ class BackwardPlan:
     def dx_elements(self):
         return sum(s["elements"] for s in self.steps if not s["cmd"]["params_only"])
 
-    # packing
+    # packing (blocks are many: offsets from the layouts once, then plain integer shifts; the
+    # records are few and go through sim.bench.pack)
     def _block(self, block):
-        from sim.bench import pack
-        return pack(self.bfp.block_layout(), {"exponent": block[0],
-                                              "codes": [self.bfp.to_bits(q) for q in block[1]]})
+        lay = self._block_offsets
+        if lay is None:
+            bl, fl = self.bfp.block_layout(), self.bfp.flagged_block_layout()
+            flags = fl["flags"].shape
+            lay = self._block_offsets = (
+                bl["exponent"].offset, bl["codes"].offset,
+                fl["exponent"].offset, fl["codes"].offset,
+                {k: fl["flags"].offset + flags[k].offset for k in ("sat", "special", "flush")})
+        e_off, c_off = lay[0], lay[1]
+        W, mask = self.bfp.width, (1 << self.bfp.width) - 1
+        word = block[0] << e_off
+        for i, q in enumerate(block[1]):
+            word |= (q & mask) << (c_off + i * W)
+        return word
 
     def _flagged(self, block):
-        from sim.bench import pack
-        return pack(self.bfp.flagged_block_layout(), {
-            "exponent": block[0], "codes": [self.bfp.to_bits(q) for q in block[1]],
-            "flags": {k: int(bool(block[2][k])) for k in ("sat", "special", "flush")}})
+        self._block(Block(0, [], {}))
+        _, _, e_off, c_off, f_off = self._block_offsets
+        W, mask = self.bfp.width, (1 << self.bfp.width) - 1
+        word = block[0] << e_off
+        for i, q in enumerate(block[1]):
+            word |= (q & mask) << (c_off + i * W)
+        for k, off in f_off.items():
+            word |= int(bool(block[2][k])) << off
+        return word
 
     def bad(self, count, chunks_log2, tag):
         from sim.bench import pack
@@ -211,7 +243,9 @@ class BackwardPlan:
         cfg = self.cfg(K, c_scale)
         if gamma is None:
             gamma, beta = channel_params(cfg, self.rng)
-        _, stats, params, _, _ = gbn.forward(cfg, x, gamma, beta)
+        # The golden forward pass without its normalize step (y is not needed here).
+        stats = gbn.forward_stats(cfg, x)
+        params = [gbn.finalize(cfg, stats[c], gamma[c], beta[c]) for c in range(self.C)]
         dx, gparams = gbn.backward(cfg, x, g, stats, params, params_only=params_only)
         cmd = {"count": n, "chunks_log2": K.bit_length() - 1, "c_scale": c_scale,
                "params_only": int(params_only)}
@@ -236,7 +270,7 @@ class BackwardPlan:
         if kind == "random":
             return random_blocks(cfg, n, self.rng, **kw)
         if kind == "edge":
-            return edge_blocks(cfg, n, self.rng)
+            return edge_blocks(cfg, n, self.rng, **kw)
         return to_blocks(cfg, self.fmt, activations(kind, n, self.C, self.rng))
 
     def build(self, target_elements):
@@ -259,12 +293,13 @@ class BackwardPlan:
         self.good(self.tensor("edge", 2 * K, K), self.tensor("random", 2 * K, K), K,
                   tag="minimal n = 2K, edge data")
         self.bad(1, 0, "n = 1")
-        self.good(self.tensor("edge", 2 * K, K), self.tensor("grad", 2 * K, K), K, params_only=True,
-                  tag="parameters only after a dropped command")
-        n_edge = min(p.max_count, 32 * K)
-        self.good(self.tensor("edge", n_edge, K), self.tensor("grad", n_edge, K), K, tag="edge data")
-        self.good(self.tensor("edge", n_edge, K), self.tensor("random", n_edge, K), K,
-                  tag="edge data, random g")
+        self.good(self.tensor("edge", 2 * K, K, offset=1), self.tensor("grad", 2 * K, K), K,
+                  params_only=True, tag="parameters only after a dropped command")
+        n_edge = min(p.max_count, 8 * K)
+        for offset in range(len(EDGE_KINDS)):       # every kind in every group position
+            self.good(self.tensor("edge", n_edge, K, offset=offset),
+                      self.tensor("random" if offset % 2 else "grad", n_edge, K), K,
+                      tag=f"edge data, kinds from {EDGE_KINDS[offset]}")
         # internal-float overflow: gamma = max gives a huge a (b_mid, corr overflow)
         f = self.f
         gmax = f.pack(0, f.exp_max, (1 << f.frac_bits) - 1)

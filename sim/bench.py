@@ -495,13 +495,15 @@ VERILATOR_MAKE_VARS = {
 _RUNTIME_OBJECTS = ("verilated", "verilated_dpi", "verilated_vpi", "verilated_threads")
 
 
-def _runtime_archive():
+def _runtime_archive(make_vars):
     try:
         from importlib.metadata import version
         tag = version("verilator")
     except Exception:
         tag = "unknown"
-    key = hashlib.sha256(json.dumps([tag, VERILATOR_MAKE_VARS, sys.platform]).encode()).hexdigest()[:10]
+    # The run-time objects are compiled with OPT_GLOBAL and CFG_* only.
+    relevant = {k: v for k, v in make_vars.items() if k not in ("OPT_FAST", "OPT_SLOW", "VM_PARALLEL_BUILDS")}
+    key = hashlib.sha256(json.dumps([tag, relevant, sys.platform], sort_keys=True).encode()).hexdigest()[:10]
     return SIM_BUILD_ROOT / f".verilated-runtime-{key}" / "libverilated_rt.a"
 
 
@@ -519,17 +521,17 @@ def _make(runner, source, toplevel, build_dir, timescale, make_vars):
             os.environ["MAKEFLAGS"] = saved
 
 
-def _build_verilator(runner, source, toplevel, build_dir, timescale):
-    """Build with :data:`VERILATOR_MAKE_VARS`, linking the shared run-time archive when there is
-    one (and creating it after the first plain build)."""
+def _build_verilator(runner, source, toplevel, build_dir, timescale, base_vars):
+    """Build with the make variables ``base_vars``, linking the shared run-time archive when there
+    is one (and creating it after the first plain build)."""
     import shutil
     import subprocess
     import tempfile
-    archive = _runtime_archive()
+    archive = _runtime_archive(base_vars)
     waves = os.environ.get("WAVES", "0") not in ("", "0")
     usable = not waves and " " not in str(archive)
     if usable and archive.exists():
-        make_vars = dict(VERILATOR_MAKE_VARS, VK_GLOBAL_OBJS="",
+        make_vars = dict(base_vars, VK_GLOBAL_OBJS="",
                          LIBS=f"-Wl,--whole-archive,{archive},--no-whole-archive")
         try:
             _make(runner, source, toplevel, build_dir, timescale, make_vars)
@@ -543,7 +545,7 @@ def _build_verilator(runner, source, toplevel, build_dir, timescale):
         build_dir.mkdir(parents=True)
         source.write_text(text)
         usable = False
-    _make(runner, source, toplevel, build_dir, timescale, VERILATOR_MAKE_VARS)
+    _make(runner, source, toplevel, build_dir, timescale, base_vars)
     plain = re.search(r"^VM_TIMING = 0$", (build_dir / "Vtop_classes.mk").read_text(), re.M)
     if usable and plain and not archive.exists():
         archive.parent.mkdir(parents=True, exist_ok=True)
@@ -561,7 +563,8 @@ _RUN_COUNTER = iter(range(1 << 30))
 
 
 def run_cocotb(verilog, toplevel, test_module, *, name=None, build_dir=None, test_dir=None,
-               config=None, extra_env=None, testcase=None, seed=None, simulator=None):
+               config=None, extra_env=None, testcase=None, seed=None, simulator=None,
+               make_vars=None):
     """Build ``verilog`` (Verilog text, or a path to a ``.v`` file) and run the cocotb tests of
     ``test_module`` (a dotted module name importable from the repository root) against
     ``toplevel``.
@@ -572,6 +575,8 @@ def run_cocotb(verilog, toplevel, test_module, *, name=None, build_dir=None, tes
     * ``config`` (a JSON-serialisable dict) reaches the cocotb process as ``LN_CONFIG``; read it
       there with :func:`config`. ``extra_env`` adds more environment variables.
     * The simulator is Verilator, or Icarus when ``simulator="icarus"`` or ``LN_SIM=icarus``.
+      ``make_vars`` overrides entries of :data:`VERILATOR_MAKE_VARS` for this build (e.g.
+      ``{"OPT_FAST": "-O1"}`` for a large model whose evaluation, not the bench, sets the pace).
     * Raises ``AssertionError`` naming every failed cocotb test (or when no test ran), and
       ``RuntimeError`` when cocotb or the simulator is missing.
 
@@ -584,7 +589,10 @@ def run_cocotb(verilog, toplevel, test_module, *, name=None, build_dir=None, tes
         text = Path(verilog).read_text()
     else:
         text = str(verilog)
-    digest = hashlib.sha256("\0".join((text, toplevel, simulator)).encode()).hexdigest()[:12]
+    key = [text, toplevel, simulator]
+    if make_vars:
+        key.append(json.dumps(make_vars, sort_keys=True))
+    digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:12]
     label = re.sub(r"[^\w.-]+", "_", name or toplevel)
     build_dir = Path(build_dir) if build_dir else SIM_BUILD_ROOT / f"{label}-{digest}"
     source = build_dir / f"{toplevel}.v"
@@ -595,7 +603,8 @@ def run_cocotb(verilog, toplevel, test_module, *, name=None, build_dir=None, tes
             build_dir.mkdir(parents=True, exist_ok=True)
             source.write_text(text)
             if simulator == "verilator":
-                _build_verilator(runner, source, toplevel, build_dir, timescale)
+                _build_verilator(runner, source, toplevel, build_dir, timescale,
+                                 dict(VERILATOR_MAKE_VARS, **(make_vars or {})))
             else:
                 runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
                              timescale=timescale, always=True, log_file=build_dir / "build.log")

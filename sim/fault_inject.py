@@ -530,17 +530,33 @@ def _spawn(job, workdir, timeout):
         return "timeout", f"no result after {timeout} s (hang)", time.monotonic() - t0
 
 
-def classify_formally(bench, mutated):
+def classify_formally(bench, mutated, depth=10):
     """For units with a formal specification: 'equivalent' when the mutant passes the
-    equivalence proof, the protocol proof and the bounded back-pressure scoreboard."""
+    equivalence proof (k-induction), the protocol proof and the back-pressure scoreboard (BMC);
+    'equivalent up to N cycles (bounded)' when the equivalence induction is inconclusive but no
+    difference exists within ``depth`` cycles from reset with or without back-pressure;
+    otherwise 'not equivalent' with the failing check."""
     from sim import formal
     params = _params(bench)
     verdicts = []
-    for check, depth in (("equiv", None), ("protocol", None), ("scoreboard", 8)):
-        r = formal.run_check(bench.unit, params, check, depth=depth, patch=lambda _t: mutated)
+    bounded = False
+    for check, d in (("equiv", None), ("protocol", None), ("scoreboard", 8)):
+        r = formal.run_check(bench.unit, params, check, depth=d, patch=lambda _t: mutated)
+        if check == "equiv" and r.status == "UNKNOWN":
+            r = formal.run_check(bench.unit, params, check, depth=depth, patch=lambda _t: mutated)
+            bounded = r.status == "UNKNOWN" and "returned pass for basecase" in r.log_tail
+            verdicts.append(f"equiv:basecase PASS to depth {depth}, induction inconclusive" if bounded
+                            else f"equiv:{r.status}")
+            if not bounded:
+                return "not equivalent (" + ", ".join(verdicts) + ")"
+            continue
+        if check == "scoreboard" and bounded:
+            r = formal.run_check(bench.unit, params, check, depth=depth, patch=lambda _t: mutated)
         verdicts.append(f"{check}:{r.status}")
         if not r.passed:
             return "not equivalent (" + ", ".join(verdicts) + ")"
+    if bounded:
+        return f"equivalent up to {depth} cycles (bounded; " + ", ".join(verdicts) + ")"
     return "equivalent (" + ", ".join(verdicts) + ")"
 
 

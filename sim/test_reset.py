@@ -383,3 +383,139 @@ if cocotb is not None:
         failures += st.errors
         _write_summary(cfg, {"stats": dict(stats), "failures": failures[:20]})
         assert not failures, "\n".join(failures[:10])
+
+
+# --------------------------------------------------------------------------------------------
+# Backward core
+# --------------------------------------------------------------------------------------------
+
+BWD_SOURCES = ("cmd", "stats", "xg", "g")
+BWD_SINKS = ("grads", "dx")
+
+
+async def _bwd_run(st, p, steps, *, stop=None):
+    """Drive ``sim.test_backward_core.BackwardPlan`` steps one command after another (the next
+    command is offered when the core is idle again); ``stop(st)`` -> True aborts."""
+    for i, s in enumerate(steps):
+        st.queues["cmd"].append(s["word"])
+        st.queues["stats"].extend(s["stats"])
+        st.queues["xg"].extend(s["xg"])
+        st.queues["g"].extend(s["g"])
+        sent_cmd = st.sent["cmd"]
+        want_g = len(st.got["grads"]) + len(s["grads"])
+        want_d = len(st.got["dx"]) + len(s["dx"])
+        limit = st.cycle + 60 * (len(s["xg"]) + len(s["g"]) + 1) + 400 * p.channels + 2000
+        while True:
+            if stop is not None and stop(st):
+                return i
+            await st.step()
+            accepted = st.sent["cmd"] > sent_cmd
+            if s["bad"] and accepted:
+                break
+            if accepted and not int(st.dut.busy.value) and len(st.got["grads"]) >= want_g \
+                    and len(st.got["dx"]) >= want_d \
+                    and not any(st.queues[n] or st.valid[n] for n in ("stats", "xg", "g")):
+                break
+            if st.cycle > limit:
+                st.errors.append(f"step {i} ({s['tag']}): timeout")
+                return i
+    return None
+
+
+def _bwd_compare(steps, st, label, failures):
+    for name in BWD_SINKS:
+        want = [w for s in steps for w in s[name]]
+        got = st.got[name]
+        if got != want:
+            k = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            failures.append(f"{label}: {name}: got {len(got)} records, want {len(want)}; first difference at {k}")
+
+
+if cocotb is not None:
+    @cocotb.test()
+    async def backward_reset_and_back_to_back(dut):
+        """1. Back to back: commands with different n, K, C, parameters-only and full, a dropped
+        command in between; every grads record and dx block vs golden.
+        2. Reset in the reduction pass, in finalize, in the dx pass (dx stalled or not) and right
+        after a command; then a fresh plan must match bit for bit with no stale output."""
+        from gen.units import Params
+        from sim.bench import config
+        from sim.test_backward_core import BackwardPlan
+        cfg = config()
+        if cfg.get("unit") != "backward":
+            return
+        p = Params(**cfg["params"])
+        K = p.chunks
+        rng = random.Random(cfg.get("seed", 1))
+        await _start(dut)
+        for name in BWD_SOURCES:
+            getattr(dut, f"{name}__valid").value = 0
+        st = Streams(dut, BWD_SOURCES, BWD_SINKS, rng, gap=0.1, bp=0.2)
+        failures, stats = [], collections.Counter()
+
+        def plan(seed, n=None):
+            pl = BackwardPlan(p, seed)
+            if n is None:
+                Ks = [k for k in (K, max(1, K // 2), 1) if p.max_count >= 2 * k]
+                for j, k in enumerate(Ks):
+                    nn = min(p.max_count, 2 * k * (j + 1))
+                    nn -= nn % k
+                    pl.good(pl.tensor("gauss", nn, k), pl.tensor("random", nn, k), k, tag=f"K={k} n={nn}")
+                    pl.good(pl.tensor("laplace", nn, k), pl.tensor("random", nn, k), k, params_only=True,
+                            tag=f"params only K={k} n={nn}")
+                pl.bad(1, 0, "n = 1 (dropped)")
+                pl.good(pl.tensor("edge", 2 * K, K), pl.tensor("random", 2 * K, K), K, tag="edge")
+            else:
+                pl.good(pl.tensor("gauss", n, K), pl.tensor("random", n, K), K, tag=f"n={n}")
+                pl.good(pl.tensor("relu", 2 * K, K), pl.tensor("random", 2 * K, K), K, params_only=True,
+                        tag="params only")
+            return pl.steps
+
+        steps = plan(cfg.get("seed", 1))
+        await _bwd_run(st, p, steps)
+        _bwd_compare(steps, st, "back to back", failures)
+        stats["back_to_back_commands"] = len(steps)
+
+        n_long = min(p.max_count, 8 * K)
+        n_long -= n_long % K
+        points = [("reduction pass", lambda s: s.sent["xg"] >= 2),
+                  ("finalize", lambda s: len(s.got["grads"]) >= 1),
+                  ("dx pass", lambda s: len(s.got["dx"]) >= 1),
+                  ("dx pass, dx stalled", lambda s: len(s.got["dx"]) >= 1 and s.hold["dx"] is not None),
+                  ("right after the command", lambda s: s.sent["cmd"] >= 1)]
+        for trial in range(cfg.get("trials", 1)):
+            for where, cond in points:
+                for name in BWD_SINKS:
+                    st.got[name].clear()
+                st.sent = {k: 0 for k in st.sent}
+                st.bp = 0.5 if "stalled" in where else 0.2
+                first = plan(100 + trial, n_long)
+                interrupted = await _bwd_run(st, p, first[:1], stop=cond)
+                if interrupted is None:
+                    failures.append(f"reset '{where}': the command finished before the reset point")
+                    continue
+                await st.reset(rng.choice([1, 2, 3]), keep_valid=rng.random() < 0.5)
+                await FallingEdge(dut.clk)
+                if int(dut.dx__valid.value) or int(dut.grads__valid.value) or int(dut.busy.value):
+                    failures.append(f"reset '{where}': dx.valid={int(dut.dx__valid.value)} "
+                                    f"grads.valid={int(dut.grads__valid.value)} busy={int(dut.busy.value)} "
+                                    f"right after reset")
+                await RisingEdge(dut.clk)
+                st.drive()
+                for name in BWD_SINKS:
+                    st.got[name].clear()
+                st.sent = {k: 0 for k in st.sent}
+                for _ in range(8):
+                    await st.step()
+                if st.got["dx"] or st.got["grads"]:
+                    failures.append(f"reset '{where}': stale output after reset")
+                for name in BWD_SINKS:
+                    st.got[name].clear()
+                st.bp = 0.2
+                fresh = plan(200 + trial, 2 * K if trial % 2 else n_long)
+                await _bwd_run(st, p, fresh)
+                _bwd_compare(fresh, st, f"fresh pass after reset '{where}'", failures)
+                stats[f"reset: {where}"] += 1
+        failures += st.errors
+        _write_summary(cfg, {"stats": dict(stats), "failures": failures[:20]})
+        assert not failures, "\n".join(failures[:10])

@@ -2,7 +2,7 @@
 (cocotb benches in ``sim/test_reset.py``): no stale state survives a reset, and a fresh pass
 after a reset matches the golden model of that pass alone.
 
-Default: the BFP shifter at two sizes, the forward core at one small configuration.
+Default: the BFP shifter at two sizes, the forward and backward cores at one small configuration.
 ``--long``: more trials and a bigger forward configuration.
 """
 
@@ -49,8 +49,57 @@ def test_forward_reset(tmp_path):
         assert s["stats"].get(f"reset: {where}") == 1
 
 
+def test_backward_reset(tmp_path):
+    s = _run("ln_backward_core", "backward", FORWARD, 1, 1, tmp_path)
+    for where in ("reduction pass", "finalize", "dx pass", "right after the command"):
+        assert s["stats"].get(f"reset: {where}") == 1
+
+
 @pytest.mark.long
 def test_forward_reset_long(tmp_path):
     params = dict(width=8, block=4, in_format="fp10", chunks=8, channels=6, max_count=256)
     s = _run("ln_forward_core", "forward", params, 4, 2, tmp_path)
     assert s["stats"].get("reset: normalize pass") == 4
+
+
+# --------------------------------------------------------------------------------------------
+# The opt-in long regression (sim/long_regression.py) lives here too: pytest --long
+# --------------------------------------------------------------------------------------------
+
+def test_long_regression_stimulus_and_classes():
+    """Fast check (no simulator) of the long regression's stimulus and edge-class bookkeeping:
+    every possible class is hit by a few thousand blocks of every configuration, and the tie
+    classes agree with the golden model (a tie rounded up gives an odd truncated value + 1)."""
+    import numpy as np
+    from hw.formats import BFPFormat, float_format
+    from sim.golden import float_to_bfp
+    from sim.long_regression import CONFIGS, classify, generate, possible_classes
+    for fmt_name, width, block in CONFIGS:
+        fmt = float_format(fmt_name)
+        bfp = BFPFormat.for_float(fmt, width, block)
+        words = generate(fmt, bfp, 1500, np.random.default_rng(7))
+        counts = {}
+        classify(fmt, bfp, words, counts)
+        assert set(counts) == possible_classes(fmt, bfp)
+        never = [k for k, v in counts.items() if v == 0]
+        assert not never, f"{fmt_name} W={width} B={block}: never hit {never}"
+        # cross-check two classes lane by lane against the golden model on a sample
+        for row in words[:100]:
+            blk = float_to_bfp(fmt, bfp, [int(w) for w in row])
+            single = {}
+            classify(fmt, bfp, row[None, :], single)
+            sat_lanes = sum(abs(q) == bfp.code_max for q in blk.codes)
+            assert bool(single.get("sat_block", 0)) == blk.flags["sat"]
+            assert single.get("saturated", 0) <= sat_lanes
+            if single["zero_block"]:
+                assert blk.exponent == 0 and not any(blk.codes)
+
+
+@pytest.mark.long
+def test_long_regression(tmp_path):
+    """>= 10**7 random elements through the emitted shifter over sim.long_regression.CONFIGS."""
+    from sim.long_regression import OUT, run
+    rec = run(10 ** 7, out=OUT)
+    assert rec["elements"] >= 10 ** 7
+    assert rec["mismatches"] == 0, [c.get("notes") for c in rec["configurations"]]
+    assert not rec["classes_never_hit"], rec["classes_never_hit"]

@@ -311,7 +311,6 @@ def test_generate_wrong_params_type(tmp_path, params):
 @pytest.mark.parametrize("kwargs", [
     dict(width=2, block=1),
     dict(width=16, block=1),
-    dict(width=2, block=64),
     dict(width=16, block=64, in_format="fp16"),
     dict(width=3, block=5, in_format="e2m1"),
 ], ids=lambda k: "-".join(f"{a}{b}" for a, b in k.items()))

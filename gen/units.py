@@ -143,6 +143,8 @@ def generate(params, out_dir, units=None, progress=None):
     are written into a temporary directory beside ``out_dir`` and moved into place at the end, so a
     failure leaves nothing half-written. Returns the manifest (a dict)."""
     from gen.verilog import emit
+    if not isinstance(params, Params):
+        raise TypeError(f"generate() takes a gen.units.Params, not {params!r}")
     out_dir = Path(out_dir)
     parent = out_dir.resolve().parent
     if not parent.is_dir():

@@ -24,6 +24,7 @@ Two families:
     Codes never take the value ``-2**(width-1)`` and zero is never negative.
 """
 
+import numbers
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -91,7 +92,13 @@ class FloatFormat:
     def encode(self, value):
         """Nearest representable value, ties to even; saturates to the largest magnitude; values
         below the smallest normal round to zero or to the smallest normal (no subnormals).
-        ``value`` may be a float, int or ``Fraction``."""
+        ``value`` may be a float, int or ``Fraction``; an infinity saturates, a NaN is refused."""
+        if isinstance(value, float) and value != value:
+            raise ValueError(f"cannot encode NaN in {self.name}")
+        if isinstance(value, float) and value in (float("inf"), float("-inf")):
+            return self.pack(int(value < 0), self.exp_max, (1 << self.frac_bits) - 1)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{self.name}.encode() takes an int, float or Fraction, not {value!r}")
         value = Fraction(value)
         sign = int(value < 0)
         mag = -value if sign else value

@@ -52,7 +52,7 @@ def test_same_arguments_give_identical_bytes(tmp_path):
     (["--in-format", "fp99"], "unknown float format 'fp99'"),
     (["--in-format", "bf16"], "in-format 'bf16' has 8 exponent bits"),
     (["--chunks", "3"], "chunks must be a power of two"),
-    (["--width", "eight"], "invalid int value"),
+    (["--width", "eight"], "width must be an integer in 2..16, not 'eight'"),
 ])
 def test_bad_values_one_line_exit_2_nothing_written(tmp_path, args, needle):
     result = run_gen(*args, "--out", "d", cwd=tmp_path)

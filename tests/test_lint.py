@@ -167,11 +167,24 @@ def _report(name, real):
             + "\n".join(real[:15]))
 
 
+#: Units whose emitted Verilog is known NOT to be -Wall clean yet (open work, stated in the issue
+#: notes and docs/forward.md, docs/backward.md): carry bits of additions left unused, constants
+#: compared at a narrower width, overlapping case arms from Amaranth's Switch lowering. Strict xfail:
+#: the day a unit becomes clean this test fails until the entry is removed.
+KNOWN_UNCLEAN = {
+    "ln_forward_core": "forward core: ~1100 width/unused-bit/case-overlap warnings (open)",
+    "ln_backward_core": "backward core: width/unused-bit/case-overlap warnings (open)",
+}
+
+
 def _cases():
     cases = []
     for name, factory in lint_units():
         for p in lint_params():
-            cases.append(pytest.param(name, factory, p,
+            marks = ()
+            if name in KNOWN_UNCLEAN:
+                marks = pytest.mark.xfail(strict=True, reason=KNOWN_UNCLEAN[name])
+            cases.append(pytest.param(name, factory, p, marks=marks,
                                       id=f"{name}-w{p.width}-b{p.block}-{p.in_format}"))
     return cases
 

@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """cocotb regression of ``hw.bfp_shifter`` against ``sim.golden`` (run through
 ``tests/test_bfp_shifter.py``, which passes the configuration in ``LN_CONFIG``).
 
@@ -59,6 +60,17 @@ class Case:
         shared, codes, sat = quantize_block(self.bfp, [self.dut.exact_element(*lane) for lane in lanes])
         return Block(shared, codes, {"sat": sat or bool(flags["sat"]), "special": bool(flags["special"]),
                                      "flush": bool(flags["flush"])})
+
+    def elements(self, vector):
+        """The vector as golden-model exact elements ``(sign, mag, exp)``."""
+        if self.cfg["unit"] == "shifter":
+            fmt, out = self.fmt, []
+            for word in vector:
+                sign, exponent, fraction = fmt.unpack(word)
+                out.append((sign, (1 << fmt.frac_bits) | fraction, exponent - fmt.bias - fmt.frac_bits)
+                           if exponent else (sign, 0, 0))
+            return out
+        return [self.dut.exact_element(*lane) for lane in vector[0]]
 
     def observed(self, out):
         return Block(out["exponent"], [self.bfp.to_signed(c) for c in out["codes"]],
@@ -154,7 +166,10 @@ class ShifterVectors:
                 ks |= {lo, hi, rng.randint(lo, hi)}
                 ks |= {k ^ 1 for k in ks if lo <= k ^ 1 <= hi}  # both parities
             for k in sorted(ks):
-                for _ in range(2):
+                hits = 0
+                for _ in range(60):                            # find maxima that leave room
+                    if hits == 2:
+                        break
                     e_max = rng.randint(1, fmt.exp_max)
                     top = self.word(e_max)
                     lsb = bfp.lsb_exponent(self.shared_of(top))
@@ -165,6 +180,7 @@ class ShifterVectors:
                     tie = fmt.pack(rng.randrange(2), e, m - (1 << M))
                     lanes = {0: top, rng.randrange(1, B): tie}
                     out.append(self.fill(lanes, lambda: self.small(e_max)))
+                    hits += 1
         return out
 
     def saturating(self):
@@ -300,6 +316,48 @@ def _write_summary(cfg):
             json.dump(_SUMMARY, f, indent=1, sort_keys=True)
 
 
+def coverage(case, vectors):
+    """What the vectors exercise, from the golden model: exact half-LSB ties per right-shift
+    amount (``[rounded down, rounded up]``), saturated blocks, zero blocks, flush and special."""
+    ties, counts = {}, {"saturated": 0, "zero_blocks": 0, "flush": 0, "special": 0}
+    for vector in vectors:
+        elements = case.elements(vector)
+        shared, _, saturated = quantize_block(case.bfp, elements)
+        counts["saturated"] += saturated
+        if case.cfg["unit"] == "shifter":
+            flags = case.expected(vector).flags
+            counts["flush"] += flags["flush"]
+            counts["special"] += flags["special"]
+        if not shared:
+            counts["zero_blocks"] += 1
+            continue
+        lsb = case.bfp.lsb_exponent(shared)
+        for _, mag, exp in elements:
+            sh = lsb - exp
+            if mag and sh >= 1 and mag % (1 << sh) == 1 << (sh - 1):
+                ties.setdefault(sh, [0, 0])[(mag >> sh) & 1] += 1
+    counts["ties"] = {str(sh): ties[sh] for sh in sorted(ties)}
+    return counts
+
+
+def _check_coverage(case, cov):
+    ties = {int(sh): n for sh, n in cov["ties"].items()}
+    assert cov["zero_blocks"] > 0, cov
+    if case.cfg["unit"] != "shifter":
+        assert sum(n[0] for n in ties.values()) > 0 and sum(n[1] for n in ties.values()) > 0, cov
+        return
+    M, W = case.fmt.frac_bits, case.bfp.width
+    assert cov["flush"] > 0 and cov["special"] > 0, cov
+    first = max(1, M + 2 - W)
+    last = M + 1 if case.bfp.block > 1 else min(M + 1, first)   # a lone lane is its own maximum
+    for sh in range(first, last + 1):                 # every shift amount a tie can occur at
+        assert sh in ties, f"no tie at shift {sh}: {cov}"
+        if sh <= M - 1:                               # truncated code can be even or odd
+            assert min(ties[sh]) > 0, f"tie at shift {sh} not rounded both ways: {cov}"
+    if W < M + 2 or case.bfp.exp_bits < case.fmt.exp_bits:
+        assert cov["saturated"] > 0, cov
+
+
 def _compare(case, vectors, outputs, log, limit=5):
     mismatches = 0
     for vector, out in zip(vectors, outputs):
@@ -365,6 +423,7 @@ async def regression(dut):
         bench.source.idle, bench.sink.backpressure = idle, backpressure
         outputs += await bench.run([case.payload(v) for v in part])
     mismatches = _compare(case, vectors, outputs, dut._log)
+    cov = coverage(case, vectors)
     line = f"{case.label}: {len(vectors)} blocks, {mismatches} mismatches"
     _SUMMARY.update({
         "label": case.label, "blocks": len(vectors), "directed": len(directed),
@@ -372,9 +431,11 @@ async def regression(dut):
         "cycles": bench.counter.cycle,
         "in_stall_cycles": bench.in_monitor.stalls, "out_stall_cycles": bench.out_monitor.stalls,
         "hold_checks": bench.in_monitor.checked + bench.out_monitor.checked,
+        "coverage": cov,
     })
     _write_summary(cfg)
     dut._log.info(line)
     assert len(outputs) == len(vectors)
     assert bench.out_monitor.stalls > 0 and bench.in_monitor.stalls > 0, "back-pressure never exercised"
     assert mismatches == 0, line
+    _check_coverage(case, cov)

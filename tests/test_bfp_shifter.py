@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """cocotb regression of the BFP alignment shifter (and its reusable BlockQuantizer core) against
 the golden model, under random input gaps and output back-pressure, plus latency and throughput.
 

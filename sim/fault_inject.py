@@ -561,7 +561,7 @@ def classify_formally(bench, mutated, depth=10):
 
 
 def run_unit(unit, *, sample=20, seed=1, vectors=100, timeout=None, classify=False, log=print, keep=False,
-             standalone=False):
+             standalone=False, keys=None, out_name=None):
     """Inject faults into ``unit``; returns the result dict (also written to build/fault_inject).
 
     Default: all sampled mutants go into one *mutant schema* (:func:`schema`), built once with
@@ -572,7 +572,12 @@ def run_unit(unit, *, sample=20, seed=1, vectors=100, timeout=None, classify=Fal
     info = bench.info(component) if bench.info else {}
     every = mutants(text)
     chosen = list(every)
-    if sample and sample < len(every):
+    if keys is not None:
+        chosen = [m for m in every if m.key in set(keys)]
+        missing = set(keys) - {m.key for m in chosen}
+        if missing:
+            raise ValueError(f"mutants not found in the current emission of {unit}: {sorted(missing)[:5]}")
+    elif sample and sample < len(every):
         chosen = random.Random(seed).sample(every, sample)
         chosen.sort(key=lambda m: (m.line, m.start))
     root = Path(tempfile.mkdtemp(prefix=f"fault-{unit}-"))
@@ -641,7 +646,7 @@ def run_unit(unit, *, sample=20, seed=1, vectors=100, timeout=None, classify=Fal
         "kinds": _by_kind(records), "mutants": records,
     }
     OUT_ROOT.mkdir(parents=True, exist_ok=True)
-    (OUT_ROOT / f"{unit}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (OUT_ROOT / f"{out_name or unit}.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -698,6 +703,8 @@ def main(argv=None):
                     help="build every mutant separately instead of one mutant schema (slow)")
     ap.add_argument("--list-units", action="store_true")
     ap.add_argument("--count", action="store_true", help="only count the mutants of each unit")
+    ap.add_argument("--rerun-survivors", metavar="JSON",
+                    help="run only the survivors recorded in a previous result file (e.g. with more --vectors)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -722,8 +729,14 @@ def main(argv=None):
         return 0
     for u in units:
         vectors = args.vectors or (100 if u == "ln_bfp_shifter" else 400)
+        keys = out_name = None
+        if args.rerun_survivors:
+            prev = json.loads(Path(args.rerun_survivors).read_text())
+            keys = [r["key"] for r in prev["mutants"] if r["status"] == "survived"]
+            out_name = f"{u}-rerun-v{vectors}"
         result = run_unit(u, sample=args.mutants, seed=args.seed, vectors=vectors, timeout=args.timeout,
-                          classify=args.classify, keep=args.keep, standalone=args.standalone)
+                          classify=args.classify, keep=args.keep, standalone=args.standalone,
+                          keys=keys, out_name=out_name)
         print(summary_markdown(result))
         print()
     return 0

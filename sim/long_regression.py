@@ -345,7 +345,11 @@ def run(elements=10 ** 7, configs=None, seed=1, out=OUT, log=print):
         "mismatches": sum(r.get("mismatches", 0) for r in results),
         "seconds": round(time.time() - t_all, 1),
         "classes_total": dict(sorted(classes.items())),
-        "classes_never_hit": sorted(n for n, v in classes.items() if v == 0),
+        # per configuration: a class possible there but never hit there
+        "classes_never_hit": sorted(f"{r.get('fmt')} W={r.get('width')} B={r.get('block')}: {n}"
+                                    for r in results for n, v in r.get("classes", {}).items() if v == 0)
+                             + [f"{r.get('fmt', '?')}: no result ({r.get('error', '')[:80]})"
+                                for r in results if "classes" not in r],
         "configurations": results,
     }
     out.write_text(json.dumps(record, indent=1) + "\n")

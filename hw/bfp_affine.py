@@ -49,14 +49,14 @@ shared exponent clamped to ``[1, exp_max]`` (0 for an all-zero block), codes sat
 ``+-(2**(W-1) - 1)`` and raise ``sat``; ``special`` and ``flush`` are always 0.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.bfp_shifter import BlockQuantizer
 from hw.formats import BFPFormat, FloatFormat
 
-__all__ = ["BFPAffine", "affine_window", "shift_right_jam", "shift_left", "count_leading_zeros"]
+__all__ = ["BFPAffine", "affine_window"]
 
 
 def affine_window(bfp, internal):
@@ -66,6 +66,153 @@ def affine_window(bfp, internal):
 
 
 # --- small combinational helpers, shared with hw.finalize ----------------------------------------
+#
+# Lint-clean arithmetic. ``gen.verilog.emit`` writes a flat netlist that must pass
+# ``verilator --lint-only -Wall`` without waivers. Yosys writes every Amaranth operator as one cell
+# whose output is a wire, constants at their shortest width, and drops plain zero/sign extensions of
+# arithmetic operands. So: both operands of an arithmetic or comparison operator have the same width
+# (``widen``; a 1-bit operand is also fine); constant operands have their top bit set at that width
+# (``add_const``, ``gt_const``, ``eq_const``); every bit of every result is used, and a value used
+# more than once (sliced) is first held in a ``Signal`` (``as_sig``: Amaranth would otherwise build
+# one cell per use). Where a result bit is provably zero (or a copy of the sign) it is folded into a
+# neighbouring bit with one gate (``fold_u``, ``fold_s``) instead of being left dangling.
+# Multiplexers are ``Mux`` trees or AND-OR selects, never ``Switch`` (a ``casez`` with overlapping
+# patterns).
+
+def as_sig(m, value, name):
+    """``value`` held in a ``Signal`` of its own shape (or ``value`` itself if it is one)."""
+    if isinstance(value, Signal):
+        return value
+    value = Value.cast(value)
+    sig = Signal(value.shape(), name=name)
+    m.d.comb += sig.eq(value)
+    return sig
+
+
+def zext(value, width):
+    """Zero-extend ``value`` to ``width`` bits (a concatenation; fine as an assignment source or a
+    multiplexer input, but an arithmetic operand needs :func:`widen`)."""
+    value = Value.cast(value)
+    assert len(value) <= width, (len(value), width)
+    return value if len(value) == width else Cat(value, Const(0, width - len(value)))
+
+
+def sext(value, width):
+    """Sign-extend ``value`` (its top bit is the sign) to ``width`` bits, as a signed value."""
+    value = Value.cast(value)
+    assert len(value) <= width, (len(value), width)
+    if len(value) == width:
+        return value.as_signed()
+    return Cat(value, value[-1].replicate(width - len(value))).as_signed()
+
+
+def widen(value, width, signed_=False):
+    """``value`` extended to ``width`` bits as an arithmetic operand. Amaranth hands a plain
+    extension to Yosys as the narrower operand (and Verilator then flags the width mismatch), so the
+    extension goes through a multiplexer that is the identity (``value != 0 ? ext(value) : 0``)."""
+    value = Value.cast(value)
+    if len(value) == width:
+        return value.as_signed() if signed_ else value.as_unsigned()
+    ext = sext(value, width) if signed_ else zext(value, width)
+    out = Mux(value.any(), ext, Const(0, width))
+    return out.as_signed() if signed_ else out.as_unsigned()
+
+
+def s_add(a, b, sub=False):
+    """Exact ``a + b`` (or ``a - b``) of two signed values: one bit wider than the wider one."""
+    a, b = Value.cast(a), Value.cast(b)
+    w = max(len(a), len(b))
+    a, b = widen(a, w, True), widen(b, w, True)
+    return a - b if sub else a + b
+
+
+def add_const(m, value, k, name):
+    """Exact ``value + k`` (a signed ``Signal`` one bit wider) for a signed ``value`` and an integer
+    ``k``. The constant is applied as an unsigned operand with its top bit set (``value + (2**w +
+    k)`` for ``k < 0``, ``value - (2**w - k)`` for ``k > 0``) and the sign of the exact result is
+    rebuilt from the carry and the operand's sign."""
+    value = Value.cast(value)
+    if k == 0:
+        return as_sig(m, value.as_signed(), name)
+    w = max(len(value), abs(k).bit_length() + 1)
+    v = as_sig(m, widen(value, w, True).as_unsigned(), f"{name}_v")
+    total = Signal(w + 1, name=f"{name}_t")
+    out = Signal(signed(w + 1), name=name)
+    if k < 0:
+        m.d.comb += [total.eq(v + Const((1 << w) + k, w)),
+                     out.eq(Cat(total[:w], ~total[w] | v[w - 1]))]
+    else:
+        m.d.comb += [total.eq(v - Const((1 << w) - k, w)),
+                     out.eq(Cat(total[:w], total[w] & v[w - 1]))]
+    return out
+
+
+def fold_u(m, value, width, name):
+    """``value[:width]`` for an unsigned ``value`` whose bits from ``width`` up are provably zero;
+    they are ORed into bit 0 so that every bit is used (one gate, no change in function)."""
+    value = Value.cast(value)
+    if len(value) <= width:
+        return zext(value, width)
+    value = as_sig(m, value, name)
+    return Cat(value[0] | value[width:].any(), value[1:width])
+
+
+def fold_s(m, value, width, name):
+    """``value`` as a ``width``-bit signed value, for a signed ``value`` whose bits from
+    ``width - 1`` up are provably all equal (they are ANDed into the new sign bit)."""
+    value = Value.cast(value)
+    if len(value) <= width:
+        return sext(value, width)
+    value = as_sig(m, value, name)
+    return Cat(value[:width - 1], value[width - 1:].all()).as_signed()
+
+
+def cond_neg(m, value, neg, name):
+    """``-value if neg else value`` of a ``w``-bit value, as a ``w + 1``-bit unsigned ``Signal``
+    (``(value ^ neg...) + neg``); for the magnitude of a two's-complement value the top bit is 0."""
+    value = Value.cast(value)
+    w = len(value)
+    out = Signal(w + 1, name=name)
+    m.d.comb += out.eq((value.as_unsigned() ^ neg.replicate(w)) + neg)
+    return out
+
+
+def gt_const(m, value, c, name="gt"):
+    """``value > c`` for an unsigned ``value`` and an integer ``c >= 0``."""
+    value = as_sig(m, Value.cast(value).as_unsigned(), name)
+    n = len(value)
+    if c >= (1 << n) - 1:
+        return Const(0, 1)
+    k = c.bit_length()
+    if k == 0:
+        return value.any()
+    if c == (1 << k) - 1:                   # no k-bit value exceeds c
+        return value[k:].any()
+    low = value[:k] > Const(c, k)           # ``c`` is exactly k bits wide
+    return value[k:].any() | low if k < n else low
+
+
+def eq_const(m, value, c, name="eq"):
+    """``value == c`` for an unsigned ``value`` and an integer ``0 <= c < 2**len(value)``."""
+    value = as_sig(m, Value.cast(value).as_unsigned(), name)
+    k = c.bit_length()
+    if k == 0:
+        return ~value.any()
+    low = value[:k] == Const(c, k)
+    return low & ~value[k:].any() if k < len(value) else low
+
+
+def select(pairs, width):
+    """AND-OR multiplexer: ``OR_j (sel_j ? value_j : 0)`` over ``(sel_j, value_j)``; the selects
+    are one-hot (or all zero: the result is 0). Values are zero-extended to ``width``."""
+    terms = [Mux(sel, zext(val, width), Const(0, width)) for sel, val in pairs]
+    if not terms:
+        return Const(0, width)
+    out = terms[0]
+    for t in terms[1:]:
+        out = out | t
+    return out
+
 
 def shift_right_jam(m, value, amount, name):
     """``value >> amount`` with every bit shifted out ORed into bit 0 of the result (jamming).
@@ -82,10 +229,13 @@ def shift_right_jam(m, value, amount, name):
             nxt = Const(0, width)
         else:
             dropped = cur[:step].any()
-            nxt = cur[step:]
-        cur, sticky = Mux(amount[j], nxt, cur), sticky | (amount[j] & dropped)
+            nxt = zext(cur[step:], width)
+        s = Signal(width, name=f"{name}_s{j}")
+        k = Signal(name=f"{name}_k{j}")
+        m.d.comb += [s.eq(Mux(amount[j], nxt, cur)), k.eq(sticky | (amount[j] & dropped))]
+        cur, sticky = s, k
     out = Signal(width, name=name)
-    m.d.comb += out.eq(cur | sticky)
+    m.d.comb += out.eq(Cat(cur[0] | sticky, cur[1:]))
     return out
 
 
@@ -96,41 +246,39 @@ def shift_left(m, value, amount, name):
     for j in range(len(amount)):
         step = 1 << j
         nxt = Cat(Const(0, step), cur[:width - step]) if step < width else Const(0, width)
-        cur = Mux(amount[j], nxt, cur)
-    out = Signal(width, name=name)
-    m.d.comb += out.eq(cur)
-    return out
+        s = Signal(width, name=f"{name}_s{j}")
+        m.d.comb += s.eq(Mux(amount[j], nxt, cur))
+        cur = s
+    return cur
 
 
 def count_leading_zeros(m, value, name):
     """Leading-zero count of ``value`` as a ``range(len(value) + 1)`` signal; a zero value gives
-    ``len(value)``. A balanced tree of (all-zero, count) pairs."""
+    ``len(value)``. A balanced tree of (all-zero, count) pairs, built as expressions."""
     width = len(value)
+    out = Signal(range(width + 1), name=name)
+    if width == 1:
+        m.d.comb += out.eq(~value[0])
+        return out
     # Pad to a power of two with ones at the bottom (they never change the count of a non-zero
     # value; a zero value is handled separately).
-    size = 1 << max(0, (width - 1).bit_length())
+    size = 1 << (width - 1).bit_length()
     pad = size - width
     bits = Cat(Const((1 << pad) - 1, pad), value) if pad else value
     nodes = [(~bits[k], None) for k in range(size)]    # (all zero, count), leaves LSB first
-    level = 0
     while len(nodes) > 1:
         merged = []
         for k in range(0, len(nodes), 2):
             (z_lo, c_lo), (z_hi, c_hi) = nodes[k], nodes[k + 1]
             if c_lo is None:
-                count = Mux(z_hi, Const(1, 1), Const(0, 1))
+                count = z_hi
             else:
                 # High half all zero: 2**level + count of the low half; else count of the high half.
                 count = Mux(z_hi, Cat(c_lo, Const(1, 1)), Cat(c_hi, Const(0, 1)))
             merged.append((z_lo & z_hi, count))
         nodes = merged
-        level += 1
-    zero, count = nodes[0]
-    out = Signal(range(width + 1), name=name)
-    if count is None:           # width 1
-        m.d.comb += out.eq(zero)
-    else:
-        m.d.comb += out.eq(Mux(value.any(), count, width))
+    count = nodes[0][1]
+    m.d.comb += out.eq(Mux(value.any(), zext(count, len(out)), Const(width, len(out))))
     return out
 
 
@@ -176,14 +324,15 @@ class BFPAffine(wiring.Component):
         self.internal = internal
         self.window = affine_window(bfp, internal)
         B = bfp.block
-        # Exponent keys: kP = E + ea + 2, kb = eb + bias_bfp (both >= 0); field tops are
-        # key - bias_bfp - 126 - (bias_int - 127), bit 0 of the window is at top - N.
+        # Exponent keys (see elaborate): key = max(kP, kb) - 2 with kP = E + ea + 2 and
+        # kb = eb + bias_bfp; field tops are key + 2 - bias_bfp - 126 - (bias_int - 127); bit 0 of
+        # the window is N below the top.
         self._bias_shift = internal.bias - 127
-        self.key_max = max(bfp.exp_max + internal.exp_max + 2, internal.exp_max + bfp.bias)
-        self.key_width = self.key_max.bit_length()
+        self.key_max = max(bfp.exp_max + internal.exp_max, internal.exp_max + bfp.bias - 2)
+        self.key_width = max(1, self.key_max.bit_length())
         self._quant = BlockQuantizer(
             bfp, self.window + 1, self.key_width, exp_signed=False,
-            exp_offset=-(bfp.bias + 126 + self._bias_shift + self.window))
+            exp_offset=-(bfp.bias + 124 + self._bias_shift + self.window))
         self.latency = 2 + self._quant.latency
         self.input_layout = data.StructLayout({
             "block": bfp.block_layout(),
@@ -202,7 +351,7 @@ class BFPAffine(wiring.Component):
         Wp = W + M + 1
         m.submodules.quantizer = quant = self._quant
         kw = self.key_width
-        t_width = (N + 1).bit_length()
+        t_width = (N + 1).bit_length()      # 2**t_width - 1 >= N + 1: every bit shifted out
 
         lane1 = data.StructLayout({
             "hi": N, "lo": N, "t": t_width, "key": kw, "sign": 1, "sub": 1,
@@ -219,41 +368,48 @@ class BFPAffine(wiring.Component):
 
         # Stage 1: decode, exact product, exponent compare, operand swap.
         blk = self.i.payload.block
+        ew = max(bfp.exp_bits, f.exp_bits)
         lanes1 = []
         for l in range(B):
-            q = blk.codes.as_value()[l * W:(l + 1) * W].as_signed()
+            q = blk.codes.as_value()[l * W:(l + 1) * W]
             a = self.i.payload.a[l]
             b = self.i.payload.b[l]
             sa, ea, fa = a[-1], a[M:M + f.exp_bits], a[:M]
             sb, eb, fb = b[-1], b[M:M + f.exp_bits], b[:M]
             qmag = Signal(W, name=f"qmag{l}")
-            m.d.comb += qmag.eq(Mux(q[-1], -q, q))
+            m.d.comb += qmag.eq(fold_u(m, cond_neg(m, q, q[-1], f"qneg{l}"), W, f"qf{l}"))
             ma = Signal(M + 1, name=f"ma{l}")
             mb = Signal(M + 1, name=f"mb{l}")
-            m.d.comb += [ma.eq(Mux(ea.any(), Cat(fa, Const(1, 1)), 0)),
-                         mb.eq(Mux(eb.any(), Cat(fb, Const(1, 1)), 0))]
+            m.d.comb += [ma.eq(Mux(ea.any(), Cat(fa, Const(1, 1)), Const(0, M + 1))),
+                         mb.eq(Mux(eb.any(), Cat(fb, Const(1, 1)), Const(0, M + 1)))]
             prod = Signal(Wp, name=f"prod{l}")
             m.d.comb += prod.eq(qmag * ma)
             sp = q[-1] ^ sa
-            kp = Signal(kw, name=f"kp{l}")
-            kb = Signal(kw, name=f"kb{l}")
-            m.d.comb += [kp.eq(blk.exponent + ea + 2), kb.eq(eb + bfp.bias)]
+            # kp0 = E + ea = kP - 2;  dd = kb - kP = eb - kp0 + (bias_bfp - 2).
+            kp0 = Signal(ew + 1, name=f"kp0_{l}")
+            m.d.comb += kp0.eq(widen(blk.exponent, ew) + widen(ea, ew))
+            diff = Signal(signed(ew + 2), name=f"diff{l}")
+            m.d.comb += diff.eq(widen(eb, ew + 1) - kp0)
+            dd = Signal(signed(ew + 3), name=f"dd{l}")
+            m.d.comb += dd.eq(add_const(m, diff, bfp.bias - 2, f"ddc{l}"))
             pz = ~prod.any()
             bz = ~eb.any()
             b_high = Signal(name=f"b_high{l}")
-            m.d.comb += b_high.eq(~bz & (pz | (kb >= kp)))
+            m.d.comb += b_high.eq(~bz & (pz | ~dd[-1]))
             pf = Cat(Const(0, N - Wp), prod)
             bf = Cat(Const(0, N - M - 1), mb)
-            diff = Signal(kw, name=f"tdiff{l}")
-            m.d.comb += diff.eq(Mux(b_high, kb - kp, kp - kb))
+            tabs = Signal(ew + 3, name=f"tabs{l}")          # |kb - kP|
+            m.d.comb += tabs.eq(fold_u(m, cond_neg(m, dd, dd[-1], f"tneg{l}"), ew + 3, f"tf{l}"))
             t = Signal(t_width, name=f"t{l}")
-            if (1 << kw) - 1 > N + 1:
-                m.d.comb += t.eq(Mux(diff > N + 1, N + 1, diff))
+            if len(tabs) > t_width:
+                m.d.comb += t.eq(Mux(tabs[t_width:].any(), Const((1 << t_width) - 1, t_width), tabs[:t_width]))
             else:
-                m.d.comb += t.eq(diff)
+                m.d.comb += t.eq(tabs)
+            key = Signal(kw, name=f"key{l}")
+            m.d.comb += key.eq(fold_u(m, s_add(widen(kp0, ew + 3).as_signed(), Mux(b_high, dd, Const(0, signed(ew + 3)))), kw, f"kf{l}"))
             lanes1.append({
                 "hi": Mux(b_high, bf, pf), "lo": Mux(b_high, pf, bf), "t": t,
-                "key": Mux(b_high, kb, kp), "sign": Mux(b_high, sb, sp), "sub": sb ^ sp,
+                "key": key, "sign": Mux(b_high, sb, sp), "sub": sb ^ sp,
             })
         with m.If(s1_ready):
             m.d.sync += s1_valid.eq(self.i.valid)
@@ -267,11 +423,11 @@ class BFPAffine(wiring.Component):
         for l in range(B):
             lane = s1[l]
             lo = shift_right_jam(m, lane.lo, lane.t, f"lo{l}")
-            total = Signal(N + 2, name=f"sum{l}")
+            total = Signal(signed(N + 2), name=f"sum{l}")
             m.d.comb += total.eq(Mux(lane.sub, lane.hi - lo, lane.hi + lo))
-            neg = total[-1] & lane.sub
+            neg = total[-1]
             mag = Signal(N + 1, name=f"mag{l}")
-            m.d.comb += mag.eq(Mux(neg, -total, total)[:N + 1])
+            m.d.comb += mag.eq(fold_u(m, cond_neg(m, total, neg, f"mneg{l}"), N + 1, f"mf{l}"))
             lanes2.append((mag, lane.key, lane.sign ^ neg))
         with m.If(s2_ready):
             m.d.sync += [
@@ -282,9 +438,8 @@ class BFPAffine(wiring.Component):
                 m.d.sync += [qi.lanes[l].mag.eq(mag), qi.lanes[l].exp.eq(key), qi.lanes[l].sign.eq(sign)]
 
         # ``quant.o.ready`` is also raised while ``quant.o`` is empty: no transfer can happen then, so
-        # this changes nothing for a correct stream sink, and it keeps the quantizer's last stage
-        # from loading its output register while also holding its own content (its ``s2.ready`` is
-        # ``o.ready | ~s2.valid`` at the time of writing, which duplicates a block in that case).
+        # this changes nothing for a correct stream sink (and keeps working with a quantizer whose
+        # last stage would otherwise hold a block it has already passed on).
         m.d.comb += [
             self.o.valid.eq(quant.o.valid),
             self.o.payload.eq(quant.o.payload),

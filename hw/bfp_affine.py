@@ -205,7 +205,7 @@ def eq_const(m, value, c, name="eq"):
 def select(pairs, width):
     """AND-OR multiplexer: ``OR_j (sel_j ? value_j : 0)`` over ``(sel_j, value_j)``; the selects
     are one-hot (or all zero: the result is 0). Values are zero-extended to ``width``."""
-    terms = [Mux(sel, zext(val, width), Const(0, width)) for sel, val in pairs]
+    terms = [Mux(sel, zext(Value.cast(val).as_unsigned(), width), Const(0, width)) for sel, val in pairs]
     if not terms:
         return Const(0, width)
     out = terms[0]

@@ -79,26 +79,28 @@ Backward program::
 
 Timing
 ------
-``i`` is accepted while the engine is idle (``i.ready`` is a register: high when idle); the record
-is latched on the transfer edge ``t``. The result is on ``o`` (``o.valid`` high) after edge
-``t + latency`` and holds until taken; the engine is idle again (``i.ready`` high) in the cycle
-after ``o`` is loaded, so with ``o.ready`` high a new channel can start every ``latency + 1`` cycles
-(``cycles_per_channel``). If ``o`` is still full when a result is ready the engine waits. ``latency``
-depends on the formats (about ``50 + 6 M`` cycles forward and ``50 + 7 M`` backward; see
-:attr:`latency`).
+``i`` is accepted while the engine is idle (``i.ready`` = not busy, a register); the record is
+latched on the transfer edge ``t``. The result is on ``o`` (``o.valid`` high) after edge
+``t + latency`` and holds until taken; the engine is idle again (``i.ready`` high) after the edge
+that loads ``o``, so with ``o.ready`` high a new channel is accepted every
+``cycles_per_channel = latency + 1`` cycles. If ``o`` is still full when a result is ready, the
+engine waits. ``latency`` is a constant per configuration (predicated micro-code, no data-dependent
+branches): with ``C_WIDTH`` = 18 and ``momentum_shift`` = 3 it is ``76 + 4 M`` forward and
+``61 + 6 M`` backward (M = 8: 108 / 109; M = 12: 124 / 133; M = 23: 168 / 199).
 
 :func:`run_model` executes the same micro-program on Python integers (the register-transfer
 model the tests use to sweep thousands of channels quickly); the Amaranth engine is checked
 against the golden model directly.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.bfp_affine import count_leading_zeros, shift_left, shift_right_jam
+from hw.bfp_affine import (add_const, as_sig, cond_neg, count_leading_zeros, fold_s, fold_u, s_add, select,
+                           shift_left, shift_right_jam, widen, zext as zext_to)
 from hw.bn_layouts import C_WIDTH, chunks_log2_width, count_width
 from hw.formats import BFPFormat, FloatFormat
 from sim.golden_bn import C_FRAC_BITS
@@ -181,15 +183,7 @@ class _FinalizeEngine(wiring.Component):
     SET_SOURCES = {}
 
     def __init__(self, bfp, internal, max_count, max_chunks):
-        if not isinstance(bfp, BFPFormat):
-            raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
-        if not isinstance(internal, FloatFormat):
-            raise ValueError(f"internal must be a hw.formats.FloatFormat, not {internal!r}")
-        if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 2:
-            raise ValueError(f"max_count must be an integer >= 2, not {max_count!r}")
-        if isinstance(max_chunks, bool) or not isinstance(max_chunks, int) or not 1 <= max_chunks <= 64 \
-                or max_chunks & (max_chunks - 1):
-            raise ValueError(f"max_chunks must be a power of two in 1..64, not {max_chunks!r}")
+        self._check_args(bfp, internal, max_count, max_chunks)
         self.bfp = bfp
         self.internal = internal
         self.max_count = max_count
@@ -201,6 +195,7 @@ class _FinalizeEngine(wiring.Component):
         self.program = self._program()
         self.nw, self.no, self.k = self.sizes()
         self.ew = self._exp_width()
+        self.ld_const = self._lower()
         self.cycles = [_steps_cycles(s, self.kq) for s in self.program]
         self.latency = sum(self.cycles)
         self.cycles_per_channel = self.latency + 1
@@ -210,6 +205,18 @@ class _FinalizeEngine(wiring.Component):
             "i": In(stream.Signature(self.input_layout)),
             "o": Out(stream.Signature(self.output_layout)),
         })
+
+    @staticmethod
+    def _check_args(bfp, internal, max_count, max_chunks):
+        if not isinstance(bfp, BFPFormat):
+            raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
+        if not isinstance(internal, FloatFormat):
+            raise ValueError(f"internal must be a hw.formats.FloatFormat, not {internal!r}")
+        if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 2:
+            raise ValueError(f"max_count must be an integer >= 2, not {max_count!r}")
+        if isinstance(max_chunks, bool) or not isinstance(max_chunks, int) or not 1 <= max_chunks <= 64 \
+                or max_chunks & (max_chunks - 1):
+            raise ValueError(f"max_chunks must be a power of two in 1..64, not {max_chunks!r}")
 
     # -- sizing -----------------------------------------------------------------------------------
     def _term_widths(self):
@@ -245,22 +252,74 @@ class _FinalizeEngine(wiring.Component):
     def _program(self):
         raise NotImplementedError
 
+    def _lower(self):
+        """Per-step constant added to the exponent by ``ld`` steps. The hardware keeps raw
+        exponents: a float source contributes its biased exponent field, MQ's exponent is the
+        float field (or 0), OPR takes ACC's exponent unchanged, ``mul`` adds OPR's and MQ's, ``add``
+        keeps the larger operand's and ``div`` leaves ``acc_e - opr_e`` in MQ. Every constant those
+        shortcuts omit (float biases, ``NW - NO`` of OPR's alignment, ``2**-16`` of ``c_scale``, the
+        1-bit shift of ``add``, the quotient's weight) is added back by the next ``ld``, which must
+        come before anything else reads ACC."""
+        f = self.internal
+        flt_bias = f.bias + f.frac_bits
+        consts = [None] * len(self.program)
+        pending, mq_const = 0, 0
+        for i, step in enumerate(self.program):
+            reads_acc = step.opr or step.hold is not None or step.rnd is not None or step.acc in ("add", "div")
+            if reads_acc:
+                assert pending == 0, f"step {i} reads ACC before an ld completed its exponent"
+            acc = step.acc
+            if isinstance(acc, Ld):
+                c = acc.exp
+                if acc.src.startswith("flt:"):
+                    c -= flt_bias
+                elif acc.src == "q":
+                    c += 1 - self.kq
+                elif acc.src == "acc":
+                    c += pending
+                consts[i] = c
+                pending = 0
+            elif isinstance(acc, tuple):
+                pending = (self.nw - self.no) + mq_const
+            elif acc == "add":
+                pending = 1
+            elif acc == "div":
+                pending = None          # ACC holds the remainder: only ``ld q`` may follow
+            if step.mq is not None:
+                src = step.mq.src
+                mq_const = -flt_bias if src.startswith("flt:") else (-C_FRAC_BITS if src == "int:c_scale" else 0)
+        return consts
+
     # -- hardware ---------------------------------------------------------------------------------
     def elaborate(self, platform):
         m = Module()
         f = self.internal
-        M, bias = f.frac_bits, f.bias
+        M = f.frac_bits
         NW, NO, K, EW, KQ = self.nw, self.no, self.k, self.ew, self.kq
         prog = self.program
+        P = len(prog)
         es = signed(EW)
+        b_sh = NW.bit_length()                  # shift amounts: 2**b_sh - 1 >= NW
+        assert EW > b_sh + 1
 
+        # --- sequencer: one-hot step token, per-step cycle counter ------------------------------
         busy = Signal()
-        pc = Signal(range(max(2, len(prog))))
-        cnt = Signal(range(max(2, max(self.cycles))))
+        step = Signal(P)
+        cnt_w = max(1, (max(self.cycles) - 1).bit_length())
+        cnt = Signal(cnt_w)
+        first = Signal()                        # first cycle of the current step
         inp = Signal(self.input_layout)
         m.d.comb += self.i.ready.eq(~busy)
-        with m.If(self.i.valid & ~busy):
-            m.d.sync += [inp.eq(self.i.payload), busy.eq(1), pc.eq(0), cnt.eq(0)]
+        accept = Signal()
+        m.d.comb += accept.eq(self.i.valid & ~busy)
+
+        def on(indices):
+            """The token is in one of ``indices``."""
+            bits = [step[i] for i in indices]
+            return Cat(*bits).any() if bits else Const(0, 1)
+
+        def steps_where(pred):
+            return [i for i, st in enumerate(prog) if pred(st)]
 
         # Registers of the datapath.
         acc, acc_s, acc_e = Signal(NW), Signal(), Signal(es)
@@ -272,252 +331,240 @@ class _FinalizeEngine(wiring.Component):
         regs = {name: Signal(f.width, name=f"r_{name}") for name in self.FLOAT_REGS}
 
         # Predicates.
-        training = self._training(inp)
+        training = Signal()
         flat = Signal()
-        m.d.comb += flat.eq(self._flat(inp))
         snp = Signal()
+        m.d.comb += [training.eq(self._training(inp)), flat.eq(self._flat(inp))]
         if "sigma" in regs:
             sig = regs["sigma"]
             m.d.comb += snp.eq(sig[-1] | ~sig[M:M + f.exp_bits].any())
         preds = {
-            "always": Const(1), "never": Const(0), "training": training, "inference": ~training,
+            "always": Const(1, 1), "never": Const(0, 1), "training": training, "inference": ~training,
             "flat": flat, "!flat": ~flat, "snp": snp, "!snp": ~snp,
         }
-
-        # Float read ports (LD and MQ).
-        float_names = list(self.FLOAT_INPUTS) + list(self.FLOAT_REGS)
 
         def float_value(name):
             return regs[name] if name in regs else getattr(inp, name)
 
-        ld_names = sorted({s.acc.src for s in prog if isinstance(s.acc, Ld)})
-        mq_names = sorted({s.mq.src + (f"={s.mq.value}/{s.mq.width}" if s.mq.src == "const" else "")
-                           for s in prog if s.mq is not None})
-
-        # Control signals, decoded from pc.
-        c_ld = Signal()
-        c_ld_src = Signal(range(max(2, len(ld_names))))
+        # Control signals (OR of the token bits of the steps that use them).
+        c_ld = on(steps_where(lambda st: isinstance(st.acc, Ld)))
+        c_mul = on(steps_where(lambda st: isinstance(st.acc, tuple)))
+        c_add = on(steps_where(lambda st: st.acc == "add"))
+        c_div = on(steps_where(lambda st: st.acc == "div"))
+        c_opr = on(steps_where(lambda st: st.opr))
+        c_mq = on(steps_where(lambda st: st.mq is not None))
+        c_hold = on(steps_where(lambda st: st.hold is not None))
+        c_hold_neg = on(steps_where(lambda st: st.hold == "neg"))
+        c_out = on(steps_where(lambda st: st.out))
+        c_ld_kl = on(steps_where(lambda st: isinstance(st.acc, Ld) and st.acc.kl))
+        c_ld_neg = on(steps_where(lambda st: isinstance(st.acc, Ld) and st.acc.neg))
         c_ld_exp = Signal(es)
-        c_ld_kl = Signal()
-        c_ld_neg = Signal()
-        c_mul = Signal()
-        c_add = Signal()
-        c_div = Signal()
-        c_opr = Signal()
-        c_mq = Signal()
-        c_mq_src = Signal(range(max(2, len(mq_names))))
-        c_hold = Signal()
-        c_hold_neg = Signal()
-        c_rnd = Signal()
-        c_rnd_flag = Signal()
-        c_rnd_dst = {name: Signal(name=f"c_rnd_{name}") for name in regs}
-        c_set = {name: Signal(name=f"c_set_{name}") for name in regs}
-        c_set_flag = Signal()
-        c_out = Signal()
-        c_last = Signal()
+        m.d.comb += c_ld_exp.eq(select([(step[i], Const(c % (1 << EW), EW))
+                                        for i, c in enumerate(self.ld_const) if c], EW))
+        ld_srcs = sorted({st.acc.src for st in prog if isinstance(st.acc, Ld)})
+        sel_ld = {src: on(steps_where(lambda st, src=src: isinstance(st.acc, Ld) and st.acc.src == src))
+                  for src in ld_srcs}
+        mq_keys = sorted({(st.mq.src, st.mq.value, st.mq.width) for st in prog if st.mq is not None})
+        sel_mq = {key: on(steps_where(lambda st, key=key: st.mq is not None
+                                      and (st.mq.src, st.mq.value, st.mq.width) == key))
+                  for key in mq_keys}
+        rnd_steps = steps_where(lambda st: st.rnd is not None)
+        c_rnd_dst = {name: on([i for i in rnd_steps if prog[i].rnd[0] == name]) for name in regs}
+        rnd_flag_terms = [step[i] & preds[prog[i].rnd[1]] for i in rnd_steps if prog[i].rnd[1] != "never"]
+        c_rnd_flag = Cat(*rnd_flag_terms).any() if rnd_flag_terms else Const(0, 1)
+        set_terms = {name: [] for name in regs}
+        set_flag_terms = []
+        for i, st in enumerate(prog):
+            for dst, pred, flag in st.sets:
+                set_terms[dst].append(step[i] & preds[pred])
+                if flag != "never":
+                    set_flag_terms.append(step[i] & preds[flag])
+        c_set = {name: (Cat(*t).any() if t else Const(0, 1)) for name, t in set_terms.items()}
+        c_set_flag = Cat(*set_flag_terms).any() if set_flag_terms else Const(0, 1)
 
-        with m.Switch(pc):
-            for index, step in enumerate(prog):
-                with m.Case(index):
-                    cycles = self.cycles[index]
-                    m.d.comb += c_last.eq(cnt == cycles - 1 if cycles > 1 else 1)
-                    if isinstance(step.acc, Ld):
-                        m.d.comb += [c_ld.eq(1), c_ld_src.eq(ld_names.index(step.acc.src)),
-                                     c_ld_exp.eq(step.acc.exp), c_ld_kl.eq(step.acc.kl),
-                                     c_ld_neg.eq(step.acc.neg)]
-                    elif isinstance(step.acc, tuple):
-                        m.d.comb += c_mul.eq(1)
-                    elif step.acc == "add":
-                        m.d.comb += c_add.eq(1)
-                    elif step.acc == "div":
-                        m.d.comb += c_div.eq(1)
-                    if step.opr:
-                        m.d.comb += c_opr.eq(1)
-                    if step.mq is not None:
-                        key = step.mq.src + (f"={step.mq.value}/{step.mq.width}"
-                                             if step.mq.src == "const" else "")
-                        m.d.comb += [c_mq.eq(1), c_mq_src.eq(mq_names.index(key))]
-                    if step.hold is not None:
-                        m.d.comb += [c_hold.eq(1), c_hold_neg.eq(step.hold == "neg")]
-                    if step.rnd is not None:
-                        dst, flag = step.rnd
-                        m.d.comb += [c_rnd.eq(1), c_rnd_dst[dst].eq(1), c_rnd_flag.eq(preds[flag])]
-                    set_flags = []
-                    for dst, pred, flag in step.sets:
-                        m.d.comb += c_set[dst].eq(preds[pred])
-                        if flag != "never":
-                            set_flags.append(preds[flag])
-                    if set_flags:
-                        m.d.comb += c_set_flag.eq(Cat(*set_flags).any())
-                    if step.out:
-                        m.d.comb += c_out.eq(1)
-
-        run = busy
-        first = cnt == 0
-
-        # --- LD: source select, exponent, normalize ------------------------------------------
-        src_mag = Signal(NW)
-        src_sign = Signal()
-        src_exp = Signal(es)
-        with m.Switch(c_ld_src):
-            for j, name in enumerate(ld_names):
-                with m.Case(j):
-                    if name.startswith("int:"):
-                        fld = getattr(inp, name[4:])
-                        width, is_signed = self.INT_FIELDS[name[4:]]
-                        if is_signed:
-                            value = fld.as_signed()
-                            m.d.comb += [src_sign.eq(value[-1]), src_mag.eq(Mux(value[-1], -value, value))]
-                        else:
-                            m.d.comb += [src_sign.eq(0), src_mag.eq(fld)]
-                        m.d.comb += src_exp.eq(0)
-                    elif name.startswith("flt:"):
-                        word = float_value(name[4:])
-                        e_f = word[M:M + f.exp_bits]
-                        m.d.comb += [
-                            src_sign.eq(word[-1]),
-                            src_mag.eq(Mux(e_f.any(), Cat(word[:M], Const(1, 1)), 0)),
-                            src_exp.eq(e_f - (bias + M)),
-                        ]
-                    elif name == "one":
-                        m.d.comb += [src_sign.eq(0), src_mag.eq(1), src_exp.eq(0)]
-                    elif name == "q":
-                        m.d.comb += [src_sign.eq(mq_s), src_mag.eq(mq[:KQ]), src_exp.eq(mq_e)]
-                    elif name == "acc":
-                        m.d.comb += [src_sign.eq(acc_s), src_mag.eq(acc), src_exp.eq(acc_e)]
-                    else:
-                        raise ValueError(f"unknown LD source {name!r}")
+        # --- LD: source select, exponent, normalize ----------------------------------------------
+        ld_float_names = [src[4:] for src in ld_srcs if src.startswith("flt:")]
+        ld_word = as_sig(m, select([(sel_ld["flt:" + n], float_value(n)) for n in ld_float_names], f.width),
+                         "ld_word")
+        ld_fe = ld_word[M:M + f.exp_bits]
+        sel_ld_flt = Cat(*[sel_ld["flt:" + n] for n in ld_float_names]).any() if ld_float_names else Const(0, 1)
+        mag_terms, sign_terms = [], []
+        for src in ld_srcs:
+            sel = sel_ld[src]
+            if src.startswith("int:"):
+                fld = getattr(inp, src[4:])
+                width, is_signed = self.INT_FIELDS[src[4:]]
+                if is_signed:
+                    neg = fld[-1]
+                    mag_terms.append((sel, fold_u(m, cond_neg(m, fld, neg, f"abs_{src[4:]}"), width,
+                                                  f"absf_{src[4:]}")))
+                    sign_terms.append((sel, neg))
+                else:
+                    mag_terms.append((sel, fld))
+            elif src == "one":
+                mag_terms.append((sel, Const(1, 1)))
+            elif src == "q":
+                mag_terms.append((sel, mq[:KQ]))
+                sign_terms.append((sel, mq_s))
+            elif src == "acc":
+                mag_terms.append((sel, acc))
+                sign_terms.append((sel, acc_s))
+        if ld_float_names:
+            mag_terms.append((sel_ld_flt, Mux(ld_fe.any(), Cat(ld_word[:M], Const(1, 1)), Const(0, M + 1))))
+            sign_terms.append((sel_ld_flt, ld_word[-1]))
+        src_mag = as_sig(m, select(mag_terms, NW), "src_mag")
+        src_sign = select(sign_terms, 1)
+        exp_terms = []
+        if ld_float_names:
+            exp_terms.append((sel_ld_flt, ld_fe))
+        if "q" in sel_ld:
+            exp_terms.append((sel_ld["q"], mq_e))
+        if "acc" in sel_ld:
+            exp_terms.append((sel_ld["acc"], acc_e))
+        src_exp = as_sig(m, select(exp_terms, EW).as_signed(), "src_exp")
         kl = self._chunks_log2(inp)
-        ld_exp = Signal(es)
-        m.d.comb += ld_exp.eq(src_exp + c_ld_exp - Mux(c_ld_kl, kl, 0))
+        e1 = as_sig(m, s_add(src_exp, c_ld_exp), "ld_e1")
+        kl_term = Mux(c_ld_kl, kl, Const(0, len(kl)))
+        e2 = as_sig(m, s_add(e1, widen(kl_term, EW + 1).as_signed(), sub=True), "ld_e2")
         lz = count_leading_zeros(m, src_mag, "ld_lz")
-        lz_amt = Signal(max(1, NW.bit_length()))
+        lz_amt = Signal(b_sh)
         m.d.comb += lz_amt.eq(lz)
+        e3 = as_sig(m, s_add(e2, widen(lz, EW + 2).as_signed(), sub=True), "ld_e3")
         ld_mag = shift_left(m, src_mag, lz_amt, "ld_norm")
-        ld_exp_n = Signal(es)
-        m.d.comb += ld_exp_n.eq(Mux(src_mag.any(), ld_exp - lz, ld_exp))
+        ld_exp = Signal(es)
+        m.d.comb += ld_exp.eq(fold_s(m, Mux(src_mag.any(), e3, e2), EW, "ld_ef"))
 
-        # --- MUL: one shift-and-add step ------------------------------------------------------
+        # --- MUL: one shift-and-add step (MSB first); bit NW-1 of ACC is 0 during a product -----
+        mul_base = Mux(first, Const(0, NW), Cat(acc[NW - 1], acc[:NW - 1]))
+        mul_add = Mux(mq[-1], zext_to(opr, NW), Const(0, NW))
         mul_acc = Signal(NW)
-        m.d.comb += mul_acc.eq(Mux(first, 0, Cat(Const(0, 1), acc[:NW - 1])) + Mux(mq[-1], opr, 0))
+        m.d.comb += mul_acc.eq(fold_u(m, mul_base + mul_add, NW, "mul_sum"))
+        mul_e = Signal(es)
+        m.d.comb += mul_e.eq(fold_s(m, s_add(opr_e, mq_e), EW, "mul_ef"))
 
-        # --- ADD: align with jamming, add, magnitude ------------------------------------------
-        a_nz, h_nz = acc[-1], hold[-1]
+        # --- ADD: align with jamming, add, magnitude --------------------------------------------
         a_high = Signal()
-        m.d.comb += a_high.eq(a_nz & (~h_nz | (acc_e >= hold_e)))
-        hi = Mux(a_high, acc, hold)
-        lo = Signal(NW)
-        m.d.comb += lo.eq(Mux(a_high, hold, acc))
-        e_hi = Signal(es)
-        m.d.comb += e_hi.eq(Mux(a_high, acc_e, hold_e))
+        m.d.comb += a_high.eq(acc[-1] & (~hold[-1] | (acc_e >= hold_e)))
+        hi = as_sig(m, Mux(a_high, acc, hold), "add_hi")
+        lo = as_sig(m, Mux(a_high, hold, acc), "add_lo")
+        e_hi = as_sig(m, Mux(a_high, acc_e, hold_e), "add_ehi")
+        e_lo = as_sig(m, Mux(a_high, hold_e, acc_e), "add_elo")
         s_hi = Mux(a_high, acc_s, hold_s)
         s_lo = Mux(a_high, hold_s, acc_s)
-        d = Signal(signed(EW + 1))
-        m.d.comb += d.eq(Mux(a_high, acc_e - hold_e, hold_e - acc_e) + 1)
-        sh_w = max(1, NW.bit_length())
-        sh = Signal(sh_w)
-        m.d.comb += sh.eq(Mux(d < 0, 0, Mux(d > NW, NW, d[:sh_w])))
-        lo_j = shift_right_jam(m, lo, sh, "add_lo")
-        hi_1 = Cat(hi[1:], Const(0, 1))
-        add_sum = Signal(signed(NW + 2))
-        m.d.comb += add_sum.eq(Mux(s_hi ^ s_lo, hi_1 - lo_j, hi_1 + lo_j))
-        add_neg = add_sum < 0
+        d = as_sig(m, s_add(e_hi, e_lo, sub=True), "add_d")     # >= 0 when both are non-zero
+        sh = Signal(b_sh)
+        m.d.comb += sh.eq(Mux(d[b_sh:].any(), Const((1 << b_sh) - 1, b_sh), d[:b_sh]))
+        # hi (bit 0 is 0) +- lo shifted with jamming is the sum rounded to odd; halving it with
+        # the dropped bit ORed into bit 0 keeps it rounded to odd and fits NW bits.
+        lo_j = shift_right_jam(m, lo, sh, "add_loj")
+        add_total = as_sig(m, Mux(s_hi ^ s_lo, hi - lo_j, hi + lo_j), "add_total")
+        add_neg = add_total[-1]
+        add_abs = as_sig(m, fold_u(m, cond_neg(m, add_total, add_neg, "add_abs"), NW + 1, "add_absf"), "add_abs1")
         add_mag = Signal(NW)
-        m.d.comb += add_mag.eq(Mux(add_neg, -add_sum, add_sum))
+        m.d.comb += add_mag.eq(Cat(add_abs[0] | add_abs[1], add_abs[2:]))
 
-        # --- DIV: one restoring step ------------------------------------------------------------
-        div_v = Cat(Const(0, NW - NO - 1), opr) if NW - NO - 1 > 0 else opr
-        div_t = Signal(signed(NW + 2))
-        m.d.comb += div_t.eq(acc - div_v)
-        div_ge = div_t >= 0
-        div_acc = Signal(NW)
-        m.d.comb += div_acc.eq(Mux(div_ge, Cat(Const(0, 1), div_t[:NW - 1]), Cat(Const(0, 1), acc[:NW - 1])))
+        # --- DIV: one restoring step (the remainder stays below 2**(NW-1)) ----------------------
+        div_v = widen(Cat(Const(0, NW - NO - 1), opr), NW)     # the divisor's leading one at NW-2
+        div_t = as_sig(m, acc - div_v, "div_t")
+        div_ge = ~div_t[-1]
+        div_acc = Mux(div_ge, Cat(div_t[NW - 1], div_t[:NW - 1]), Cat(acc[NW - 1], acc[:NW - 1]))
+        div_e = Signal(es)
+        m.d.comb += div_e.eq(fold_s(m, s_add(acc_e, opr_e, sub=True), EW, "div_ef"))
 
-        # --- RND ---------------------------------------------------------------------------------
+        # --- MQ load -------------------------------------------------------------------------------
+        mq_float_keys = [key for key in mq_keys if key[0].startswith("flt:")]
+        mq_word = as_sig(m, select([(sel_mq[key], float_value(key[0][4:])) for key in mq_float_keys], f.width),
+                         "mq_word")
+        mq_fe = mq_word[M:M + f.exp_bits]
+        sel_mq_flt = Cat(*[sel_mq[key] for key in mq_float_keys]).any() if mq_float_keys else Const(0, 1)
+        mq_terms = []
+        if mq_float_keys:
+            mant_q = Mux(mq_fe.any(), Cat(mq_word[:M], Const(1, 1)), Const(0, M + 1))
+            mq_terms.append((sel_mq_flt, Cat(Const(0, K - M - 1), mant_q)))
+        for key in mq_keys:
+            if key[0] == "int:c_scale":
+                mq_terms.append((sel_mq[key], Cat(Const(0, K - C_WIDTH), inp.c_scale)))
+            elif key[0] == "const":
+                mq_terms.append((sel_mq[key], Const(key[1] << (K - key[2]), K)))
+        mq_load = select(mq_terms, K)
+        mq_load_e = select([(sel_mq_flt, mq_fe)], EW).as_signed()
+        mq_load_s = select([(sel_mq_flt, mq_word[-1])], 1)
+
+        # --- RND -----------------------------------------------------------------------------------
         rnd_bits = Signal(f.width)
         rnd_ovf = Signal()
         mant = acc[NW - M - 1:]
         guard = acc[NW - M - 2]
-        sticky = acc[:NW - M - 2].any() | stk if NW - M - 2 > 0 else stk
+        sticky = acc[:NW - M - 2].any() | stk
         inc = guard & (sticky | mant[0])
-        mant2 = Signal(M + 2)
-        m.d.comb += mant2.eq(mant + inc)
-        biased = Signal(es)
-        m.d.comb += biased.eq(acc_e + (NW - 1 + bias))
-        biased2 = Signal(es)
-        m.d.comb += biased2.eq(biased + mant2[M + 1])
+        mant2 = as_sig(m, mant + inc, "rnd_mant")                   # M + 2 bits
+        carry = mant2[M + 1] & ~mant2[M]
+        biased = add_const(m, acc_e, NW - 1 + f.bias, "rnd_biased")
+        biased2 = as_sig(m, biased.as_unsigned() + carry, "rnd_biased2")  # valid when biased >= 1
         nz = acc[-1]
-        tiny = biased < 1
-        with m.If(~nz):
-            m.d.comb += rnd_bits.eq(0)
-        with m.Elif(tiny):
-            up = (biased == 0) & (acc[:NW - 1].any() | stk)
-            m.d.comb += rnd_bits.eq(Cat(Const(0, M), up, Const(0, f.exp_bits - 1), acc_s))
-        with m.Elif(biased2 > f.exp_max):
-            m.d.comb += [rnd_bits.eq(Cat(Const((1 << M) - 1, M), Const(f.exp_max, f.exp_bits), acc_s)),
-                         rnd_ovf.eq(1)]
-        with m.Else():
-            m.d.comb += rnd_bits.eq(Cat(mant2[:M], biased2[:f.exp_bits], acc_s))
+        tiny = biased[-1] | ~biased.any()
+        over = ~biased[-1] & biased2[f.exp_bits:].any()
+        up = ~biased.any() & (acc[:NW - 1].any() | stk)
+        m.d.comb += [
+            rnd_bits.eq(Mux(~nz, Const(0, f.width),
+                        Mux(tiny, Cat(Const(0, M), up, Const(0, f.exp_bits - 1), acc_s),
+                        Mux(over, Cat(Const((1 << M) - 1, M), Const(f.exp_max, f.exp_bits), acc_s),
+                            Cat(mant2[:M], biased2[:f.exp_bits], acc_s))))),
+            rnd_ovf.eq(nz & ~tiny & over),
+        ]
 
         # --- register updates -------------------------------------------------------------------
-        with m.If(run):
+        last = ~cnt.any()
+        with m.If(busy):
             with m.If(c_ld):
-                m.d.sync += [acc.eq(ld_mag), acc_s.eq(src_sign ^ c_ld_neg), acc_e.eq(ld_exp_n)]
-                with m.If(c_ld_src == (ld_names.index("q") if "q" in ld_names else -1)):
-                    m.d.sync += stk.eq(acc.any())
-                with m.Elif(c_ld_src != (ld_names.index("acc") if "acc" in ld_names else -1)):
+                m.d.sync += [acc.eq(ld_mag), acc_s.eq(src_sign ^ c_ld_neg), acc_e.eq(ld_exp)]
+                if "q" in sel_ld:
+                    with m.If(sel_ld["q"]):
+                        m.d.sync += stk.eq(acc.any())
+                keep = sel_ld["acc"] if "acc" in sel_ld else Const(0, 1)
+                with m.If(~keep & ~(sel_ld["q"] if "q" in sel_ld else Const(0, 1))):
                     m.d.sync += stk.eq(0)
             with m.If(c_mul):
-                m.d.sync += [acc.eq(mul_acc), acc_s.eq(opr_s ^ mq_s), acc_e.eq(opr_e + mq_e),
+                m.d.sync += [acc.eq(mul_acc), acc_s.eq(opr_s ^ mq_s), acc_e.eq(mul_e),
                              mq.eq(Cat(Const(0, 1), mq[:K - 1])), stk.eq(0)]
             with m.If(c_add):
-                m.d.sync += [acc.eq(add_mag), acc_s.eq(s_hi ^ add_neg), acc_e.eq(e_hi + 1), stk.eq(0)]
+                m.d.sync += [acc.eq(add_mag), acc_s.eq(s_hi ^ add_neg), acc_e.eq(e_hi), stk.eq(0)]
             with m.If(c_div):
                 with m.If(first):
-                    m.d.sync += [acc.eq(acc[1:]), mq.eq(0), mq_s.eq(acc_s ^ opr_s),
-                                 mq_e.eq(acc_e - opr_e + (NW - NO - (KQ - 1))), stk.eq(0)]
+                    m.d.sync += [acc.eq(Cat(acc[1:], acc[0])), mq.eq(0), mq_s.eq(acc_s ^ opr_s),
+                                 mq_e.eq(div_e), stk.eq(0)]
                 with m.Else():
                     m.d.sync += [acc.eq(div_acc), mq.eq(Cat(div_ge, mq[:K - 1]))]
             with m.If(c_opr):
-                m.d.sync += [opr.eq(acc[NW - NO:]), opr_s.eq(acc_s), opr_e.eq(acc_e + (NW - NO))]
+                m.d.sync += [opr.eq(acc[NW - NO:]), opr_s.eq(acc_s), opr_e.eq(acc_e)]
             with m.If(c_mq):
-                with m.Switch(c_mq_src):
-                    for j, key in enumerate(mq_names):
-                        with m.Case(j):
-                            if key.startswith("flt:"):
-                                word = float_value(key[4:])
-                                e_f = word[M:M + f.exp_bits]
-                                mant_q = Mux(e_f.any(), Cat(word[:M], Const(1, 1)), 0)
-                                m.d.sync += [mq.eq(Cat(Const(0, K - M - 1), mant_q)), mq_s.eq(word[-1]),
-                                             mq_e.eq(e_f - (bias + M))]
-                            elif key == "int:c_scale":
-                                m.d.sync += [mq.eq(Cat(Const(0, K - C_WIDTH), inp.c_scale)), mq_s.eq(0),
-                                             mq_e.eq(-C_FRAC_BITS)]
-                            else:
-                                value, width = (int(x) for x in key.split("=")[1].split("/"))
-                                m.d.sync += [mq.eq(Const(value << (K - width), K)), mq_s.eq(0), mq_e.eq(0)]
+                m.d.sync += [mq.eq(mq_load), mq_s.eq(mq_load_s), mq_e.eq(mq_load_e)]
             with m.If(c_hold):
                 m.d.sync += [hold.eq(acc), hold_s.eq(acc_s ^ c_hold_neg), hold_e.eq(acc_e)]
             for name, reg in regs.items():
-                with m.If(c_rnd & c_rnd_dst[name]):
+                with m.If(c_rnd_dst[name]):
                     m.d.sync += reg.eq(rnd_bits)
                 if name in self.SET_SOURCES:
                     with m.If(c_set[name]):
                         m.d.sync += reg.eq(self._set_value(name, float_value))
-            with m.If((c_rnd & c_rnd_flag & rnd_ovf) | c_set_flag):
+            with m.If((c_rnd_flag & rnd_ovf) | c_set_flag):
                 m.d.sync += ovf.eq(1)
             # sequencing
+            next_cnt = select([(step[i], Const(self.cycles[i + 1] - 1, cnt_w))
+                               for i in range(P - 1) if self.cycles[i + 1] > 1], cnt_w)
             with m.If(c_out):
                 with m.If(~self.o.valid | self.o.ready):
                     m.d.sync += [self.o.valid.eq(1), busy.eq(0)]
                     self._drive_output(m, regs, ovf, flat)
-            with m.Elif(c_last):
-                m.d.sync += [pc.eq(pc + 1), cnt.eq(0)]
+            with m.Elif(last):
+                m.d.sync += [step.eq(Cat(Const(0, 1), step[:P - 1])), cnt.eq(next_cnt), first.eq(1)]
             with m.Else():
-                m.d.sync += cnt.eq(cnt + 1)
-        with m.If(self.i.valid & ~busy):
-            m.d.sync += ovf.eq(0)
-        with m.If(self.o.valid & self.o.ready & ~(run & c_out)):
+                dec = as_sig(m, cnt + Const((1 << cnt_w) - 1, cnt_w), "cnt_dec")   # cnt - 1, carry = 1
+                m.d.sync += [cnt.eq(Cat(dec[0] & dec[cnt_w], dec[1:cnt_w])), first.eq(0)]
+        with m.If(accept):
+            m.d.sync += [inp.eq(self.i.payload), busy.eq(1), step.eq(1),
+                         cnt.eq(self.cycles[0] - 1), first.eq(1), ovf.eq(0)]
+        with m.If(self.o.valid & self.o.ready & ~(busy & c_out)):
             m.d.sync += self.o.valid.eq(0)
         return m
 
@@ -598,6 +645,7 @@ class ForwardFinalize(_FinalizeEngine):
         if isinstance(momentum_shift, bool) or not isinstance(momentum_shift, int) \
                 or not 0 <= momentum_shift <= 16:
             raise ValueError(f"momentum_shift must be an integer in 0..16, not {momentum_shift!r}")
+        self._check_args(bfp, internal, max_count, max_chunks)
         self.eps_log2 = eps_log2
         self.momentum_shift = momentum_shift
         self.sum_width = sum_width(bfp, max_count)
@@ -731,6 +779,7 @@ class BackwardFinalize(_FinalizeEngine):
     SET_SOURCES = {}
 
     def __init__(self, bfp, internal, max_count, max_chunks):
+        self._check_args(bfp, internal, max_count, max_chunks)
         self.sum_width = sum_width(bfp, max_count)
         self.sum_gx_width = sum_gx_width(bfp, max_count)
         self.INT_FIELDS = {
@@ -820,8 +869,9 @@ class BackwardFinalize(_FinalizeEngine):
 # --- register-transfer model (plain Python) ------------------------------------------------------
 
 def run_model(engine, record, trace=None):
-    """Execute ``engine``'s micro-program on Python integers. ``record``: dict of input field
-    values (signed fields as Python ints). Returns the output record as a dict. Asserts every
+    """Execute ``engine``'s micro-program on Python integers, register for register as the
+    hardware does (raw exponents, the lowered per-step ``ld`` constants). ``record``: dict of input
+    field values (signed fields as Python ints). Returns the output record as a dict. Asserts every
     width and exactness assumption of the hardware on the way."""
     f = engine.internal
     M, bias = f.frac_bits, f.bias
@@ -836,8 +886,9 @@ def run_model(engine, record, trace=None):
         return regs[name] if name in regs else record[name]
 
     def decode(word):
+        """(sign, significand, raw exponent field)"""
         s, e, fr = f.unpack(word)
-        return s, ((1 << M) | fr) if e else 0, e - bias - M
+        return s, ((1 << M) | fr) if e else 0, e
 
     def pred(p):
         sig = regs.get("sigma", 0)
@@ -865,7 +916,7 @@ def run_model(engine, record, trace=None):
             return f.pack(s, f.exp_max, (1 << M) - 1), True
         return f.pack(s, b, mant & ((1 << M) - 1)), False
 
-    for step in engine.program:
+    for index, step in enumerate(engine.program):
         new = dict(st)
         new_regs = dict(regs)
         if isinstance(step.acc, Ld):
@@ -885,7 +936,7 @@ def run_model(engine, record, trace=None):
                 sgn, mag, e = st["acc_s"], st["acc"], st["acc_e"]
                 stk = st["stk"]
             assert mag < 1 << NW
-            e += ld.exp - (record["chunks_log2"] if ld.kl else 0)
+            e += engine.ld_const[index] - (record["chunks_log2"] if ld.kl else 0)
             if mag:
                 lz = NW - mag.bit_length()
                 mag <<= lz
@@ -906,12 +957,13 @@ def run_model(engine, record, trace=None):
                 hi, lo, e_hi, s_hi, s_lo, dd = a, h, st["acc_e"], st["acc_s"], st["hold_s"], st["acc_e"] - st["hold_e"]
             else:
                 hi, lo, e_hi, s_hi, s_lo, dd = h, a, st["hold_e"], st["hold_s"], st["acc_s"], st["hold_e"] - st["acc_e"]
-            sh = min(max(dd + 1, 0), NW)
+            sh = min(max(dd, 0), (1 << NW.bit_length()) - 1)
             lo_j = (lo >> sh) | int(lo & ((1 << sh) - 1) != 0)
-            total = (hi >> 1) - lo_j if s_hi != s_lo else (hi >> 1) + lo_j
+            total = hi - lo_j if s_hi != s_lo else hi + lo_j
             neg = total < 0
-            assert abs(total) < 1 << NW
-            new.update(acc=abs(total), acc_s=s_hi ^ neg, acc_e=e_hi + 1, stk=0)
+            mag = abs(total)
+            assert mag < 1 << (NW + 1)
+            new.update(acc=(mag >> 1) | (mag & 1), acc_s=s_hi ^ neg, acc_e=e_hi, stk=0)
         elif step.acc == "div":
             assert st["acc"] & 1 == 0
             r = st["acc"] >> 1
@@ -925,18 +977,17 @@ def run_model(engine, record, trace=None):
                     r, q = 2 * r, 2 * q
                 assert r < 1 << NW or v == 0      # a zero divisor (sigma <= 0) is discarded
                 r &= (1 << NW) - 1
-            new.update(acc=r, mq=q, mq_s=st["acc_s"] ^ st["opr_s"],
-                       mq_e=st["acc_e"] - st["opr_e"] + (NW - NO - (KQ - 1)), stk=0)
+            new.update(acc=r, mq=q, mq_s=st["acc_s"] ^ st["opr_s"], mq_e=st["acc_e"] - st["opr_e"], stk=0)
         if step.opr:
             assert st["acc"] & ((1 << (NW - NO)) - 1) == 0, "OPR load inexact"
-            new.update(opr=st["acc"] >> (NW - NO), opr_s=st["acc_s"], opr_e=st["acc_e"] + NW - NO)
+            new.update(opr=st["acc"] >> (NW - NO), opr_s=st["acc_s"], opr_e=st["acc_e"])
         if step.mq is not None:
             src = step.mq.src
             if src.startswith("flt:"):
                 sgn, mag, e = decode(fval(src[4:]))
                 new.update(mq=mag << (K - M - 1), mq_s=sgn, mq_e=e)
             elif src == "int:c_scale":
-                new.update(mq=record["c_scale"] << (K - C_WIDTH), mq_s=0, mq_e=-C_FRAC_BITS)
+                new.update(mq=record["c_scale"] << (K - C_WIDTH), mq_s=0, mq_e=0)
             else:
                 new.update(mq=step.mq.value << (K - step.mq.width), mq_s=0, mq_e=0)
         if step.hold is not None:

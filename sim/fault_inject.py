@@ -285,6 +285,38 @@ def describe(text, mutant):
     return before, after
 
 
+_IDENT = re.compile(r"\\\S+|[A-Za-z_][\w$]*")
+
+
+def output_cone(text, mutant):
+    """Output ports reached (at wire granularity) from the left-hand side of ``mutant``'s
+    ``assign``: which outputs a survivor could affect. Follows ``assign`` and ``<=`` statements."""
+    lines = text.split("\n")
+    outputs = set(re.findall(r"^\s*output\s+(?:\[[^\]]*\]\s*)?(\S+?)\s*;", text, re.M))
+    users = {}
+    stmt = re.compile(r"^\s*(?:assign\s+)?(.+?)\s*<?=\s*(.+?);\s*$")
+    for line in lines:
+        if not re.match(r"^\s*(assign\s|[\\\w{].*<=)", line):
+            continue
+        m = stmt.match(line)
+        if not m:
+            continue
+        lhs = {t for t in _IDENT.findall(m[1]) if not re.fullmatch(r"\d+", t)}
+        rhs = {t for t in _IDENT.findall(re.sub(r"\d+\s*'[sS]?[hbdoHBDO][0-9a-fA-F_xz]+", "", m[2]))}
+        for r in rhs:
+            users.setdefault(r, set()).update(lhs)
+    m = _ASSIGN.match(lines[mutant.line])
+    start = set(_IDENT.findall(m[2]))
+    seen, todo = set(start), list(start)
+    while todo:
+        n = todo.pop()
+        for u in users.get(n, ()):
+            if u not in seen:
+                seen.add(u)
+                todo.append(u)
+    return sorted(seen & outputs)
+
+
 # --------------------------------------------------------------------------------------------
 # Mutant schema: every sampled mutant in one Verilog text, selected at run time by +MUTANT=<k>
 # --------------------------------------------------------------------------------------------
@@ -621,6 +653,8 @@ def run_unit(unit, *, sample=20, seed=1, vectors=100, timeout=None, classify=Fal
         status, message, secs = _spawn(job, wd, timeout)
         rec = records[n]
         rec.update(status=status, message=message, seconds=round(secs, 1))
+        if status == "survived":
+            rec["reaches"] = output_cone(text, mut)
         if status == "survived" and classify and bench.formal:
             rec["formal"] = classify_formally(bench, apply(text, mut))
         log(f"[{k}/{len(valid)}] {status:8} {secs:5.0f} s  {mut.kind:16} L{mut.line + 1}: {mut.description}"
@@ -634,7 +668,7 @@ def run_unit(unit, *, sample=20, seed=1, vectors=100, timeout=None, classify=Fal
     caught = killed + timeouts
     equivalent = sum(1 for r in records if r["status"] == "survived" and r.get("formal", "").startswith("equivalent"))
     result = {
-        "unit": unit, "params": bench.params, "test_module": bench.module, "vectors": vectors,
+        "unit": unit, "params": bench.params, "commit": _commit(), "test_module": bench.module, "vectors": vectors,
         "mutants_total": len(every), "mutants_run": len(records), "seed": seed,
         "mode": "standalone" if standalone else "schema",
         "killed": killed, "timeout": timeouts, "survived": survived, "invalid": invalid,
@@ -648,6 +682,18 @@ def run_unit(unit, *, sample=20, seed=1, vectors=100, timeout=None, classify=Fal
     OUT_ROOT.mkdir(parents=True, exist_ok=True)
     (OUT_ROOT / f"{out_name or unit}.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _commit():
+    """HEAD commit, with '+dirty' when hw/ or gen/ have uncommitted changes (the designs move)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "hw", "gen"], cwd=REPO_ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except OSError:
+        return "unknown"
 
 
 def _write(path, text):
@@ -668,7 +714,8 @@ def _by_kind(records):
 def summary_markdown(result):
     lines = [f"### {result['unit']}", "",
              f"Configuration {result['params']}, regression `{result['test_module']}` with "
-             f"{result['vectors']} random vectors; {result['mutants_run']} of {result['mutants_total']} mutants "
+             f"{result['vectors']} random vectors, design at {result.get('commit')}; "
+             f"{result['mutants_run']} of {result['mutants_total']} mutants "
              f"(seed {result['seed']}), {result['seconds']:.0f} s.", "",
              f"**Caught {result['killed'] + result['timeout']} / "
              f"{result['killed'] + result['timeout'] + result['survived']}"
@@ -684,6 +731,7 @@ def summary_markdown(result):
         lines += ["", "Survivors:", ""]
         for r in surv:
             lines.append(f"- L{r['line']} {r['kind']}: `{r['before']}` -> `{r['after']}`"
+                         + (f" (reaches {', '.join(r['reaches'])})" if r.get("reaches") else "")
                          + (f" ({r['formal']})" if "formal" in r else ""))
     return "\n".join(lines)
 

@@ -376,8 +376,10 @@ def schema(text, chosen):
             sel = f"(__mut == 16'd{k}) ? __mk{k} : {sel}"
         new.append(f"{m[1]}{m[2]}{m[3]}{sel}{m[5]}")
         lines[ln] = "\n".join(new)
-    for i, line in enumerate(lines):
-        if re.match(r"^module .*;\s*$", line):
+    start = next(i for i, line in enumerate(lines) if line.startswith("module "))
+    for i in range(start, len(lines)):
+        line = lines[i]
+        if re.search(r"\);\s*$", line):          # end of the (possibly wrapped) port list
             lines[i] = line + "\n".join([
                 "", "  reg [15:0] __mut;",
                 "  initial begin",
@@ -506,8 +508,13 @@ def _worker(job_file):
         outcome["message"] = " | ".join(text.splitlines()[:3])[:400] if text else "assertion"
     except BaseException as exc:                      # build errors surface as exceptions
         built = (build_dir / ".built").exists()
-        outcome["status"] = "killed" if built else "invalid"
+        # A simulator that exits with an error after a good build (crash, abort) is recorded as
+        # "error", retried once, and not counted as caught: it may be the infrastructure.
+        outcome["status"] = "error" if built else "invalid"
         outcome["message"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+        log = Path(job.get("test_dir", "")) / "sim.log"
+        if log.exists():
+            outcome["message"] += " | sim.log: " + " ".join(log.read_text()[-400:].split())
     print("FAULT_INJECT_RESULT " + json.dumps(outcome), flush=True)
 
 
@@ -633,6 +640,9 @@ def run_unit(unit, *, sample=20, seed=1, vectors=100, timeout=None, classify=Fal
                                          root / "orig-job", timeout or 7200)
     else:
         sch = schema(text, [chosen[n] for n in valid])
+        ok, err = lint(sch, unit, root / "lint-schema")
+        if not ok:
+            raise RuntimeError(f"the mutant schema of {unit} does not lint: {err}")
         status, message, base_s = _spawn(dict(base, mode="build", verilog=_write(root / "schema.v", sch),
                                               build_dir=str(root / "schema"), test_dir=str(root / "schema" / "run0")),
                                          root / "schema-job", timeout or 7200)
@@ -651,6 +661,9 @@ def run_unit(unit, *, sample=20, seed=1, vectors=100, timeout=None, classify=Fal
             job = dict(base, mode="run", build_dir=str(root / "schema"), test_dir=str(wd / "run"),
                        plusargs=[f"+MUTANT={k}"])
         status, message, secs = _spawn(job, wd, timeout)
+        if status == "error":
+            shutil.rmtree(wd / "run", ignore_errors=True)
+            status, message, secs = _spawn(job, wd, timeout)
         rec = records[n]
         rec.update(status=status, message=message, seconds=round(secs, 1))
         if status == "survived":
@@ -665,13 +678,14 @@ def run_unit(unit, *, sample=20, seed=1, vectors=100, timeout=None, classify=Fal
         shutil.rmtree(root, ignore_errors=True)
     count = lambda st: sum(r["status"] == st for r in records)
     killed, survived, invalid, timeouts = count("killed"), count("survived"), count("invalid"), count("timeout")
+    errors = count("error")
     caught = killed + timeouts
     equivalent = sum(1 for r in records if r["status"] == "survived" and r.get("formal", "").startswith("equivalent"))
     result = {
         "unit": unit, "params": bench.params, "commit": _commit(), "test_module": bench.module, "vectors": vectors,
         "mutants_total": len(every), "mutants_run": len(records), "seed": seed,
         "mode": "standalone" if standalone else "schema",
-        "killed": killed, "timeout": timeouts, "survived": survived, "invalid": invalid,
+        "killed": killed, "timeout": timeouts, "survived": survived, "invalid": invalid, "error": errors,
         "equivalent_survivors": equivalent if classify and bench.formal else None,
         "score": caught / (caught + survived) if caught + survived else None,
         "score_excluding_equivalent": (caught / (caught + survived - equivalent)
@@ -706,7 +720,7 @@ def _write(path, text):
 def _by_kind(records):
     kinds = {}
     for r in records:
-        k = kinds.setdefault(r["kind"], {"killed": 0, "timeout": 0, "survived": 0, "invalid": 0})
+        k = kinds.setdefault(r["kind"], {"killed": 0, "timeout": 0, "survived": 0, "invalid": 0, "error": 0})
         k[r["status"]] += 1
     return kinds
 
@@ -720,7 +734,8 @@ def summary_markdown(result):
              f"**Caught {result['killed'] + result['timeout']} / "
              f"{result['killed'] + result['timeout'] + result['survived']}"
              + (f" = {100 * result['score']:.1f} %**" if result["score"] is not None else "**")
-             + f" ({result['timeout']} by timeout); {result['invalid']} invalid (do not lint)."
+             + f" ({result['timeout']} by timeout); {result['invalid']} invalid (do not lint)"
+             + f"; {result.get('error', 0)} simulator errors (not counted)."
              + (f" Survivors proved equivalent: {result['equivalent_survivors']}; score without them "
                 f"{100 * result['score_excluding_equivalent']:.1f} %." if result.get("score_excluding_equivalent") else ""),
              "", "| fault kind | killed | timeout | survived | invalid |", "|---|---|---|---|---|"]

@@ -146,6 +146,10 @@ def generate(params, out_dir, units=None, progress=None):
     if not isinstance(params, Params):
         raise TypeError(f"generate() takes a gen.units.Params, not {params!r}")
     out_dir = Path(out_dir)
+    here = Path.cwd().resolve()
+    if here == out_dir.resolve() or out_dir.resolve() in here.parents:
+        raise ParamError(f"output directory {str(out_dir) or '.'!r} is (or contains) the current directory, "
+                         "which cannot be replaced whole; name a subdirectory such as 'out'")
     parent = out_dir.resolve().parent
     if not parent.is_dir():
         raise ParamError(f"output directory parent {str(parent)!r} does not exist")

@@ -44,6 +44,11 @@ MAX_WIDTH = 16
 MAX_BLOCK = 64
 
 
+def _is_int(value):
+    """A plain integer: ``bool`` is an ``int`` subclass but never a valid width."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class FloatFormat:
     """A binary floating-point format: ``exp_bits`` exponent bits, ``frac_bits`` fraction bits
@@ -53,9 +58,9 @@ class FloatFormat:
     frac_bits: int
 
     def __post_init__(self):
-        if not isinstance(self.exp_bits, int) or not 2 <= self.exp_bits <= 11:
+        if not _is_int(self.exp_bits) or not 2 <= self.exp_bits <= 11:
             raise ValueError(f"float exponent bits must be an integer in 2..11, not {self.exp_bits!r}")
-        if not isinstance(self.frac_bits, int) or not 1 <= self.frac_bits <= 52:
+        if not _is_int(self.frac_bits) or not 1 <= self.frac_bits <= 52:
             raise ValueError(f"float fraction bits must be an integer in 1..52, not {self.frac_bits!r}")
 
     @property
@@ -153,7 +158,7 @@ FLOAT_FORMATS = {
 def internal_format(frac_bits):
     """The per-channel internal float of the Range-BN units: 8 exponent bits (bias 127) and
     ``frac_bits`` fraction bits. Holds mu, sigma_hat, 1/sigma_hat, a, b, gamma, beta, gradients."""
-    if not isinstance(frac_bits, int) or not 4 <= frac_bits <= 23:
+    if not _is_int(frac_bits) or not 4 <= frac_bits <= 23:
         raise ValueError(f"internal float fraction bits must be an integer in 4..23, not {frac_bits!r}")
     return FloatFormat(f"e8m{frac_bits}", 8, frac_bits)
 
@@ -181,11 +186,11 @@ class BFPFormat:
     block: int
 
     def __post_init__(self):
-        if not isinstance(self.width, int) or not MIN_WIDTH <= self.width <= MAX_WIDTH:
+        if not _is_int(self.width) or not MIN_WIDTH <= self.width <= MAX_WIDTH:
             raise ValueError(f"BFP width must be an integer in {MIN_WIDTH}..{MAX_WIDTH}, not {self.width!r}")
-        if not isinstance(self.exp_bits, int) or not 2 <= self.exp_bits <= 11:
+        if not _is_int(self.exp_bits) or not 2 <= self.exp_bits <= 11:
             raise ValueError(f"BFP exponent bits must be an integer in 2..11, not {self.exp_bits!r}")
-        if not isinstance(self.block, int) or not 1 <= self.block <= MAX_BLOCK:
+        if not _is_int(self.block) or not 1 <= self.block <= MAX_BLOCK:
             raise ValueError(f"block size must be an integer in 1..{MAX_BLOCK}, not {self.block!r}")
 
     @classmethod

@@ -30,16 +30,17 @@ register values):
 ``mq``   MQ <- a float's significand, ``c_scale`` or a constant, left-aligned.
 ``mul``  ACC <- OPR * MQ, exactly, one multiplier bit per cycle (MSB first, shift-and-add).
 ``hold`` HOLD <- ACC (optionally negated).
-``add``  ACC <- ACC + HOLD, both normalized with at least two zero low bits (all terms have at
-         most ``NW - 2`` significant bits). The operand with the larger exponent stays; it is
-         shifted right by one (exact: its bit 0 is 0) and the other by one more than the exponent
-         difference, with every bit shifted out ORed into bit 0 ("jamming"). The high operand's
-         bit 0 is then 0, so the jammed sum is odd whenever it is inexact and lies within one unit
-         of the exact sum: it is the exact sum rounded to odd on the window grid. When bits are
-         lost the exponents differ by at least 2, so no more than one leading bit cancels and at
-         least ``NW - 2 >= M + 3`` significant bits remain: rounding the odd-rounded sum to ``M + 1``
-         bits (RNE) gives the same result as rounding the exact sum (round-to-odd theorem).
-         Close operands never lose bits: exact cancellation is exact.
+``add``  ACC <- ACC + HOLD, both normalized with at least two zero low bits (every term has at
+         most ``NW - 2`` significant bits). The operand with the larger exponent ("high") stays;
+         the other is shifted right by the exponent difference with every bit shifted out ORed
+         into bit 0 ("jamming"). Bit 0 of the high operand is 0, so ``high +- low_jammed`` is odd
+         whenever bits were lost and lies within one unit of the exact sum: it is the exact sum
+         rounded to odd on the window grid. The ``NW + 1``-bit magnitude is halved with the
+         dropped bit ORed into bit 0 (still rounded to odd, on a grid twice as coarse). Bits are
+         lost only when the exponents differ by at least 2, so at most one leading bit cancels
+         and at least ``NW - 3 >= M + 3`` significant bits remain: rounding the odd-rounded sum to
+         ``M + 1`` bits (RNE) gives the same result as rounding the exact sum (round-to-odd
+         theorem). Close operands never lose bits, so exact cancellation is exact.
 ``div``  Restoring division of the normalized ACC by the normalized OPR: ``M + 3`` quotient bits
          (at least ``M + 2`` significant) into MQ, the remainder stays in ACC; ``ld q`` then loads the
          quotient and sets STK = (remainder != 0). Quotient plus sticky round exactly like the
@@ -54,7 +55,22 @@ register values):
          flat channel, sigma not positive).
 
 Micro-instructions have predicates instead of branches, so the number of cycles per channel is a
-constant: :attr:`latency`.
+constant: :attr:`latency`. The sequencer is a one-hot token over the steps plus a cycle counter for
+the multi-cycle ones (``mul``: one cycle per multiplier bit; ``div``: ``M + 4``).
+
+Exponents are kept raw, as the cheapest hardware has them: ``ld`` of a float takes its biased
+exponent field, ``mq`` likewise (0 for ``c_scale`` and constants), ``opr`` copies ACC's exponent,
+``mul`` adds OPR's and MQ's, ``add`` keeps the high operand's, ``div`` leaves ``acc_e - opr_e``.
+Every constant these shortcuts omit (float biases, the ``NW - NO`` alignment of OPR, the ``2**-16``
+of ``c_scale``, the halving in ``add``, the weight of the quotient's first bit) is folded into a
+per-step constant that the next ``ld`` adds (:attr:`ld_const`, computed by ``_lower``), together
+with the leading-zero count of the normalization.
+
+Sizes (:meth:`_FinalizeEngine.sizes`): ``NO`` = the widest value moved into OPR (the range, or
+``sum g x`` and ``sum g * mu``); ``k`` = max(``M + 3``, ``C_WIDTH``); ``NW`` = max(``NO + k``, every
+``add`` term + 2, every dividend + 1, ``M + 3``). For the default generator configuration (fp10,
+W = 8, M = 12, n <= 4096, K <= 8) ``NW`` is 72 forward and 108 backward; the widest supported
+(fp15, W = 16, n <= 2**24, M = 23) 208 backward.
 
 Forward program (training; inference and flat channels differ only in predicated ``set``\\s)::
 

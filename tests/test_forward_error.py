@@ -106,3 +106,25 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+@pytest.mark.parametrize("chunks", [1, 2])
+def test_flat_rule_follows_the_range_estimate(chunks):
+    """R = 0 is the flat rule, for every K (docs/numerics.md, "Flat channel"). With K = 2 and the
+    channel [1, 1, 2, 2] every chunk is constant, so R = 0 although the channel varies: the golden
+    model flags it flat and returns y = beta, where float64 Range BN would give
+    y = gamma (x - mu) / eps + beta (+-2**15 gamma: saturated). With K = 1 R = 1 and y is normalized."""
+    bfp = BFPFormat(8, 5, 1)
+    cfg = gbn.BNConfig(bfp=bfp, channels=1, chunks=chunks, internal_frac_bits=12)
+    e = bfp.bias + (bfp.width - 2) - 4           # code LSB 2**-4: codes 16 and 32 are 1 and 2
+    blocks = gbn.tensor_to_blocks(cfg, [[16], [16], [32], [32]], [[e]] * 4)
+    gamma, beta = cfg.internal.encode(1), cfg.internal.encode(0.25)
+    y, stats, params, _, _ = gbn.forward(cfg, blocks, [gamma], [beta], training=True,
+                                         running_mean=[gbn.running_reset(cfg)[0]],
+                                         running_sigma=[gbn.running_reset(cfg)[1]])
+    out = [v[0] for v in gbn.blocks_to_values(cfg, y)]
+    if chunks == 2:
+        assert params[0].flat and out == [0.25] * 4
+    else:
+        assert not params[0].flat
+        assert out[0] < 0.25 < out[3] and out[0] == out[1] and out[2] == out[3]

@@ -9,7 +9,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.bn_layouts import (backward_cmd_layout, chunks_log2_width, count_width, grads_layout,
-                           pair_layout, position_width, saved_layout)
+                           pair_layout, position_width, backward_saved_layout)
 from hw.formats import BFPFormat, FloatFormat
 from hw.grad_reduce import GradReduce, RowStore
 
@@ -54,9 +54,9 @@ class BackwardCore(wiring.Component):
         dropped and raises ``count_error`` (``golden_bn.check_count``); a good one clears it.
     ``xg`` (in stream, ``pair_layout``): the reduction pass, ``n * groups`` pairs of the x block and
         the g block of the same position and group (block ``p * groups + g``).
-    ``stats`` (in stream, ``saved_layout``): the forward core's record of every channel, channel 0
-        first, consumed during finalize; ``mu``, ``inv``, ``a``, ``argmax[k]``, ``argmin[k]``,
-        ``chunk_flat[k]`` (``k < K``) are used, the other fields are ignored.
+    ``stats`` (in stream, ``backward_saved_layout``): the low bits of the forward core's record of
+        every channel (the prefix ``mu``, ``inv``, ``a``, ``argmax[k]``, ``argmin[k]``,
+        ``chunk_flat[k]``; ``k < K`` are used), channel 0 first, consumed during finalize.
     ``grads`` (out stream, ``grads_layout``): ``dgamma``, ``dbeta``, ``overflow`` (a backward
         internal-float result saturated) per channel, channel 0 first, emitted during finalize.
     ``g`` (in stream, ``bfp.block_layout()``): the dx pass, the ``n * groups`` g blocks again (not
@@ -134,7 +134,7 @@ class BackwardCore(wiring.Component):
 
         super().__init__({
             "cmd": In(stream.Signature(backward_cmd_layout(max_count, max_chunks))),
-            "stats": In(stream.Signature(saved_layout(internal, max_count, max_chunks))),
+            "stats": In(stream.Signature(backward_saved_layout(internal, max_count, max_chunks))),
             "xg": In(stream.Signature(pair_layout(bfp))),
             "grads": Out(stream.Signature(grads_layout(internal))),
             "g": In(stream.Signature(bfp.block_layout())),
@@ -206,8 +206,8 @@ class BackwardCore(wiring.Component):
                 "cmd__payload": "stream cmd: count n, chunks_log2, c_scale, params_only "
                                 "(hw.bn_layouts.backward_cmd_layout)",
                 "cmd__valid": "stream cmd: valid", "cmd__ready": "stream cmd: ready (high when idle)",
-                "stats__payload": "stream stats: per-channel record saved by the forward core "
-                                  "(hw.bn_layouts.saved_layout)",
+                "stats__payload": "stream stats: low bits of the per-channel record saved by the "
+                                  "forward core (hw.bn_layouts.backward_saved_layout)",
                 "stats__valid": "stream stats: valid", "stats__ready": "stream stats: ready",
                 "xg__payload": "stream xg: x and g BFP blocks of one position and group "
                                "(hw.bn_layouts.pair_layout), reduction pass",

@@ -14,7 +14,8 @@ Forward core (``hw.forward_core.ForwardCore``)
 
 Backward core (``hw.backward_core.BackwardCore``)
     ``cmd``    in:  one ``backward_cmd_layout`` record per pass.
-    ``stats``  in:  the forward core's ``saved_layout`` records, channel 0 first.
+    ``stats``  in:  the low bits of the forward core's ``saved_layout`` records
+                    (``backward_saved_layout``, a prefix), channel 0 first.
     ``xg``     in:  ``pair_layout`` blocks (x and g of the same position) for the reduction pass.
     ``grads``  out: one ``grads_layout`` record per channel (dgamma, dbeta).
     ``g``      in:  g blocks again for the dx pass (not used in parameters-only mode).
@@ -27,7 +28,8 @@ from sim.golden_bn import C_FRAC_BITS
 
 __all__ = [
     "C_WIDTH", "count_width", "position_width", "chunks_log2_width",
-    "cmd_layout", "backward_cmd_layout", "params_layout", "saved_layout", "grads_layout", "pair_layout",
+    "cmd_layout", "backward_cmd_layout", "params_layout", "saved_layout", "backward_saved_layout",
+    "grads_layout", "pair_layout",
 ]
 
 #: Width of the fixed-point range constant C (unsigned, C_FRAC_BITS fraction bits, C < 4).
@@ -80,22 +82,34 @@ def params_layout(internal):
     })
 
 
-def saved_layout(internal, max_count, max_chunks):
-    """What the forward pass saves per channel (internal-float bits, positions, flags)."""
+def backward_saved_layout(internal, max_count, max_chunks):
+    """The part of the forward record the backward pass reads: the low bits of ``saved_layout``
+    (a prefix with the same fields at the same offsets). The backward core's ``stats`` port takes
+    exactly these bits, so the integrator connects the low ``backward_saved_layout(...).size``
+    bits of each stored forward record."""
     return data.StructLayout({
         "mu": internal.width,
-        "sigma": internal.width,
         "inv": internal.width,
-        "a": internal.width,
-        "b": internal.width,
-        "running_mean": internal.width,
-        "running_sigma": internal.width,
-        "flat": 1,
+        "a": internal.width,                             # 0 for a flat channel: dx = 0 follows
         "argmax": data.ArrayLayout(position_width(max_count), max_chunks),
         "argmin": data.ArrayLayout(position_width(max_count), max_chunks),
         "chunk_flat": data.ArrayLayout(1, max_chunks),   # that chunk's max == min: no correction
+    })
+
+
+def saved_layout(internal, max_count, max_chunks):
+    """What the forward pass saves per channel (internal-float bits, positions, flags):
+    :func:`backward_saved_layout` in the low bits, then what only the host reads."""
+    fields = {name: field.shape for name, field in backward_saved_layout(internal, max_count, max_chunks)}
+    fields.update({
+        "flat": 1,                                       # R == 0 (docs/numerics.md)
+        "sigma": internal.width,
+        "b": internal.width,
+        "running_mean": internal.width,
+        "running_sigma": internal.width,
         "overflow": 1,                                   # an internal-float result saturated
     })
+    return data.StructLayout(fields)
 
 
 def grads_layout(internal):

@@ -377,7 +377,9 @@ def bn_session(n=16, *, seed=0, backward=True):
         pairs = [(_block_record(bfp, xb) << pair_l["x"].offset) | (_block_record(bfp, gb) << pair_l["g"].offset)
                  for xb, gb in zip(x, g)]
         yield from transfer(info, 5, pairs)                               # reduction pass
-        grads = yield from transfer(info, 4, saved, out_port=2)          # finalize
+        # The backward stats port takes the low bits of each forward record (backward_saved_layout).
+        mask = (1 << L.backward_saved_layout(f, max_count, max_chunks).size) - 1
+        grads = yield from transfer(info, 4, [w & mask for w in saved], out_port=2)  # finalize
         grads_l = L.grads_layout(f)
         for c, got in enumerate(grads):
             gp = gparams[c]

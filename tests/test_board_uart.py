@@ -2,7 +2,6 @@
 program of ``sim/host.py`` against ``hw.board_top.BoardTop`` bit for bit against the golden model;
 plus Verilator lint of the board top and fast checks of the protocol constants and the UART."""
 
-from pathlib import Path
 
 import pytest
 

@@ -178,7 +178,10 @@ class ShifterVectors:
                         continue
                     m = (2 * k + 1) << (M + 1 - j)
                     tie = fmt.pack(rng.randrange(2), e, m - (1 << M))
-                    lanes = {0: top, rng.randrange(1, B): tie}
+                    # The tie goes to every lane in turn (each lane has its own rounding logic),
+                    # the maximum to another lane.
+                    t_lane = len(out) % B
+                    lanes = {t_lane: tie, (t_lane + rng.randrange(1, B)) % B: top}
                     out.append(self.fill(lanes, lambda: self.small(e_max)))
                     hits += 1
         return out

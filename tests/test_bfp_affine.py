@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """BFPAffine against the golden model (``sim.golden_bn._fma_block``), bit for bit, with random
 input gaps and output back-pressure; plus the sustained one-block-per-cycle check."""
 

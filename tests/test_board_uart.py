@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The board top at the UART level: ``sim/test_board_uart.py`` (cocotb + Verilator) runs the host
 program of ``sim/host.py`` against ``hw.board_top.BoardTop`` bit for bit against the golden model;
 plus Verilator lint of the board top and fast checks of the protocol constants and the UART."""

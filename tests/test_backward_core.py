@@ -109,10 +109,12 @@ def test_backward_throughput(unit_config):
     p = _params(unit_config)
     r = measure(p)
     print(f"\n{_label(p)}: {json.dumps(r)}")
+    assert r["bit_exact"], "grads or dx differ from the golden model in the throughput run"
     assert r["reduce_blocks_per_cycle"] == 1.0
     assert r["dx_blocks_per_cycle"] == 1.0
     assert r["dx_latency"] == r["dx_latency_doc"]
-    assert r["finalize_cycles_per_channel"] <= r["finalize_cycles_per_channel_doc"]
+    if p.channels > 1:      # the spacing of consecutive channels; one channel has none
+        assert r["finalize_cycles_per_channel"] <= r["finalize_cycles_per_channel_doc"]
     assert r["params_only_saved_cycles"] >= r["n"] * r["groups"]
 
 

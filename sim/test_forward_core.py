@@ -148,6 +148,27 @@ def edge_blocks(cfg, n, rng):
     return out
 
 
+def flat_lanes(cfg, n, K, step=False):
+    """Every channel constant (``step``: constant within each chunk, a different constant per
+    chunk), a different constant in every lane: the read port's per-lane ``max == min`` must
+    compare a lane with itself, not with a neighbour (the edge data's one flat channel per seven
+    does not tell lanes apart)."""
+    bfp, B = cfg.bfp, cfg.bfp.block
+    m = max(1, n // K)
+    e = max(1, bfp.exp_max // 2)
+    out = []
+    for p in range(n):
+        k = p // m if step else 0
+        for g in range(cfg.groups):
+            codes = []
+            for l in range(B):
+                c = g * B + l
+                q = 1 + (c + 2 * k) % bfp.code_max if c < cfg.channels else 0
+                codes.append(q if (c + k) % 2 == 0 else -q)
+            out.append(Block(e, codes, _NO_FLAGS))
+    return out
+
+
 def permute_within_chunks(cfg, blocks, K, rng):
     """The same tensor with positions shuffled inside each chunk (so every per-chunk max, min, the
     sum and hence mu, sigma, inv, a, b are unchanged; only positions move)."""
@@ -269,6 +290,12 @@ class Planner:
         self.good(self.tensor("edge", 2 * K, K), K, training=False, tag="inference after a dropped command")
         n_edge = min(p.max_count, max(2 * K, 16 * K))
         self.good(self.tensor("edge", n_edge, K), K, tag="edge data")
+        self.good(flat_lanes(self.cfg(K), 2 * K, K), K, tag="every channel flat, distinct constants")
+        self.good(flat_lanes(self.cfg(K), 4 * K, K, step=True), K, tag="flat per chunk, distinct constants")
+        k = K // 2      # the read port has one max == min compare per possible last chunk
+        while k >= 1:
+            self.good(flat_lanes(self.cfg(k), 4 * k, k, step=True), k, tag=f"flat per chunk, K = {k}")
+            k //= 2
         # huge gamma: a = gamma / sigma_hat overflows the internal float on narrow-range channels
         f = self.f
         gmax = f.pack(0, f.exp_max, (1 << f.frac_bits) - 1)
@@ -278,6 +305,23 @@ class Planner:
         # y saturation: gamma large enough that y leaves the BFP exponent range
         big = f.encode(2.0 ** (self.bfp.exp_max - self.bfp.bias + 2))
         self.good(self.tensor("gauss", 4 * K, K), K, gamma=[big] * C, beta=[0] * C, tag="y saturates")
+        # y below the smallest BFP exponent: the whole y block underflows
+        tiny = f.encode(2.0 ** -(self.bfp.bias + self.bfp.width + 8))
+        self.good(self.tensor("gauss", 2 * K, K), K, gamma=[tiny] * C, beta=[tiny] * C, tag="y underflows")
+        # exact ties in the y rounding: gamma = 0 makes y = beta exactly; lane 0 of every group is
+        # 1.0 (fixes the shared exponent, code LSB 2**-(W-2)), the other lanes are odd multiples of
+        # half an LSB, (2k+1) * 2**-(W-1), k even and odd (ties rounded down and up), down to the
+        # deepest tie (2**-(W-1): the shifted-out top bit is the guard bit)
+        W, B = self.bfp.width, self.bfp.block
+        odd = [2 * ((c % B - 1) % max(1, 1 << (W - 2))) + 1 for c in range(C)]
+        beta = [f.encode(1.0 if c % B == 0 else (-1) ** c * odd[c] * 2.0 ** -(W - 1)) for c in range(C)]
+        self.good(self.tensor("gauss", 2 * K, K), K, gamma=[0] * C, beta=beta, tag="y ties: gamma = 0")
+        # near ties: one sticky bit 1..8 binades below the half LSB, above and below the tie
+        near = [1.0 if c % B == 0 else (-1) ** c * (odd[c] * 2.0 ** -(W - 1)
+                                                     + (-1) ** (c // 2) * 2.0 ** -(W - 1 + 1 + c % 8))
+                for c in range(C)]
+        self.good(self.tensor("gauss", 2 * K, K), K, gamma=[0] * C, beta=[f.encode(v) for v in near],
+                  tag="y near ties: gamma = 0")
         # permuted block order: same statistics
         n_perm = min(p.max_count, 8 * K)
         t = self.tensor("random", n_perm, K)
@@ -351,6 +395,9 @@ if cocotb is not None:
         bfp, f = p.bfp, p.internal
         rng = random.Random(conf["seed"])
         gap, bp = conf.get("gap", 0.2), conf.get("backpressure", 0.2)
+        # Now and then a params record comes late: only after the core has waited for it with
+        # params.ready high for 1..4 cycles (so FEED also starts with the params stream empty).
+        late_rng, p_wait = random.Random(conf["seed"] + 7), 0
         cmd_l = cmd_layout(p.max_count, p.chunks)
         prm_l = params_layout(f)
         sav_l = saved_layout(f, p.max_count, p.chunks)
@@ -421,6 +468,8 @@ if cocotb is not None:
                 x_sent += 1
             if pv and h["params__ready"].value:
                 pv = False
+                if gap and late_rng.random() < 0.25:
+                    p_wait = late_rng.randint(2, 5)     # the transfer cycle counts too
             for name, got, hold, rdy in (("y", y_got, y_hold, yr), ("stats", s_got, s_hold, sr)):
                 valid = int(h[f"{name}__valid"].value)
                 bits = h[f"{name}__payload"].value.to_unsigned() if valid else None
@@ -469,7 +518,9 @@ if cocotb is not None:
             if not xv and x_q and not (gap and rng.random() < gap):
                 h["x__payload"].value = x_q.popleft()
                 xv = True
-            if not pv and p_q and not (gap and rng.random() < gap):
+            if p_wait:
+                p_wait -= int(h["params__ready"].value)
+            elif not pv and p_q and not (gap and rng.random() < gap):
                 h["params__payload"].value = p_q.popleft()
                 pv = True
             yr = not (bp and rng.random() < bp)

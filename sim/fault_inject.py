@@ -9,10 +9,12 @@ configuration with a modest vector count) runs against the mutant. Each mutant e
 ``survived``   the regression passed;
 ``invalid``    the mutant does not compile / lint with Verilator (counted apart, not as caught).
 
-Score = killed / (killed + survived). Survivors can be classified formally with ``--classify``
-(units with a formal specification only, see ``sim/formal.py``): a survivor that the equivalence
-proof and the bounded back-pressure scoreboard both accept is *equivalent* (no input sequence
-tells it apart from the specification), otherwise it is a gap in the tests.
+Score = killed / (killed + survived). Survivors can be classified with ``--classify``: first a
+state-free equivalence proof for every unit (:func:`comb_equivalent`: registers paired by name,
+outputs and next state equal in every state), then, for units with a formal specification (see
+``sim/formal.py``), the equivalence and protocol proofs and the bounded back-pressure
+scoreboard. A survivor proved either way is *equivalent* (no input sequence tells it apart);
+otherwise it is a gap in the tests or needs an argument by hand.
 
 Fault models (on the right-hand side of ``assign`` statements):
 
@@ -626,13 +628,13 @@ def comb_equivalent(text, mutated, top, workdir=None, timeout=1800):
 def classify_survivor(bench, text, mutated):
     """Verdict for a survivor: the state-free check (:func:`comb_equivalent`) first, then, for
     units with a formal specification, :func:`classify_formally` (sequential proofs)."""
-    ce = comb_equivalent(text, mutated, bench.unit)
+    ce = comb_equivalent(text, mutated, bench.unit, timeout=300)
     if ce:
         return "equivalent (state-free: same outputs and next state in every state)"
     if bench.formal:
         return classify_formally(bench, mutated)
     return ("not proved (" + ("differs from the original in some state, reachable or not"
-                              if ce is False else "state-free check failed to run") + ")")
+                              if ce is False else "state-free check failed to run or timed out (300 s)") + ")")
 
 
 def classify_formally(bench, mutated, depth=10):

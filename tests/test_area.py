@@ -57,3 +57,49 @@ def test_all_targets_with_baselines(tmp_path):
             assert r["status"] in ("ok", "does not fit"), (name, target, r)
             if target != "generic" and r["status"] == "ok" and r.get("pnr") == "ok":
                 assert r["fmax_mhz"] > 0
+
+
+def _fake_result(units, width, targets=("generic", "ecp5")):
+    from gen.area import DEVICES
+    res = {"parameters": dict(Params(width=width).as_dict()), "seconds": 1.0,
+           "targets": {t: ({} if t == "generic" else dict(DEVICES[t], goal_mhz=100.0, pnr=True)) for t in targets},
+           "units": {}}
+    for i, name in enumerate(units):
+        tg = {}
+        for t in targets:
+            if t == "generic":
+                tg[t] = {"target": t, "status": "ok", "cells": 100 * (i + 1) * width, "logic": 90, "ffs": 10,
+                         "breakdown": [{"part": "mul#", "share": 0.5, "cells": 50}]}
+            else:
+                tg[t] = {"target": t, "status": "ok", "luts": 50, "lut_sites": 60 * (i + 1) * width, "ffs": 5,
+                         "carry": 5, "lutram": 0, "dsp": 1, "bram": 0, "fits": True, "goal_mhz": 100.0,
+                         "breakdown": [], "pnr": "timeout" if i else "ok", "fmax_mhz": 90.0, "meets_goal": False,
+                         "critical_path": {"from": "a", "to": "b", "delay_ns": 11.1, "logic_levels": 7}}
+        res["units"][name] = {"kind": "x", "targets": tg}
+    return res
+
+
+def test_benchmark_report_and_splice(tmp_path):
+    """The benchmark's summary, plot and docs section from made-up tool results (no tools run);
+    hand-written text outside the markers survives a rewrite."""
+    from gen import benchmark
+    from gen.baselines import baseline_names
+    names = [n for n, _ in all_units()]
+    cores, _ = benchmark.core_units(names)
+    base = _fake_result(baseline_names(), 8)
+    sweep = {w: _fake_result(names, w) for w in (4, 8)}
+    summary = benchmark._summarize(base, sweep, cores, [4, 8], 8)
+    summary.update({"command": "python -m gen.benchmark --widths 4,8", "seconds": 12.0, "block": 16,
+                    "channels": 16, "cores_description": "cores", "pnr_width": 8})
+    assert summary["goals"]["area_vs_fp32"]["ratio"] is not None
+    plot = tmp_path / "plot.png"
+    benchmark._plot(summary, plot)
+    assert plot.stat().st_size > 0
+    text = benchmark._markdown(summary, base, sweep[8], plot, tmp_path / "area.md")
+    assert "python -m gen.benchmark --widths 4,8" in text and "place and route timeout" in text
+    first = benchmark.splice(None, text)
+    assert first.startswith(benchmark.TITLE) and benchmark.BEGIN in first and benchmark.END in first
+    edited = first.replace(benchmark.END, benchmark.END + "\n\n## Analysis\n\nhand text\n")
+    again = benchmark.splice(edited, text.replace("12 s", "13 s"))
+    assert "hand text" in again and "13 s" in again and "12 s" not in again
+    assert again.count(benchmark.BEGIN) == 1

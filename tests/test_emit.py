@@ -12,7 +12,7 @@ from amaranth.hdl import Array, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from gen.verilog import _ensure_yosys, _read, normalize_widths
+from gen.verilog import _ensure_yosys, _read, flat_rtlil, normalize_widths
 
 
 class Mixed(wiring.Component):
@@ -65,9 +65,7 @@ def test_normalization_is_equivalent(name, factory):
     _ensure_yosys()
     yosys = find_yosys(lambda ver: ver >= (0, 40))
     text = rtlil.convert(factory(), name="top", emit_src=False)
-    gold = yosys.run(["-q", "-"], "\n".join([_read(text), "proc", "memory_collect", "flatten", "pmuxtree",
-                                             "opt_clean -purge", "wreduce", "opt_clean -purge", "write_rtlil"]),
-                     ignore_warnings=True)
+    gold = flat_rtlil(yosys, text)
     gate = normalize_widths(gold)
     assert gate != gold, "nothing was rewritten: the test exercises no rewrite"
     script = [_read(gold), "rename top gold", _read(gate), "rename top gate",
@@ -83,9 +81,7 @@ def test_rewrites_are_counted():
     _ensure_yosys()
     yosys = find_yosys(lambda ver: ver >= (0, 40))
     text = rtlil.convert(Mixed(), name="top", emit_src=False)
-    gold = yosys.run(["-q", "-"], "\n".join([_read(text), "proc", "flatten", "opt_clean -purge",
-                                             "wreduce", "opt_clean -purge", "write_rtlil"]),
-                     ignore_warnings=True)
+    gold = flat_rtlil(yosys, text)
     gate = normalize_widths(gold)
     assert "$lint_norm$" in gate                       # sign extension or cut through a helper wire
     assert "cell $shiftx" in gate                      # a right shift became a part-select

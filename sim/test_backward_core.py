@@ -276,6 +276,119 @@ class BackwardPlan:
             return edge_blocks(cfg, n, self.rng, **kw)
         return to_blocks(cfg, self.fmt, activations(kind, n, self.C, self.rng))
 
+    def _blocks(self, n, K, fn):
+        """A block stream whose block ``(p, group)`` is ``Block(*fn(p, channel_of_lane))``:
+        ``fn(p, channels) -> (exponent, codes)``."""
+        B, groups = self.bfp.block, self.cfg(K).groups
+        out = []
+        for p in range(n):
+            for grp in range(groups):
+                e, codes = fn(p, list(range(grp * B, (grp + 1) * B)))
+                out.append(Block(e, codes, _NO_FLAGS))
+        return out
+
+    def finalize_extremes(self):
+        """Commands aimed at the extremes of the finalize datapath (every leading-one position its
+        normalizer sees, deep cancellation in ``dgamma``) and of the dx rounding:
+
+        * tiny sums: x and g at shared exponent 0, one non-zero g per channel at position 0 (or a
+          +1 / -1 pair), so ``sum g`` and ``sum g x`` are +-1, +-2, +-3 or 0 units;
+        * large sums: +-code_max at the largest exponent everywhere (n up to 64 K);
+        * powers of two (see below): every leading-one position of ``sum g x`` with zeros below it,
+          and C = 2**b for every bit b of its field (and C = 0) times a power-of-two ``dgamma``;
+        * nearly constant g (``dgamma`` = inv (sum g x - mu sum g) cancels to the rounding error of
+          mu), with 0-4 perturbed positions per channel;
+        * skewed g (mostly -v, one position in eight +v): dx = a (g - gbar) carries into the top
+          bit of the dx window."""
+        from hw.bn_layouts import C_WIDTH
+        p, K, rng = self.p, self.Kmax, self.rng
+        cmax, emax = self.bfp.code_max, self.bfp.exp_max
+        n2 = 2 * K
+
+        def tiny_x(pos, chans):
+            return 0, [(1 if c % 2 else -1) if pos == 0 else int(rng.integers(-cmax, cmax + 1)) for c in chans]
+
+        def tiny_g(pos, chans):
+            codes = []
+            for c in chans:
+                if c % 4 == 3:          # +1 / -1 pair: sum g = 0, sum g x = x0 - x1
+                    codes.append(1 if pos == 0 else -1 if pos == 1 else 0)
+                else:
+                    codes.append((min(1 + c % 3, cmax) * (1 if (c // 3) % 2 else -1)) if pos == 0 else 0)
+            return 0, codes
+        self.good(self._blocks(n2, K, tiny_x), self._blocks(n2, K, tiny_g), K, tag="tiny sums")
+
+        n_big = max(n2, min(p.max_count, 64 * K) // K * K)
+        m_big = n_big // K
+
+        def big_x(pos, chans):
+            return emax, [(cmax - 1 if pos % m_big == 0 else cmax) * (1 if c % 3 else -1) for c in chans]
+
+        def big_g(pos, chans):
+            return emax, [cmax * (1 if c % 2 else -1) for c in chans]
+        self.good(self._blocks(n_big, K, big_x), self._blocks(n_big, K, big_g), K, tag="large sums")
+
+        # Large powers of two: x = g = 2**(W-2) at the largest exponent at the first t positions
+        # (t = 1, 2, 4, ... per channel), x = 0 elsewhere: sum g x = t * 2**(2 emax + 2 (W-2)).
+        top = max(0, self.bfp.width - 2)
+        t_of = {c: 1 << (c % max(1, (n_big // 2).bit_length())) for c in range(self.C + self.bfp.block)}
+
+        def bigpow_x(pos, chans):
+            return emax, [(1 << top) * (1 if c % 2 else -1) if pos < t_of[c] else 0 for c in chans]
+
+        def bigpow_g(pos, chans):
+            return emax, [(1 << top) if pos < t_of[c] else 0 for c in chans]
+        self.good(self._blocks(n_big, K, bigpow_x), self._blocks(n_big, K, bigpow_g), K,
+                  tag="large powers of two")
+
+        # Powers of two: x alternates 0 and 2**r per chunk (every chunk range, mu, sigma and
+        # 1 / sigma a power of two when C is), g is one code 2**d at position 1, so sum g, sum g x
+        # and dgamma are single powers of two: the normalizer sees a lone leading one with zeros
+        # below it. Over the commands the shared exponents and the lanes' r + d sweep every
+        # position of sum g x; C = 2**b sweeps every position of the product C dgamma.
+        B, groups = self.bfp.block, self.cfg(K).groups
+        span, s = 2 * emax + 1, 0
+        for j, b in enumerate(range(-1, C_WIDTH)):
+            c_scale = 0 if b < 0 else 1 << b
+            ex_of, eg_of = {}, {}
+            for grp in range(groups):
+                ex_of[grp] = min(s, emax)
+                eg_of[grp] = s - ex_of[grp]
+                s = (s + min(B, self.C - grp * B, 2 * top + 1)) % span
+
+            def split(c):
+                d = (c % B) % (2 * top + 1)
+                return min(d, top), d - min(d, top), 1 if (c + j) % 2 else -1
+
+            def pow_x(pos, chans):
+                return ex_of[chans[0] // B], [(1 << split(c)[0]) * split(c)[2] if pos % 2 else 0 for c in chans]
+
+            def pow_g(pos, chans):
+                return eg_of[chans[0] // B], [(1 << split(c)[1]) * (1 if c % 3 else -1) if pos == 1 else 0
+                                              for c in chans]
+            self.good(self._blocks(n2, K, pow_x), self._blocks(n2, K, pow_g), K, c_scale=c_scale,
+                      tag=f"powers of two, C = 2**{b}" if b >= 0 else "powers of two, C = 0")
+
+        n_c = max(n2, min(p.max_count, 16 * K) // K * K)
+        g_code = {c: int(rng.integers(max(1, cmax // 2), cmax + 1)) * int(rng.choice([-1, 1]))
+                  for c in range(self.C + self.bfp.block)}
+        g_exp = int(rng.integers(max(0, emax - 8), emax + 1))
+        perturbed = {c: set(rng.choice(n_c, size=min(n_c, c % 5), replace=False).tolist())
+                     for c in g_code}
+
+        def near_const_g(pos, chans):
+            return g_exp, [max(-cmax, min(cmax, g_code[c] + (1 if pos in perturbed[c] else 0)))
+                           for c in chans]
+        self.good(self.tensor("gauss", n_c, K), self._blocks(n_c, K, near_const_g), K,
+                  tag="nearly constant g (dgamma cancels)")
+
+        n_s = max(n2, min(p.max_count, 8 * K) // K * K)
+
+        def skew_g(pos, chans):
+            return g_exp, [g_code[c] * (-1 if pos % 8 == 3 else 1) for c in chans]
+        self.good(self.tensor("laplace", n_s, K), self._blocks(n_s, K, skew_g), K,
+                  tag="skewed g (dx carries)")
+
     def build(self, target_elements):
         """Bad counts (``count_error``), n = 2K, edge data (flat channels, ties, max == min chunks,
         saturated codes, zeros, tiny ranges), internal-float overflow, dx saturation, a smaller
@@ -322,6 +435,7 @@ class BackwardPlan:
         n_po = min(p.max_count, 64 * K)
         self.good(self.tensor("random", n_po, K), self.tensor("random", n_po, K), K, params_only=True,
                   tag="parameters only, random")
+        self.finalize_extremes()
         kinds = ("gauss", "relu", "laplace", "random", "offset", "gauss")
         i = 0
         while self.elements < target_elements:

@@ -626,3 +626,62 @@ def test_interface_widths():
     assert set(dict(fwd.output_layout)) == {"mu", "sigma", "inv", "a", "b", "new_running_mean",
                                             "new_running_sigma", "flat", "overflow"}
     assert set(dict(bwd.output_layout)) == {"dgamma", "dbeta", "b_mid", "b_max", "b_min", "overflow"}
+
+
+# --- the micro-programs never read a datapath register before writing it -----------------------
+
+def _reads_writes(step):
+    """Datapath registers (ACC, HOLD, OPR, MQ, STK; each with its sign and exponent) a step reads
+    and writes, as the hardware's register updates and combinational sources use them."""
+    from hw.finalize import Ld
+    reads, writes = set(), set()
+    acc = step.acc
+    if isinstance(acc, Ld):
+        if acc.src == "acc":
+            reads |= {"acc", "stk"}
+        elif acc.src == "q":
+            reads |= {"mq", "acc"}          # the quotient, and STK <- (remainder != 0)
+        writes |= {"acc", "stk"}
+    elif isinstance(acc, tuple):            # mul: the first cycle starts from 0, not from ACC
+        reads |= {"opr", "mq"}
+        writes |= {"acc", "mq", "stk"}
+    elif acc == "add":
+        reads |= {"acc", "hold"}
+        writes |= {"acc", "stk"}
+    elif acc == "div":
+        reads |= {"acc", "opr"}
+        writes |= {"acc", "mq", "stk"}
+    if step.opr:
+        reads.add("acc")
+        writes.add("opr")
+    if step.mq is not None:
+        writes.add("mq")
+    if step.hold is not None:
+        reads.add("acc")
+        writes.add("hold")
+    if step.rnd is not None:
+        reads |= {"acc", "stk"}
+    return reads, writes
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_ids)
+def test_programs_write_before_read(cfg):
+    """Every datapath register is written by a step before any step reads it, so the value it holds
+    when a channel starts (its reset value, or what the previous channel left) is never seen.
+    Fault injection relies on this: a mutated reset value of OPR's or HOLD's sign bit is
+    equivalent (docs/verification.md). Within a step all reads see the old values."""
+    for eng in _engines(cfg):
+        written = set()
+        for index, step in enumerate(eng.program):
+            reads, writes = _reads_writes(step)
+            assert reads <= written, f"{type(eng).__name__} step {index} ({step}) reads {reads - written} unwritten"
+            written |= writes
+        assert written == {"acc", "hold", "opr", "mq", "stk"}
+
+
+def test_write_before_read_check_can_fail():
+    from hw.finalize import Ld, Step
+    reads, _ = _reads_writes(Step(acc="add"))
+    assert "hold" in reads
+    reads, writes = _reads_writes(Step(acc=Ld("q"), opr=True))
+    assert reads == {"mq", "acc"} and writes == {"acc", "stk", "opr"}

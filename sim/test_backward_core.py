@@ -389,6 +389,59 @@ class BackwardPlan:
         self.good(self.tensor("laplace", n_s, K), self._blocks(n_s, K, skew_g), K,
                   tag="skewed g (dx carries)")
 
+    def dx_residues(self):
+        """dx lanes that are pure rounding residues, one target lane at a time (every lane of every
+        group): x makes sigma and 1 / sigma powers of two (chunks alternate 0 and 2**r, C = 1), so
+        ``a = gamma / sigma`` is exact; g is the constant code ``code_max``, so ``gbar = g`` and
+        ``dx = a g + rnd(-a g)``: the rounding error of the product ``code_max * ma``. gamma's
+        fraction is solved so that the error is one product LSB: the lane's window holds a lone 1
+        two bits above its bottom. Two commands per target lane:
+
+        * alone (every other channel has gamma = 0, dx = 0): the residue is the block maximum, so
+          its leading-one position decides the shared exponent;
+        * with a partner lane whose gamma is 2**(W-1) times larger: the block's code LSB falls two
+          bits above the target's window bottom, and the target is an exact tie there (guard bit 1,
+          nothing below it), which must round to even.
+
+        Positions where the chunk's argmax/argmin select b_max/b_min are ordinary values."""
+        from fractions import Fraction
+        from sim.golden_bn import C_FRAC_BITS
+        p, K, f = self.p, self.Kmax, self.f
+        bfp, B, M = self.bfp, self.bfp.block, self.f.frac_bits
+        q = bfp.code_max
+        if q < 3:
+            return                      # |g| = 1: the product is exact, no residue
+        # gamma's significand ma = 2**M + frac with q * ma = 1 modulo the dropped low bits.
+        frac = None
+        for cand in range(1 << M):
+            prod = q * ((1 << M) + cand)
+            d = prod.bit_length() - (M + 1)
+            if d >= 1 and prod % (1 << d) == 1:
+                frac = cand
+                break
+        if frac is None:
+            return
+        n, ex, r = 2 * K, max(0, bfp.exp_max - 2), 0
+        eg = bfp.exp_max // 2
+        sigma = Fraction(2) ** bfp.lsb_exponent(ex)        # chunk range 2**r codes, C = 1
+        base = Fraction((1 << M) + frac, 1 << M) * sigma     # a = gamma / sigma = 1.frac
+        x = self._blocks(n, K, lambda pos, chans: (ex, [(1 << r) if pos % 2 else 0 for _ in chans]))
+        g = self._blocks(n, K, lambda pos, chans: (eg, [q] * len(chans)))
+        for lane in range(B):
+            for partner in (None, (lane + 1) % B):
+                if partner == lane:
+                    continue
+                gamma = []
+                for c in range(self.C):
+                    if c % B == lane:
+                        gamma.append(f.encode(base))
+                    elif partner is not None and c % B == partner:
+                        gamma.append(f.encode(base * (1 << (bfp.width - 1))))
+                    else:
+                        gamma.append(0)
+                self.good(x, g, K, gamma=gamma, beta=[0] * self.C, c_scale=1 << C_FRAC_BITS,
+                          tag=f"dx residue in lane {lane}" + ("" if partner is None else f", tie against lane {partner}"))
+
     def build(self, target_elements):
         """Bad counts (``count_error``), n = 2K, edge data (flat channels, ties, max == min chunks,
         saturated codes, zeros, tiny ranges), internal-float overflow, dx saturation, a smaller
@@ -436,6 +489,7 @@ class BackwardPlan:
         self.good(self.tensor("random", n_po, K), self.tensor("random", n_po, K), K, params_only=True,
                   tag="parameters only, random")
         self.finalize_extremes()
+        self.dx_residues()
         kinds = ("gauss", "relu", "laplace", "random", "offset", "gauss")
         i = 0
         while self.elements < target_elements:

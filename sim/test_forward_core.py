@@ -270,6 +270,51 @@ class Planner:
             return edge_blocks(cfg, n, self.rng)
         return to_blocks(cfg, self.fmt, activations(kind, n, self.C, self.rng))
 
+    def y_carry_ties(self):
+        """Exact ties at the deepest y shift, one target lane at a time: x alternates +X0 and -X0
+        (mu = 0, so b = beta), gamma is searched so that ``a X0`` has few significant bits, and
+        ``beta = T - a X0`` with ``T = 2**k`` eight to sixteen times ``a X0``: beta is the high
+        operand of the lane's window and ``a X0 + beta`` carries into the window's top bit, an exact
+        power of two. A partner lane with y = beta' = 2**(W-1) T sets the block's code LSB to 2 T,
+        so the target is an exact tie whose guard bit is that carry bit, with nothing below it
+        (rounds to even: 0). Every lane of every group is the target once."""
+        from fractions import Fraction
+        p, K, f, bfp = self.p, self.Kmax, self.f, self.bfp
+        B, M, W = bfp.block, f.frac_bits, bfp.width
+        if B < 2:
+            return
+        n, ex = 2 * K, max(0, bfp.exp_max - 2)
+        x0 = 1 << max(0, W - 2)
+        blocks = []
+        for pos in range(n):
+            for _g in range(self.cfg(K).groups):
+                blocks.append(Block(ex, [x0 if pos % 2 else -x0] * B, _NO_FLAGS))
+        cfg = gbn.BNConfig(bfp, self.C, chunks=K, internal_frac_bits=M,
+                           c_scale=gbn.range_scale(n // K, 1.0))
+        stat = gbn.forward_stats(cfg, blocks)[0]
+        X0 = bfp.code_value(ex, x0)
+        gamma_bits = None
+        for cand in range(1, 1 << M):         # a with at least 4 trailing zero fraction bits
+            gb = f.encode(Fraction((1 << M) + cand, 1 << M))
+            a = gbn.finalize(cfg, stat, gb, 0).a
+            if a and (f.unpack(a)[2] & 15) == 0 and f.unpack(a)[1]:
+                gamma_bits = gb
+                break
+        if gamma_bits is None:
+            return
+        ax0 = f.decode(gbn.finalize(cfg, stat, gamma_bits, 0).a) * X0
+        T = Fraction(2) ** (math.floor(math.log2(ax0)) + 4)
+        beta_t = f.encode(T - ax0)
+        if f.decode(beta_t) != T - ax0:
+            return
+        for lane in range(B):
+            partner = (lane + 1) % B
+            gamma = [gamma_bits if c % B == lane else 0 for c in range(self.C)]
+            beta = [beta_t if c % B == lane else f.encode(T * (1 << (W - 1))) if c % B == partner else 0
+                    for c in range(self.C)]
+            self.good(blocks, K, gamma=gamma, beta=beta, cfix=1.0,
+                      tag=f"y carry tie in lane {lane} against lane {partner}")
+
     def build(self, target_elements):
         """The plan: bad counts, minimal n, edge cases, permuted order, running-statistics loads,
         then training/inference commands over every distribution until ``target_elements`` y
@@ -322,6 +367,7 @@ class Planner:
                 for c in range(C)]
         self.good(self.tensor("gauss", 2 * K, K), K, gamma=[0] * C, beta=[f.encode(v) for v in near],
                   tag="y near ties: gamma = 0")
+        self.y_carry_ties()
         # permuted block order: same statistics
         n_perm = min(p.max_count, 8 * K)
         t = self.tensor("random", n_perm, K)

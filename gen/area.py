@@ -76,12 +76,38 @@ def _log(msg, quiet=False):
         print(f"area: {msg}", file=sys.stderr, flush=True)
 
 
-def all_area_units(include_baselines=True):
-    """``[(name, factory, kind)]``: every registered LightNorm unit, then the baselines."""
+def _core_part(core, attr):
+    """Factory of the submodule ``attr`` of a Range-BN core: the very instance the core builds."""
+    def factory(p):
+        if core == "forward":
+            from hw.forward_core import ForwardCore
+            return getattr(ForwardCore.from_params(p), attr)
+        from hw.backward_core import unit
+        return getattr(unit(p), attr)
+    return factory
+
+
+#: Submodules of the cores, measurable on their own (``--units ln_part_...``; not in the default
+#: set): they show which part of a core limits its Fmax.
+PARTS = [
+    ("ln_part_forward_stats", _core_part("forward", "_stats_unit")),
+    ("ln_part_forward_finalize", _core_part("forward", "_finalize")),
+    ("ln_part_forward_affine", _core_part("forward", "_affine")),
+    ("ln_part_backward_reduce", _core_part("backward", "_reduce")),
+    ("ln_part_backward_finalize", _core_part("backward", "_finalize")),
+    ("ln_part_backward_affine", _core_part("backward", "_affine")),
+]
+
+
+def all_area_units(include_baselines=True, include_parts=False):
+    """``[(name, factory, kind)]``: every registered LightNorm unit, then the baselines, then
+    (``include_parts``) the cores' submodules."""
     units = [(n, f, "lightnorm") for n, f in all_units()]
     if include_baselines:
         from gen.baselines import BASELINES
         units += [(n, f, "baseline") for n, f in BASELINES]
+    if include_parts:
+        units += [(n, f, "part") for n, f in PARTS]
     return units
 
 
@@ -90,7 +116,7 @@ def all_area_units(include_baselines=True):
 def _emit_one(args):
     name, params = args
     from gen.verilog import emit, ports
-    factory = {n: f for n, f, _ in all_area_units(True)}[name]
+    factory = {n: f for n, f, _ in all_area_units(True, True)}[name]
     t0 = time.time()
     component = factory(params)
     text = emit(component, name, hierarchy=True)  # keep submodules for the per-module breakdown
@@ -356,11 +382,11 @@ def run_area(params, out_dir, targets=TARGETS, units=None, include_baselines=Tru
         raise ParamError(f"output path {str(out_dir)!r} exists and is not a directory")
     selected = all_area_units(include_baselines)
     if units is not None:
-        known = {n for n, _, _ in all_area_units(True)}
+        known = {n for n, _, _ in all_area_units(True, True)}
         bad = [u for u in units if u not in known]
         if bad:
             raise ParamError(f"unknown unit {bad[0]!r}; known: {', '.join(sorted(known))}")
-        selected = [u for u in all_area_units(True) if u[0] in units]
+        selected = [u for u in all_area_units(True, True) if u[0] in units]
     t_start = time.time()
     # The YoWASP tools live beside this Python (the venv's bin) even when it is not activated.
     bindir = str(Path(sys.executable).parent)
@@ -545,7 +571,8 @@ def main(argv=None):
     parser.add_argument("--targets", default=",".join(TARGETS),
                         help="comma-separated subset of generic,ice40,ecp5 (default all)")
     parser.add_argument("--units", default=None,
-                        help="comma-separated unit names to keep (default: every registered unit and baseline)")
+                        help="comma-separated unit names to keep (default: every registered unit and "
+                             "baseline; the cores' parts ln_part_* only when named)")
     parser.add_argument("--no-baselines", action="store_true", help="LightNorm units only")
     parser.add_argument("--no-pnr", action="store_true", help="synthesis only (no Fmax)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel tool runs (1..16, default 2)")

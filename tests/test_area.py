@@ -31,6 +31,29 @@ def test_generic_tiny(tmp_path):
     assert not list(tmp_path.glob(".area.tmp-*"))
 
 
+def test_core_parts_generic(tmp_path):
+    """The cores' parts are measurable alone (named only), and are the cores' own submodules."""
+    from gen.area import PARTS
+    from hw.backward_core import unit as backward_unit
+    from hw.forward_core import ForwardCore
+    p = Params(width=4, block=2, channels=2, max_count=16, chunks=1)
+    kinds = {"ln_part_forward_stats": "StatsUnit", "ln_part_forward_finalize": "ForwardFinalize",
+             "ln_part_forward_affine": "BFPAffine", "ln_part_backward_reduce": "GradReduce",
+             "ln_part_backward_finalize": "BackwardFinalize", "ln_part_backward_affine": "BFPAffine"}
+    assert {n: type(f(p)).__name__ for n, f in PARTS} == kinds
+    fwd, bwd = ForwardCore.from_params(p), backward_unit(p)
+    assert type(fwd._finalize).__name__ == "ForwardFinalize" and fwd._finalize.latency == \
+        dict(PARTS)["ln_part_forward_finalize"](p).latency
+    assert bwd._finalize.latency == dict(PARTS)["ln_part_backward_finalize"](p).latency
+    out = tmp_path / "area"
+    names = "ln_part_backward_finalize,ln_part_forward_affine"
+    assert main(TINY + ["--targets", "generic", "--units", names, "-q", "--out", str(out)]) == 0
+    result = json.loads((out / "area.json").read_text())
+    assert set(result["units"]) == set(names.split(","))
+    for unit in result["units"].values():
+        assert unit["kind"] == "part" and unit["targets"]["generic"]["cells"] > 0
+
+
 @pytest.mark.parametrize("args,message", [
     (["--targets", "generic,vivado"], "--targets must be a comma-separated subset"),
     (["--jobs", "0"], "--jobs must be an integer in 1..16"),

@@ -165,16 +165,41 @@ class _ThermometerDecoder:
 
 
 class _Thermometer:
-    """Thermometer code of the maximum of unsigned ``keys``: ``therm[j]`` (a ``Signal``
-    ``therm{j}``, built on first use) is ``max(keys) > j``, an OR over the keys of ``key > j``."""
+    """Thermometer code of the maximum of unsigned ``keys`` (each at most ``key_max``):
+    ``therm[j]`` (a ``Signal``, built on first use) is ``max(keys) > j``. A key is split at its
+    top bit ``h`` (of ``key_max``) into ``top`` and ``rest``, so that each lane needs only the
+    comparisons ``rest > i`` (``2**h - 1`` of them, LUT-sized for ``h <= 4``), shared by two
+    thermometer bits: ``max > i`` is ``any(top) | any(rest > i)`` and ``max > 2**h + i`` is
+    ``any(top & (rest > i))``. (The plain form, an OR of ``key > j`` per bit, maps to about the
+    same LUT count but made YoWASP Yosys' ABC9 fail in the ULX3S board build.)"""
 
-    def __init__(self, m, keys):
-        self._m, self._keys, self._bits = m, keys, {}
+    def __init__(self, m, keys, key_max):
+        self._m, self._bits, self._rest_gt = m, {}, {}
+        h = key_max.bit_length() - 1
+        self._half = 1 << h
+        self._top = [key[h:].any() for key in keys]    # bits above h are 0
+        self._rest = [key[:h] for key in keys]
+        self._any_top = Signal(name="therm_top")
+        m.d.comb += self._any_top.eq(_any(self._top))
+
+    def _gt(self, k, i):
+        if (k, i) not in self._rest_gt:
+            bit = Signal(name=f"rest{k}_gt{i}")
+            self._m.d.comb += bit.eq(_gt_const_logic(self._rest[k], i))
+            self._rest_gt[k, i] = bit
+        return self._rest_gt[k, i]
 
     def __getitem__(self, j):
+        half, lanes = self._half, range(len(self._rest))
+        if j == half - 1:
+            return self._any_top
         if j not in self._bits:
             bit = Signal(name=f"therm{j}")
-            self._m.d.comb += bit.eq(_any([_gt_const_logic(key, j) for key in self._keys]))
+            if j < half:
+                value = self._any_top | _any([self._gt(k, j) for k in lanes])
+            else:
+                value = _any([self._top[k] & self._gt(k, j - half) for k in lanes])
+            self._m.d.comb += bit.eq(value)
             self._bits[j] = bit
         return self._bits[j]
 
@@ -382,7 +407,7 @@ class BlockQuantizer(wiring.Component):
             clamped = [min(max(t + self.k_shared, 1), bfp.exp_max) for t in range(self.key_max + 1)]
             p_values = [e + self.c_p for e in clamped]
             p_width = max(ew + 1, *((v if v >= 0 else -v - 1).bit_length() + 1 for v in p_values))
-            decoder = _ThermometerDecoder(_Thermometer(m, keys), self.key_max + 1)
+            decoder = _ThermometerDecoder(_Thermometer(m, keys, self.key_max), self.key_max + 1)
             shared_plan = decoder.plan(clamped, bfp.exp_bits)
             p_plan = decoder.plan(p_values, p_width)
             parts = Signal(len(decoder.parts), name="parts")

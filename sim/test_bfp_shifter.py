@@ -38,7 +38,8 @@ class Case:
         else:
             self.dut = BlockQuantizer(self.bfp, cfg["mag_width"], cfg["exp_width"],
                                       exp_signed=cfg["exp_signed"], exp_offset=cfg["exp_offset"],
-                                      normalized=cfg["normalized"])
+                                      normalized=cfg["normalized"],
+                                      zeros_at_min_exp=cfg.get("zeros_at_min_exp", False))
         self.in_layout, self.out_layout = self.dut.input_layout, self.dut.output_layout
         self.label = label(cfg)
 
@@ -89,7 +90,8 @@ def label(cfg):
             "" if cfg["exp_bits"] == float_format(cfg["in_format"]).exp_bits else f" E={cfg['exp_bits']}")
     return (f"block_quantizer {b} E={cfg['exp_bits']} mag={cfg['mag_width']} "
             f"exp={'s' if cfg['exp_signed'] else 'u'}{cfg['exp_width']}{cfg['exp_offset']:+d}"
-            + (" normalized" if cfg["normalized"] else ""))
+            + (" normalized" if cfg["normalized"] else "")
+            + (" zeros-at-min-exp" if cfg.get("zeros_at_min_exp") else ""))
 
 
 # --- vector generators ----------------------------------------------------------------------
@@ -251,7 +253,8 @@ class QuantizerVectors:
         return (self.rng.randrange(2), self.mag(bits), max(self.lo, min(self.hi, exp)))
 
     def zero(self):
-        return (self.rng.randrange(2), 0, self.rng.randint(self.lo, self.hi))
+        exp = self.lo if self.q.zeros_at_min_exp else self.rng.randint(self.lo, self.hi)
+        return (self.rng.randrange(2), 0, exp)
 
     def block(self, lanes, flags=None):
         full = [lanes.get(k) or self.zero() for k in range(self.B)]

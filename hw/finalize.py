@@ -44,7 +44,7 @@ register values):
 ``div``  Restoring division of the normalized ACC by the normalized OPR: ``M + 3`` quotient bits
          (at least ``M + 2`` significant) into MQ, the remainder stays in ACC; ``ld q`` then loads the
          quotient and sets STK = (remainder != 0). Quotient plus sticky round exactly like the
-         exact ratio. One cycle per quotient bit.
+         exact ratio. Two cycles per quotient bit.
 ``rnd``  Round the normalized ACC (+ STK) to the internal float exactly as ``FloatFormat.encode``:
          RNE on ``M + 1`` bits; a biased exponent above ``exp_max`` saturates to the largest
          magnitude (and raises ``overflow`` if the step's flag predicate holds, exactly when the
@@ -56,7 +56,7 @@ register values):
 
 Micro-instructions have predicates instead of branches, so the number of cycles per channel is a
 constant: :attr:`latency`. The sequencer is a one-hot token over the steps plus a cycle counter for
-the multi-cycle ones (``mul``: one cycle per multiplier bit; ``div``: ``M + 4``).
+the multi-cycle ones (``mul``: one cycle per multiplier bit; ``div``: ``2 (M + 3) + 1``).
 
 Exponents are kept raw, as the cheapest hardware has them: ``ld`` of a float takes its biased
 exponent field, ``mq`` likewise (0 for ``c_scale`` and constants), ``opr`` copies ACC's exponent,
@@ -101,8 +101,23 @@ latched on the transfer edge ``t``. The result is on ``o`` (``o.valid`` high) af
 that loads ``o``, so with ``o.ready`` high a new channel is accepted every
 ``cycles_per_channel = latency + 1`` cycles. If ``o`` is still full when a result is ready, the
 engine waits. ``latency`` is a constant per configuration (predicated micro-code, no data-dependent
-branches): with ``C_WIDTH`` = 18 and ``momentum_shift`` = 3 it is ``76 + 4 M`` forward and
-``61 + 6 M`` backward (M = 8: 108 / 109; M = 12: 124 / 133; M = 23: 168 / 199).
+branches): with ``C_WIDTH`` = 18 and ``momentum_shift`` = 3 it is ``180 + 6 M`` forward and
+``147 + 7 M`` backward (M = 8: 228 / 203; M = 12: 252 / 231; M = 23: 318 / 308).
+
+Pipelined steps: the ``ld``, ``add`` and ``rnd`` datapaths are cut by free-running register
+stages (``ld``: source select and exponent | leading-zero count | shift by the count's high bits |
+low bits into ACC; ``add``: operand order and saturated exponent distance | jamming shift by the distance's high
+bits | by its four low bits | add | magnitude | into ACC; ``rnd``: sticky bits and biased exponent | increment and classify | pack).
+A step lasts as many cycles as its slowest micro-operation (:data:`LD_CYCLES` = 4,
+:data:`ADD_CYCLES` = 6, :data:`RND_CYCLES` = 3, register copies 1) and writes every architectural
+register on its last cycle only; since a step's inputs do not change during it, the free-running
+stages hold the right values by then, and "every micro-operation reads the old register values"
+still holds. ``mul`` takes one bit per cycle (one ``NW``-bit add), ``div`` two (the trial
+subtraction is registered before the remainder is updated from its sign); both must be alone in
+their step. No path then spans more than one wide carry chain or one
+logarithmic shifter, which is what lets the cores clock near the rest of their pipelines
+(``docs/area.md``); the price is more cycles per channel than single-cycle steps (at M = 12: 252 against
+124 forward, 231 against 133 backward), for about 3.5 times the clock.
 
 :func:`run_model` executes the same micro-program on Python integers (the register-transfer
 model the tests use to sweep thousands of channels quickly); the Amaranth engine is checked
@@ -175,12 +190,31 @@ class Step:
     out: bool = False
 
 
+#: Cycles of a step that loads ACC (source select | leading-zero count | coarse | fine shift).
+LD_CYCLES = 4
+#: Cycles of an ``add`` step (order and align distance | jamming shift by the distance's high
+#: bits | by its low bits | add | magnitude | into ACC).
+ADD_CYCLES = 6
+#: Cycles of a step that rounds (sticky and biased exponent | increment | pack).
+RND_CYCLES = 3
+
+
 def _steps_cycles(step, k_div):
+    """Cycles of one micro-instruction: ``mul`` one per multiplier bit, ``div`` two per quotient
+    bit plus one; any other step as many as its slowest micro-operation's pipeline
+    (:data:`LD_CYCLES`, :data:`ADD_CYCLES`, :data:`RND_CYCLES`; register copies take 1)."""
     if isinstance(step.acc, tuple) and step.acc[0] == "mul":
         return step.acc[1]
     if step.acc == "div":
-        return 1 + k_div
-    return 1
+        return 1 + 2 * k_div
+    cycles = 1
+    if isinstance(step.acc, Ld):
+        cycles = max(cycles, LD_CYCLES)
+    if step.acc == "add":
+        cycles = max(cycles, ADD_CYCLES)
+    if step.rnd is not None:
+        cycles = max(cycles, RND_CYCLES)
+    return cycles
 
 
 # --- the engine ----------------------------------------------------------------------------------
@@ -209,6 +243,10 @@ class _FinalizeEngine(wiring.Component):
         self.kl_width = chunks_log2_width(max_chunks)
         self.kq = internal.frac_bits + 3            # quotient bits
         self.program = self._program()
+        for i, st in enumerate(self.program):
+            if isinstance(st.acc, tuple) or st.acc == "div":
+                # They write ACC/MQ every cycle, so nothing else may share their step.
+                assert st == Step(acc=st.acc), f"step {i}: mul/div must be alone in its step"
         self.nw, self.no, self.k = self.sizes()
         self.ew = self._exp_width()
         self.ld_const = self._lower()
@@ -319,31 +357,46 @@ class _FinalizeEngine(wiring.Component):
         assert EW > b_sh + 1
 
         # --- sequencer: one-hot step token, per-step cycle counter ------------------------------
+        # The control signals are registers: each is decoded from the token the edge will load
+        # (``step_next``), so no decoder sits between the token and the wide datapath enables.
         busy = Signal()
-        step = Signal(P)
+        step = Signal(P, name="step")
+        step_next = Signal(P, name="step_next")
         cnt_w = max(1, (max(self.cycles) - 1).bit_length())
-        cnt = Signal(cnt_w)
+        cnt = Signal(cnt_w, name="cnt")
+        cnt_next = Signal(cnt_w, name="cnt_next")
+        last = Signal(name="last", init=1)     # the current step's last cycle (cnt == 0)
+        m.d.comb += [step_next.eq(step), cnt_next.eq(cnt)]
+        m.d.sync += [step.eq(step_next), cnt.eq(cnt_next), last.eq(~cnt_next.any())]
         first = Signal()                        # first cycle of the current step
         inp = Signal(self.input_layout)
         m.d.comb += self.i.ready.eq(~busy)
         accept = Signal()
         m.d.comb += accept.eq(self.i.valid & ~busy)
+        decoded = {}
 
         def on(indices):
-            """The token is in one of ``indices``."""
-            bits = [step[i] for i in indices]
-            return Cat(*bits).any() if bits else Const(0, 1)
+            """The token is in one of ``indices`` (a register, equal to the OR of those token
+            bits)."""
+            key = tuple(sorted(set(indices)))
+            if not key:
+                return Const(0, 1)
+            if key not in decoded:
+                ctl = Signal(name=f"ctl{len(decoded)}")
+                m.d.sync += ctl.eq(Cat(*[step_next[i] for i in key]).any())
+                decoded[key] = ctl
+            return decoded[key]
 
         def steps_where(pred):
             return [i for i, st in enumerate(prog) if pred(st)]
 
         # Registers of the datapath.
-        acc, acc_s, acc_e = Signal(NW), Signal(), Signal(es)
-        hold, hold_s, hold_e = Signal(NW), Signal(), Signal(es)
-        opr, opr_s, opr_e = Signal(NO), Signal(), Signal(es)
-        mq, mq_s, mq_e = Signal(K), Signal(), Signal(es)
-        stk = Signal()
-        ovf = Signal()
+        acc, acc_s, acc_e = Signal(NW, name="acc"), Signal(name="acc_s"), Signal(es, name="acc_e")
+        hold, hold_s, hold_e = Signal(NW, name="hold"), Signal(name="hold_s"), Signal(es, name="hold_e")
+        opr, opr_s, opr_e = Signal(NO, name="opr"), Signal(name="opr_s"), Signal(es, name="opr_e")
+        mq, mq_s, mq_e = Signal(K, name="mq"), Signal(name="mq_s"), Signal(es, name="mq_e")
+        stk = Signal(name="stk")
+        ovf = Signal(name="ovf")
         regs = {name: Signal(f.width, name=f"r_{name}") for name in self.FLOAT_REGS}
 
         # Predicates.
@@ -442,13 +495,22 @@ class _FinalizeEngine(wiring.Component):
         e1 = as_sig(m, s_add(src_exp, c_ld_exp), "ld_e1")
         kl_term = Mux(c_ld_kl, kl, Const(0, len(kl)))
         e2 = as_sig(m, s_add(e1, widen(kl_term, EW + 1).as_signed(), sub=True), "ld_e2")
-        lz = count_leading_zeros(m, src_mag, "ld_lz")
-        lz_amt = Signal(b_sh)
-        m.d.comb += lz_amt.eq(lz)
-        e3 = as_sig(m, s_add(e2, widen(lz, EW + 2).as_signed(), sub=True), "ld_e3")
-        ld_mag = shift_left(m, src_mag, lz_amt, "ld_norm")
-        ld_exp = Signal(es)
-        m.d.comb += ld_exp.eq(fold_s(m, Mux(src_mag.any(), e3, e2), EW, "ld_ef"))
+        # LD pipeline (LD_CYCLES = 4; free-running registers, the step's inputs hold still):
+        # 1 source and exponent, 2 leading-zero count, 3 shift by the count's high bits, 4 by its
+        # three low bits into ACC.
+        ld1_mag, ld1_sign, ld1_e2 = Signal(NW, name="ld1_mag"), Signal(name="ld1_sign"), Signal.like(e2, name="ld1_e2")
+        m.d.sync += [ld1_mag.eq(src_mag), ld1_sign.eq(src_sign ^ c_ld_neg), ld1_e2.eq(e2)]
+        lz = count_leading_zeros(m, ld1_mag, "ld_lz")
+        ld2_lz, ld2_nz = Signal(b_sh, name="ld2_lz"), Signal(name="ld2_nz")
+        m.d.sync += [ld2_lz.eq(lz), ld2_nz.eq(ld1_mag.any())]
+        e3 = as_sig(m, s_add(ld1_e2, widen(ld2_lz, EW + 2).as_signed(), sub=True), "ld_e3")
+        ld3_mag, ld3_exp = Signal(NW, name="ld3_mag"), Signal(es, name="ld3_exp")
+        m.d.sync += [
+            ld3_mag.eq(shift_left(m, ld1_mag, Cat(Const(0, 3), ld2_lz[3:]), "ld_norm_hi")),
+            ld3_exp.eq(fold_s(m, Mux(ld2_nz, e3, ld1_e2), EW, "ld_ef")),
+        ]
+        ld_mag = shift_left(m, ld3_mag, ld2_lz[:3], "ld_norm_lo")
+        ld_exp = ld3_exp
 
         # --- MUL: one shift-and-add step (MSB first); bit NW-1 of ACC is 0 during a product -----
         mul_base = Mux(first, Const(0, NW), Cat(acc[NW - 1], acc[:NW - 1]))
@@ -459,31 +521,54 @@ class _FinalizeEngine(wiring.Component):
         m.d.comb += mul_e.eq(fold_s(m, s_add(opr_e, mq_e), EW, "mul_ef"))
 
         # --- ADD: align with jamming, add, magnitude --------------------------------------------
+        # ADD pipeline (ADD_CYCLES = 6; free-running registers, ACC and HOLD hold still):
+        # 1 order the operands and saturate their exponent distance, 2-3 jamming shift, 4 add,
+        # 5 magnitude, 6 into ACC.
+        d_ah = as_sig(m, s_add(acc_e, hold_e, sub=True), "add_dah")    # acc_e - hold_e
+        d_ha = as_sig(m, s_add(hold_e, acc_e, sub=True), "add_dha")    # hold_e - acc_e
         a_high = Signal()
-        m.d.comb += a_high.eq(acc[-1] & (~hold[-1] | (acc_e >= hold_e)))
-        hi = as_sig(m, Mux(a_high, acc, hold), "add_hi")
-        lo = as_sig(m, Mux(a_high, hold, acc), "add_lo")
-        e_hi = as_sig(m, Mux(a_high, acc_e, hold_e), "add_ehi")
-        e_lo = as_sig(m, Mux(a_high, hold_e, acc_e), "add_elo")
-        s_hi = Mux(a_high, acc_s, hold_s)
-        s_lo = Mux(a_high, hold_s, acc_s)
-        d = as_sig(m, s_add(e_hi, e_lo, sub=True), "add_d")     # >= 0 when both are non-zero
-        sh = Signal(b_sh)
-        m.d.comb += sh.eq(Mux(d[b_sh:].any(), Const((1 << b_sh) - 1, b_sh), d[:b_sh]))
+        m.d.comb += a_high.eq(acc[-1] & (~hold[-1] | ~d_ah[-1]))
+        d = as_sig(m, Mux(a_high, d_ah, d_ha), "add_d")        # >= 0 when both are non-zero
+        add1_hi, add1_lo = Signal(NW, name="add1_hi"), Signal(NW, name="add1_lo")
+        add1_ehi, add1_sh = Signal(es, name="add1_ehi"), Signal(b_sh, name="add1_sh")
+        add1_shi, add1_sub = Signal(name="add1_shi"), Signal(name="add1_sub")
+        m.d.sync += [
+            add1_hi.eq(Mux(a_high, acc, hold)),
+            add1_lo.eq(Mux(a_high, hold, acc)),
+            add1_ehi.eq(Mux(a_high, acc_e, hold_e)),
+            add1_sh.eq(Mux(d[b_sh:].any(), Const((1 << b_sh) - 1, b_sh), d[:b_sh])),
+            add1_shi.eq(Mux(a_high, acc_s, hold_s)),
+            add1_sub.eq(acc_s ^ hold_s),
+        ]
         # hi (bit 0 is 0) +- lo shifted with jamming is the sum rounded to odd; halving it with
         # the dropped bit ORed into bit 0 keeps it rounded to odd and fits NW bits.
-        lo_j = shift_right_jam(m, lo, sh, "add_loj")
-        add_total = as_sig(m, Mux(s_hi ^ s_lo, hi - lo_j, hi + lo_j), "add_total")
-        add_neg = add_total[-1]
-        add_abs = as_sig(m, fold_u(m, cond_neg(m, add_total, add_neg, "add_abs"), NW + 1, "add_absf"), "add_abs1")
-        add_mag = Signal(NW)
-        m.d.comb += add_mag.eq(Cat(add_abs[0] | add_abs[1], add_abs[2:]))
+        # Jamming composes (jam(jam(v, H), L) = jam(v, H + L)), so the shift is split in two
+        # stages: by the distance's high bits, then by its four low bits.
+        sh_lo = min(4, b_sh)
+        add2_loj = Signal(NW, name="add2_loj")
+        m.d.sync += add2_loj.eq(shift_right_jam(m, add1_lo, Cat(Const(0, sh_lo), add1_sh[sh_lo:]), "add_loj_hi"))
+        add2b_loj = Signal(NW, name="add2b_loj")
+        m.d.sync += add2b_loj.eq(shift_right_jam(m, add2_loj, add1_sh[:sh_lo], "add_loj_lo"))
+        add_sum = Mux(add1_sub, add1_hi - add2b_loj, add1_hi + add2b_loj)
+        add3_total = Signal(add_sum.shape(), name="add3_total")     # signed, NW + 2 bits
+        m.d.sync += add3_total.eq(add_sum)
+        add_neg = add3_total[-1]
+        add_abs = as_sig(m, fold_u(m, cond_neg(m, add3_total, add_neg, "add_abs"), NW + 1, "add_absf"), "add_abs1")
+        add4_mag, add4_neg = Signal(NW, name="add4_mag"), Signal(name="add4_neg")
+        m.d.sync += [add4_mag.eq(Cat(add_abs[0] | add_abs[1], add_abs[2:])), add4_neg.eq(add_neg)]
+        add_mag = add4_mag
+        e_hi, s_hi = add1_ehi, add1_shi
 
         # --- DIV: one restoring step (the remainder stays below 2**(NW-1)) ----------------------
         div_v = widen(Cat(Const(0, NW - NO - 1), opr), NW)     # the divisor's leading one at NW-2
+        # Two cycles per quotient bit: the trial difference is registered (phase 0), then the
+        # remainder and the quotient bit are updated from it (phase 1).
         div_t = as_sig(m, acc - div_v, "div_t")
-        div_ge = ~div_t[-1]
-        div_acc = Mux(div_ge, Cat(div_t[NW - 1], div_t[:NW - 1]), Cat(acc[NW - 1], acc[:NW - 1]))
+        div1_t = Signal.like(div_t, name="div1_t")
+        m.d.sync += div1_t.eq(div_t)
+        div_phase = Signal(name="div_phase")
+        div_ge = ~div1_t[-1]
+        div_acc = Mux(div_ge, Cat(div1_t[NW - 1], div1_t[:NW - 1]), Cat(acc[NW - 1], acc[:NW - 1]))
         div_e = Signal(es)
         m.d.comb += div_e.eq(fold_s(m, s_add(acc_e, opr_e, sub=True), EW, "div_ef"))
 
@@ -507,64 +592,90 @@ class _FinalizeEngine(wiring.Component):
         mq_load_s = select([(sel_mq_flt, mq_word[-1])], 1)
 
         # --- RND -----------------------------------------------------------------------------------
+        # RND pipeline (RND_CYCLES = 3; free-running registers, ACC holds still): 1 sticky bits
+        # and biased exponent, 2 increment and classify, 3 pack into the destination.
         rnd_bits = Signal(f.width)
         rnd_ovf = Signal()
         mant = acc[NW - M - 1:]
         guard = acc[NW - M - 2]
-        sticky = acc[:NW - M - 2].any() | stk
-        inc = guard & (sticky | mant[0])
-        mant2 = as_sig(m, mant + inc, "rnd_mant")                   # M + 2 bits
-        carry = mant2[M + 1] & ~mant2[M]
         biased = add_const(m, acc_e, NW - 1 + f.bias, "rnd_biased")
-        biased2 = as_sig(m, biased.as_unsigned() + carry, "rnd_biased2")  # valid when biased >= 1
+        # Stage 1 also prepares both outcomes of the rounding carry (the significand is all
+        # ones: the increment carries into the exponent), so stage 2 only selects.
+        biased_p1 = as_sig(m, biased.as_unsigned() + 1, "rnd_biased_p1")   # valid when biased >= 1
+        rnd1_sticky, rnd1_below = Signal(name="rnd1_sticky"), Signal(name="rnd1_below")
+        rnd1_biased = Signal.like(biased, name="rnd1_biased")
+        rnd1_biased_p1 = Signal(f.exp_bits, name="rnd1_biased_p1")
+        rnd1_ones, rnd1_over0, rnd1_over1 = Signal(name="rnd1_ones"), Signal(name="rnd1_over0"), Signal(name="rnd1_over1")
+        m.d.sync += [
+            rnd1_sticky.eq(acc[:NW - M - 2].any() | stk),
+            rnd1_below.eq(acc[:NW - 1].any() | stk),
+            rnd1_biased.eq(biased),
+            rnd1_biased_p1.eq(biased_p1[:f.exp_bits]),
+            rnd1_ones.eq(mant.all()),
+            rnd1_over0.eq(~biased[-1] & biased[f.exp_bits:].any()),
+            rnd1_over1.eq(~biased[-1] & biased_p1[f.exp_bits:].any()),
+        ]
+        inc = guard & (rnd1_sticky | mant[0])
+        mant2 = as_sig(m, mant + inc, "rnd_mant")                   # M + 2 bits
+        carry = inc & rnd1_ones
+        rnd2_mant, rnd2_biased = Signal(M, name="rnd2_mant"), Signal(f.exp_bits, name="rnd2_biased")
+        tiny, over, up = Signal(name="rnd2_tiny"), Signal(name="rnd2_over"), Signal(name="rnd2_up")
+        m.d.sync += [
+            rnd2_mant.eq(mant2[:M]),
+            rnd2_biased.eq(Mux(carry, rnd1_biased_p1, rnd1_biased[:f.exp_bits])),
+            tiny.eq(rnd1_biased[-1] | ~rnd1_biased.any()),
+            over.eq(Mux(carry, rnd1_over1, rnd1_over0)),
+            up.eq(~rnd1_biased.any() & rnd1_below),
+        ]
         nz = acc[-1]
-        tiny = biased[-1] | ~biased.any()
-        over = ~biased[-1] & biased2[f.exp_bits:].any()
-        up = ~biased.any() & (acc[:NW - 1].any() | stk)
         m.d.comb += [
             rnd_bits.eq(Mux(~nz, Const(0, f.width),
                         Mux(tiny, Cat(Const(0, M), up, Const(0, f.exp_bits - 1), acc_s),
                         Mux(over, Cat(Const((1 << M) - 1, M), Const(f.exp_max, f.exp_bits), acc_s),
-                            Cat(mant2[:M], biased2[:f.exp_bits], acc_s))))),
+                            Cat(rnd2_mant, rnd2_biased, acc_s))))),
             rnd_ovf.eq(nz & ~tiny & over),
         ]
 
         # --- register updates -------------------------------------------------------------------
-        last = ~cnt.any()
         with m.If(busy):
-            with m.If(c_ld):
-                m.d.sync += [acc.eq(ld_mag), acc_s.eq(src_sign ^ c_ld_neg), acc_e.eq(ld_exp)]
-                if "q" in sel_ld:
-                    with m.If(sel_ld["q"]):
-                        m.d.sync += stk.eq(acc.any())
-                keep = sel_ld["acc"] if "acc" in sel_ld else Const(0, 1)
-                with m.If(~keep & ~(sel_ld["q"] if "q" in sel_ld else Const(0, 1))):
-                    m.d.sync += stk.eq(0)
+            # The iterative steps (one multiplier or quotient bit per cycle) write every cycle.
             with m.If(c_mul):
                 m.d.sync += [acc.eq(mul_acc), acc_s.eq(opr_s ^ mq_s), acc_e.eq(mul_e),
                              mq.eq(Cat(Const(0, 1), mq[:K - 1])), stk.eq(0)]
-            with m.If(c_add):
-                m.d.sync += [acc.eq(add_mag), acc_s.eq(s_hi ^ add_neg), acc_e.eq(e_hi), stk.eq(0)]
             with m.If(c_div):
                 with m.If(first):
                     m.d.sync += [acc.eq(Cat(acc[1:], acc[0])), mq.eq(0), mq_s.eq(acc_s ^ opr_s),
-                                 mq_e.eq(div_e), stk.eq(0)]
+                                 mq_e.eq(div_e), stk.eq(0), div_phase.eq(0)]
                 with m.Else():
-                    m.d.sync += [acc.eq(div_acc), mq.eq(Cat(div_ge, mq[:K - 1]))]
-            with m.If(c_opr):
-                m.d.sync += [opr.eq(acc[NW - NO:]), opr_s.eq(acc_s), opr_e.eq(acc_e)]
-            with m.If(c_mq):
-                m.d.sync += [mq.eq(mq_load), mq_s.eq(mq_load_s), mq_e.eq(mq_load_e)]
-            with m.If(c_hold):
-                m.d.sync += [hold.eq(acc), hold_s.eq(acc_s ^ c_hold_neg), hold_e.eq(acc_e)]
-            for name, reg in regs.items():
-                with m.If(c_rnd_dst[name]):
-                    m.d.sync += reg.eq(rnd_bits)
-                if name in self.SET_SOURCES:
-                    with m.If(c_set[name]):
-                        m.d.sync += reg.eq(self._set_value(name, float_value))
-            with m.If((c_rnd_flag & rnd_ovf) | c_set_flag):
-                m.d.sync += ovf.eq(1)
+                    m.d.sync += div_phase.eq(~div_phase)
+                    with m.If(div_phase):
+                        m.d.sync += [acc.eq(div_acc), mq.eq(Cat(div_ge, mq[:K - 1]))]
+            # Every other step writes on its last cycle only, from its pipeline's registers.
+            with m.If(last):
+                with m.If(c_ld):
+                    m.d.sync += [acc.eq(ld_mag), acc_s.eq(ld1_sign), acc_e.eq(ld_exp)]
+                    if "q" in sel_ld:
+                        with m.If(sel_ld["q"]):
+                            m.d.sync += stk.eq(acc.any())
+                    keep = sel_ld["acc"] if "acc" in sel_ld else Const(0, 1)
+                    with m.If(~keep & ~(sel_ld["q"] if "q" in sel_ld else Const(0, 1))):
+                        m.d.sync += stk.eq(0)
+                with m.If(c_add):
+                    m.d.sync += [acc.eq(add_mag), acc_s.eq(s_hi ^ add4_neg), acc_e.eq(e_hi), stk.eq(0)]
+                with m.If(c_opr):
+                    m.d.sync += [opr.eq(acc[NW - NO:]), opr_s.eq(acc_s), opr_e.eq(acc_e)]
+                with m.If(c_mq):
+                    m.d.sync += [mq.eq(mq_load), mq_s.eq(mq_load_s), mq_e.eq(mq_load_e)]
+                with m.If(c_hold):
+                    m.d.sync += [hold.eq(acc), hold_s.eq(acc_s ^ c_hold_neg), hold_e.eq(acc_e)]
+                for name, reg in regs.items():
+                    with m.If(c_rnd_dst[name]):
+                        m.d.sync += reg.eq(rnd_bits)
+                    if name in self.SET_SOURCES:
+                        with m.If(c_set[name]):
+                            m.d.sync += reg.eq(self._set_value(name, float_value))
+                with m.If((c_rnd_flag & rnd_ovf) | c_set_flag):
+                    m.d.sync += ovf.eq(1)
             # sequencing
             next_cnt = select([(step[i], Const(self.cycles[i + 1] - 1, cnt_w))
                                for i in range(P - 1) if self.cycles[i + 1] > 1], cnt_w)
@@ -573,13 +684,15 @@ class _FinalizeEngine(wiring.Component):
                     m.d.sync += [self.o.valid.eq(1), busy.eq(0)]
                     self._drive_output(m, regs, ovf, flat)
             with m.Elif(last):
-                m.d.sync += [step.eq(Cat(Const(0, 1), step[:P - 1])), cnt.eq(next_cnt), first.eq(1)]
+                m.d.comb += [step_next.eq(Cat(Const(0, 1), step[:P - 1])), cnt_next.eq(next_cnt)]
+                m.d.sync += first.eq(1)
             with m.Else():
                 dec = as_sig(m, cnt + Const((1 << cnt_w) - 1, cnt_w), "cnt_dec")   # cnt - 1, carry = 1
-                m.d.sync += [cnt.eq(Cat(dec[0] & dec[cnt_w], dec[1:cnt_w])), first.eq(0)]
+                m.d.comb += cnt_next.eq(Cat(dec[0] & dec[cnt_w], dec[1:cnt_w]))
+                m.d.sync += first.eq(0)
         with m.If(accept):
-            m.d.sync += [inp.eq(self.i.payload), busy.eq(1), step.eq(1),
-                         cnt.eq(self.cycles[0] - 1), first.eq(1), ovf.eq(0)]
+            m.d.comb += [step_next.eq(1), cnt_next.eq(self.cycles[0] - 1)]
+            m.d.sync += [inp.eq(self.i.payload), busy.eq(1), first.eq(1), ovf.eq(0)]
         with m.If(self.o.valid & self.o.ready & ~(busy & c_out)):
             m.d.sync += self.o.valid.eq(0)
         return m

@@ -101,8 +101,8 @@ latched on the transfer edge ``t``. The result is on ``o`` (``o.valid`` high) af
 that loads ``o``, so with ``o.ready`` high a new channel is accepted every
 ``cycles_per_channel = latency + 1`` cycles. If ``o`` is still full when a result is ready, the
 engine waits. ``latency`` is a constant per configuration (predicated micro-code, no data-dependent
-branches): with ``C_WIDTH`` = 18 and ``momentum_shift`` = 3 it is ``180 + 6 M`` forward and
-``147 + 7 M`` backward (M = 8: 228 / 203; M = 12: 252 / 231; M = 23: 318 / 308).
+branches): with ``C_WIDTH`` = 18 and ``momentum_shift`` = 3 it is ``184 + 6 M`` forward and
+``150 + 7 M`` backward (M = 8: 232 / 206; M = 12: 256 / 234; M = 23: 322 / 311).
 
 Pipelined steps: the ``ld``, ``add`` and ``rnd`` datapaths are cut by free-running register
 stages (``ld``: source select and exponent | leading-zero count | shift by the count's high bits |
@@ -116,8 +116,8 @@ still holds. ``mul`` takes one bit per cycle (one ``NW``-bit add), ``div`` two (
 subtraction is registered before the remainder is updated from its sign); both must be alone in
 their step. No path then spans more than one wide carry chain or one
 logarithmic shifter, which is what lets the cores clock near the rest of their pipelines
-(``docs/area.md``); the price is more cycles per channel than single-cycle steps (at M = 12: 252 against
-124 forward, 231 against 133 backward), for about 3.5 times the clock.
+(``docs/area.md``); the price is more cycles per channel than single-cycle steps (at M = 12: 256 against
+124 forward, 234 against 133 backward), for about 3.5 times the clock.
 
 :func:`run_model` executes the same micro-program on Python integers (the register-transfer
 model the tests use to sweep thousands of channels quickly); the Amaranth engine is checked

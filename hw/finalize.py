@@ -105,19 +105,25 @@ branches): with ``C_WIDTH`` = 18 and ``momentum_shift`` = 3 it is ``184 + 6 M`` 
 ``150 + 7 M`` backward (M = 8: 232 / 206; M = 12: 256 / 234; M = 23: 322 / 311).
 
 Pipelined steps: the ``ld``, ``add`` and ``rnd`` datapaths are cut by free-running register
-stages (``ld``: source select and exponent | leading-zero count | shift by the count's high bits |
-low bits into ACC; ``add``: operand order and saturated exponent distance | jamming shift by the distance's high
-bits | by its four low bits | add | magnitude | into ACC; ``rnd``: sticky bits and biased exponent | increment and classify | pack).
-A step lasts as many cycles as its slowest micro-operation (:data:`LD_CYCLES` = 4,
-:data:`ADD_CYCLES` = 6, :data:`RND_CYCLES` = 3, register copies 1) and writes every architectural
-register on its last cycle only; since a step's inputs do not change during it, the free-running
-stages hold the right values by then, and "every micro-operation reads the old register values"
-still holds. ``mul`` takes one bit per cycle (one ``NW``-bit add), ``div`` two (the trial
-subtraction is registered before the remainder is updated from its sign); both must be alone in
-their step. No path then spans more than one wide carry chain or one
-logarithmic shifter, which is what lets the cores clock near the rest of their pipelines
-(``docs/area.md``); the price is more cycles per channel than single-cycle steps (at M = 12: 256 against
-124 forward, 234 against 133 backward), for about 3.5 times the clock.
+stages:
+
+* ``ld``: source select and exponent | leading-zero count | shift by the count's high bits |
+  by its three low bits into ACC (:data:`LD_CYCLES` = 4);
+* ``add``: operand order and saturated exponent distance | jamming shift by the distance's high
+  bits | by its four low bits | add | magnitude | into ACC (:data:`ADD_CYCLES` = 6);
+* ``rnd``: sticky bits, biased exponent and both outcomes of the rounding carry | increment and
+  select | pack into the destination (:data:`RND_CYCLES` = 3).
+
+A step lasts as many cycles as its slowest micro-operation (register copies take 1) and writes
+every architectural register on its last cycle only. A step's inputs do not change during it, so
+the free-running stages hold the right values by then, and "every micro-operation reads the old
+register values" still holds. ``mul`` takes one bit per cycle (one ``NW``-bit add), ``div`` two
+(the trial subtraction is registered before the remainder is updated from its sign); both must be
+alone in their step. The step controls are registers decoded from the next token. No path spans
+more than one wide carry chain or one logarithmic shifter stage group, which lets the engines
+reach about 100 MHz on ECP5 (``docs/area.md``). The price is cycles: at M = 12 a channel takes
+256 cycles forward (124 with single-cycle steps) and 234 backward (133), for about 3.5 times the
+clock.
 
 :func:`run_model` executes the same micro-program on Python integers (the register-transfer
 model the tests use to sweep thousands of channels quickly); the Amaranth engine is checked

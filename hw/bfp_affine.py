@@ -304,9 +304,13 @@ class BFPAffine(wiring.Component):
 
     Timing
     ------
-    ``latency`` = 5: stage 1 multiplies and compares exponents, stage 2 aligns (with jamming),
-    adds and takes the magnitude, then :class:`hw.bfp_shifter.BlockQuantizer` (3 stages). A block
-    accepted on clock edge ``t`` is on ``o`` (``o.valid`` high) after edge ``t + 5``.
+    ``latency`` = 2 + the quantizer's latency: stage 1 multiplies and compares exponents, stage 2
+    aligns (with jamming), adds and takes the magnitude, then
+    :class:`hw.bfp_shifter.BlockQuantizer` (its comparator variant: lane keys, clamped partial
+    maxima, shared exponent, shift, round; 5 stages for ``B <= 16``, 6 up to ``B = 64``), so 7
+    for ``B <= 16`` and 8 beyond. A block accepted on clock edge ``t`` is on ``o`` (``o.valid``
+    high) from edge ``t + latency - 1`` and is transferred at edge ``t + latency`` when
+    ``o.ready`` is high.
     Throughput: one block per cycle while ``o.ready`` is high. Back-pressure: every stage is a
     register stage that loads when it is empty or its content leaves (``ready = next.ready |
     ~valid``), so ``i.ready`` depends combinationally on ``o.ready`` and the stages' valid bits;

@@ -34,7 +34,9 @@ Ports
 ``busy`` (out): a block is in the pipeline (its sums are not yet written).
 ``overflow`` (out, sticky until ``clear``): an accumulator wrapped. The sizing below makes this
     impossible for ``n <= max_count``; the check costs one XOR per accumulator and is kept as a
-    safety net (the backward core ORs it into every ``grads.overflow``).
+    safety net (the backward core ORs it into every ``grads.overflow``). It rises the cycle
+    after the wrapping block is written (with its sums readable) and is an OR of registers: the
+    block's wrap bits are registered, and ORed one cycle later into a sticky bit.
 ``rd_en``, ``rd_addr`` (in), ``rd_data`` (out, ``row_layout``): synchronous read of one group's
     row; ``rd_data`` is valid the cycle after ``rd_en`` and holds while ``rd_en`` is low. Only
     while ``busy`` is low and no block is accepted (the read port is shared with the accumulator).
@@ -241,10 +243,20 @@ class GradReduce(wiring.Component):
                 acc.wr_data.sum_gx[lane].eq(new_gx[:self.sum_gx_width]),
             ]
             wraps += [new_g[-1] ^ new_g[-2], new_gx[-1] ^ new_gx[-2]]
+        # Overflow detection in two steps, so that no path runs from the adders through an OR of
+        # all 2 B wrap bits: the wrap bits of the block written this cycle are registered
+        # (``wrapped``, all zero when no block was written), and ``overflow`` is the sticky OR
+        # of the earlier ones (``overflow_seen``) with them. It is the same function of time as
+        # a sticky register set from the unregistered wrap bits.
+        wrapped = Signal(2 * B)
+        overflow_seen = Signal()
         with m.If(self.clear):
-            m.d.sync += self.overflow.eq(0)
-        with m.Elif(s2_valid & Cat(*wraps).any()):
-            m.d.sync += self.overflow.eq(1)
+            m.d.sync += [wrapped.eq(0), overflow_seen.eq(0)]
+        with m.Else():
+            m.d.sync += wrapped.eq(Mux(s2_valid, Cat(*wraps), 0))
+            with m.If(wrapped.any()):
+                m.d.sync += overflow_seen.eq(1)
+        m.d.comb += self.overflow.eq(overflow_seen | wrapped.any())
 
         m.d.comb += self.busy.eq(s1_valid | s2_valid)
         return m

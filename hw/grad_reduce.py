@@ -230,15 +230,20 @@ class GradReduce(wiring.Component):
         m.d.comb += [acc.wr_en.eq(s2_valid), acc.wr_addr.eq(s2_group)]
         # The sums are one bit wider than the accumulators; the two top bits differ only on an
         # overflow, which the sizing rules out. They are compared anyway (``overflow``).
+        # During the first position the addend replaces the old row: the selection follows the
+        # adder (``s2_first`` fans out to every bit; before the adder its routing would lengthen
+        # the carry-chain path).
         wraps = []
         for lane in range(B):
-            old_g = Mux(s2_first, 0, acc.rd_data.sum_g[lane])
-            old_gx = Mux(s2_first, 0, acc.rd_data.sum_gx[lane])
+            sum_g = Signal(signed(self.sum_g_width + 1), name=f"sum_g{lane}")
+            sum_gx = Signal(signed(self.sum_gx_width + 1), name=f"sum_gx{lane}")
             new_g = Signal(signed(self.sum_g_width + 1), name=f"new_g{lane}")
             new_gx = Signal(signed(self.sum_gx_width + 1), name=f"new_gx{lane}")
             m.d.comb += [
-                new_g.eq(old_g + s2_dg[lane]),
-                new_gx.eq(old_gx + s2_dgx[lane]),
+                sum_g.eq(acc.rd_data.sum_g[lane] + s2_dg[lane]),
+                sum_gx.eq(acc.rd_data.sum_gx[lane] + s2_dgx[lane]),
+                new_g.eq(Mux(s2_first, s2_dg[lane], sum_g)),
+                new_gx.eq(Mux(s2_first, s2_dgx[lane], sum_gx)),
                 acc.wr_data.sum_g[lane].eq(new_g[:self.sum_g_width]),
                 acc.wr_data.sum_gx[lane].eq(new_gx[:self.sum_gx_width]),
             ]

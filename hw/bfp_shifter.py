@@ -305,7 +305,10 @@ class BlockQuantizer(wiring.Component):
     Back-pressure: each register (pre-stages included) loads when it is empty or when the next
     register loads, so ``i.ready`` is combinational from ``o.ready`` and the stage valid bits (a
     bubble anywhere lets ``i`` advance even while ``o`` stalls); ``o.valid`` never depends on
-    ``o.ready``, and ``o.payload`` / ``o.valid`` hold while ``o.valid & ~o.ready``.
+    ``o.ready``, and ``o.payload`` / ``o.valid`` hold while ``o.valid & ~o.ready``. In the
+    comparator variant each stage's load enable is written as the equivalent flat OR (``o``
+    loads, or some stage from this one on is empty), two LUT levels deep, not a chain through
+    the stages.
     """
 
     #: Register stages from ``i`` to ``o`` of the thermometer variant; ``latency`` (per instance)
@@ -546,18 +549,21 @@ class BlockQuantizer(wiring.Component):
 
         # A register loads when it is empty or when the next register loads (takes its content).
         o_load = Signal()
-        m.d.comb += [
-            o_load.eq(self.o.ready | ~self.o.valid),
-            s2.ready.eq(o_load | ~s2.valid),
-            s1.ready.eq(s2.ready | ~s1.valid),
-        ]
         if self.thermometer:
-            m.d.comb += self.i.ready.eq(s1.ready)
+            m.d.comb += [
+                o_load.eq(self.o.ready | ~self.o.valid),
+                s2.ready.eq(o_load | ~s2.valid),
+                s1.ready.eq(s2.ready | ~s1.valid),
+                self.i.ready.eq(s1.ready),
+            ]
         else:
-            nxt = s1
-            for st in reversed(pre):
-                m.d.comb += st.ready.eq(nxt.ready | ~st.valid)
-                nxt = st
+            # The same function written flat: a stage loads when ``o`` loads or when any stage
+            # from it on is empty. An OR of all of them instead of a chain through every stage
+            # (each link of which also drives a whole register's enables).
+            m.d.comb += o_load.eq(self.o.ready | ~self.o.valid)
+            chain = pre + [s1, s2]
+            for k, st in enumerate(chain):
+                m.d.comb += st.ready.eq(_any([o_load] + [~later.valid for later in chain[k:]]))
             m.d.comb += self.i.ready.eq(pre[0].ready)
 
         with m.If(s1.ready):
@@ -713,7 +719,8 @@ class BFPShifter(wiring.Component):
             raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
         self.in_format = in_format
         self.bfp = bfp
-        self.latency = self.quantizer().latency
+        self._quant = self.quantizer()
+        self.latency = self._quant.latency
         self.input_layout = data.ArrayLayout(in_format.layout(), bfp.block)
         self.output_layout = bfp.flagged_block_layout()
         super().__init__({
@@ -731,7 +738,7 @@ class BFPShifter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         fmt = self.in_format
-        m.submodules.quantizer = quant = self.quantizer()
+        m.submodules.quantizer = quant = self._quant
 
         flush, special = [], []
         for k in range(self.bfp.block):

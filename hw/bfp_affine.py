@@ -307,17 +307,17 @@ class BFPAffine(wiring.Component):
     ``latency`` = 3 + the quantizer's latency: stage 1 multiplies and compares exponents, stage 2
     aligns (with jamming), stage 3 adds and takes the magnitude, then
     :class:`hw.bfp_shifter.BlockQuantizer` (its comparator variant: lane keys, clamped partial
-    maxima, shared exponent, shift, round; 5 stages for ``B <= 16``, 6 up to ``B = 64``), so 8
-    for ``B <= 16`` and 9 beyond. A block accepted on clock edge ``t`` is on ``o`` (``o.valid``
+    maxima, shared exponent, shift amounts, shift, round; 6 stages for ``B <= 16``, 7 up to
+    ``B = 64``), so 9 for ``B <= 16`` and 10 beyond. A block accepted on clock edge ``t`` is on ``o`` (``o.valid``
     high) from edge ``t + latency - 1`` and is transferred at edge ``t + latency`` when
     ``o.ready`` is high.
-    Throughput: one block per cycle while ``o.ready`` is high. Back-pressure: every stage is a
-    register stage that loads when it is empty or its content leaves (``ready = next.ready |
-    ~valid``), so ``i.ready`` depends combinationally on ``o.ready`` and the stages' valid bits;
-    ``o.valid`` never depends on ``o.ready``; ``o`` holds while stalled; bubbles are squeezed out.
-    The load enables are written as flat ORs (``o`` side loads, or some stage from this one on
-    is empty), here and in the quantizer, so that ``o.ready`` reaches every enable through a few
-    LUT levels instead of a chain through all the stages.
+    Throughput: one block per cycle while ``o.ready`` is high. Back-pressure: one enable for all
+    the registers (the quantizer's, ``o.ready | ~o.valid``), which is also ``i.ready``: the
+    pipeline advances as a whole, so ``i.ready`` is combinational from ``o.ready`` and
+    ``o.valid`` only; ``o.valid`` never depends on ``o.ready``; ``o`` holds while stalled;
+    bubbles are not squeezed out while ``o`` stalls. (Per-stage enables ``ready = next.ready |
+    ~valid`` chain through all the stages, each link driving a whole register's enables, and
+    limited the clock.)
     """
 
     def __init__(self, bfp, internal):
@@ -371,13 +371,12 @@ class BFPAffine(wiring.Component):
         s1_ready = Signal()
         s2_ready = Signal()
         s3_ready = Signal()
-        # A stage loads when the quantizer takes its input or any stage from it on is empty (the
-        # chain ``ready = next.ready | ~valid`` written flat: no chain through every stage's
-        # enable net).
+        # One enable for the whole pipeline: the quantizer's (its comparator variant loads all its
+        # registers together, when its output loads).
         m.d.comb += [
-            s3_ready.eq(quant.i.ready | ~quant.i.valid),
-            s2_ready.eq(quant.i.ready | ~quant.i.valid | ~s2_valid),
-            s1_ready.eq(quant.i.ready | ~quant.i.valid | ~s2_valid | ~s1_valid),
+            s3_ready.eq(quant.i.ready),
+            s2_ready.eq(quant.i.ready),
+            s1_ready.eq(quant.i.ready),
             self.i.ready.eq(s1_ready),
         ]
 

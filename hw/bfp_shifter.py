@@ -268,8 +268,10 @@ class BlockQuantizer(wiring.Component):
     ------
     Latency: ``latency`` cycles, edge to edge: ``LATENCY`` = 3 register stages (1: block
     maximum and shared exponent; 2: alignment shift with guard and sticky; 3: round, saturate,
-    negate), plus ``pre_stages`` in front of stage 1 in the comparator variant (below; 0 in the
-    thermometer variant). A block taken from ``i`` at clock edge ``t`` is on ``o`` (``o.valid``
+    negate), plus ``extra_stages`` in the comparator variant (below; 0 in the thermometer
+    variant): ``pre_stages`` in front of stage 1 and stage R between stages 1 and 2, which
+    registers each lane's shift amount ``r = P - u`` (a subtraction and a clamp), so that stage 2
+    is the shifter alone. A block taken from ``i`` at clock edge ``t`` is on ``o`` (``o.valid``
     high) from edge ``t + latency - 1`` and leaves at edge ``t + latency`` when ``o.ready`` is
     high.
 
@@ -284,8 +286,9 @@ class BlockQuantizer(wiring.Component):
       lanes (two levels of ``exp_bits``-wide comparators and multiplexers); further tree
       stages (``B > 16``) reduce groups of four again; stage 1 takes the maximum of the last (at
       most four) partial maxima and adds the constant giving ``P``. ``tree_stages`` =
-      ``ceil(log4 B) - 1`` (at least 1), ``pre_stages = 1 + tree_stages``: 2 for ``B <= 16``
-      (``latency`` 5), 3 for ``B <= 64``.
+      ``ceil(log4 B) - 1`` (at least 1), ``pre_stages = 1 + tree_stages``: 2 for ``B <= 16``,
+      3 for ``B <= 64``; with stage R, ``extra_stages`` = 3 (``latency`` 6) for ``B <= 16`` and
+      4 (``latency`` 7) for ``B <= 64``.
     * ``key_max < THERMOMETER_KEYS`` (float inputs with exponent fields of up to 6 bits, e.g.
       the shifter's fp10): no pre-stages; the maximum as a thermometer code, ``therm[j] = max
       key > j`` = OR over the lanes of ``key > j`` (per lane ``key_max`` comparisons with
@@ -298,17 +301,18 @@ class BlockQuantizer(wiring.Component):
       470 more iCE40 LUT4) for a stage 1 of about 6 LUT levels instead of about 30.
 
     The comparator variant is kept for wide keys because a thermometer code grows with
-    ``key_max``. (Its pre-stages changed the Range-BN cores' netlists: fault-injection results
+    ``key_max``. (Its extra stages changed the Range-BN cores' netlists: fault-injection results
     that reference them by line predate this.)
     Throughput: one block per cycle while ``o.ready`` is high (N blocks in N + ``latency``
     cycles).
-    Back-pressure: each register (pre-stages included) loads when it is empty or when the next
-    register loads, so ``i.ready`` is combinational from ``o.ready`` and the stage valid bits (a
-    bubble anywhere lets ``i`` advance even while ``o`` stalls); ``o.valid`` never depends on
-    ``o.ready``, and ``o.payload`` / ``o.valid`` hold while ``o.valid & ~o.ready``. In the
-    comparator variant each stage's load enable is written as the equivalent flat OR (``o``
-    loads, or some stage from this one on is empty), two LUT levels deep, not a chain through
-    the stages.
+    Back-pressure: ``o.valid`` never depends on ``o.ready``, and ``o.payload`` / ``o.valid``
+    hold while ``o.valid & ~o.ready``. Thermometer variant: each register loads when it is
+    empty or when the next register loads, so ``i.ready`` is combinational from ``o.ready`` and
+    the stage valid bits (a bubble anywhere lets ``i`` advance even while ``o`` stalls).
+    Comparator variant: one enable for all its ``latency`` registers, ``o.ready | ~o.valid``,
+    which is also ``i.ready``: the pipeline advances as a whole and bubbles are not squeezed out
+    while ``o`` stalls (a chain of per-stage enables through the six or more stages limited
+    the clock).
     """
 
     #: Register stages from ``i`` to ``o`` of the thermometer variant; ``latency`` (per instance)
@@ -402,7 +406,9 @@ class BlockQuantizer(wiring.Component):
                 n = -(-n // _TREE_GROUP)
                 self.tree_stages += 1
         self.pre_stages = 0 if self.thermometer else 1 + self.tree_stages
-        self.latency = self.LATENCY + self.pre_stages
+        # ... and stage R (the lane shift amounts) between stages 1 and 2.
+        self.extra_stages = 0 if self.thermometer else self.pre_stages + 1
+        self.latency = self.LATENCY + self.extra_stages
 
     def _clamp_key(self, m, key, name):
         """Shared exponent a lane key alone would give: ``min(max(key + k_shared, 1), exp_max)``
@@ -546,6 +552,16 @@ class BlockQuantizer(wiring.Component):
             "flags": fl,
         }))
         # stage 3 is the output register ``o``.
+        r_width = max(1, self.r_cap.bit_length())
+        if not self.thermometer:
+            # Stage R (comparator variant): the lane shift amounts between stages 1 and 2.
+            sr = _Stage("sr", data.StructLayout({
+                "lanes": data.ArrayLayout(data.StructLayout({
+                    "mag": mw, "r": r_width, "low_sat": 1, "sign": 1,
+                }), B),
+                "exponent": bfp.exp_bits,
+                "flags": fl,
+            }))
 
         # A register loads when it is empty or when the next register loads (takes its content).
         o_load = Signal()
@@ -557,14 +573,14 @@ class BlockQuantizer(wiring.Component):
                 self.i.ready.eq(s1.ready),
             ]
         else:
-            # The same function written flat: a stage loads when ``o`` loads or when any stage
-            # from it on is empty. An OR of all of them instead of a chain through every stage
-            # (each link of which also drives a whole register's enables).
+            # One enable for the whole pipeline: every register loads when ``o`` loads. (A chain
+            # ``ready = next.ready | ~valid`` through all the stages, each link driving a whole
+            # register's enables, limited the clock; synthesis rebuilds that chain from the flat
+            # OR form too.)
             m.d.comb += o_load.eq(self.o.ready | ~self.o.valid)
-            chain = pre + [s1, s2]
-            for k, st in enumerate(chain):
-                m.d.comb += st.ready.eq(_any([o_load] + [~later.valid for later in chain[k:]]))
-            m.d.comb += self.i.ready.eq(pre[0].ready)
+            for st in pre + [s1, sr, s2]:
+                m.d.comb += st.ready.eq(o_load)
+            m.d.comb += self.i.ready.eq(o_load)
 
         with m.If(s1.ready):
             if self.thermometer:
@@ -595,8 +611,8 @@ class BlockQuantizer(wiring.Component):
                     ]
 
         # Stage 2 logic: aligned = mag * 2**(lead + 1); aligned >> r = 2 * floor(x / 2**r) + guard
-        # where x = mag * 2**lead; sticky = any bit of ``aligned`` below position r.
-        r_width = max(1, self.r_cap.bit_length())
+        # where x = mag * 2**lead; sticky = any bit of ``aligned`` below position r. In the
+        # comparator variant r comes from the stage R register.
         if self.thermometer:                        # finish the thermometer decoding
             p1 = Signal(signed(p_width), name="p1")
             shared1 = Signal(bfp.exp_bits, name="shared1")
@@ -619,13 +635,25 @@ class BlockQuantizer(wiring.Component):
             above = ~below & _gt_const(r_low, self.r_cap)
             r = Signal(r_width, name=f"r{k}")
             m.d.comb += r.eq(Mux(above, Const(self.r_cap, r_width), r_low[:r_width]))
+            if self.thermometer:
+                low_sat = nz & below
+            else:
+                with m.If(sr.ready):
+                    m.d.sync += [
+                        sr.data.lanes[k].mag.eq(lane.mag),
+                        sr.data.lanes[k].r.eq(r),
+                        sr.data.lanes[k].low_sat.eq(nz & below),
+                        sr.data.lanes[k].sign.eq(lane.sign),
+                    ]
+                lane = sr.data.lanes[k]
+                r, low_sat = lane.r, lane.low_sat
             aligned = Cat(Const(0, self.lead + 1), lane.mag)
             shifted = Signal(self.x_width + 1, name=f"shifted{k}")
             m.d.comb += shifted.eq(aligned >> r)
             sticky_bits = [aligned[j] & _gt_const(r, j)
                            for j in range(self.lead + 1, min(self.x_width + 1, self.r_cap))]
             q = shifted[1:]                                             # x_width bits
-            big = nz & below
+            big = low_sat
             if self.x_width > W - 1:
                 big = big | q[W - 1:].any()
             lanes2.append({
@@ -636,11 +664,21 @@ class BlockQuantizer(wiring.Component):
                 "sign": lane.sign,
             })
 
+        if self.thermometer:
+            valid2, exponent2, flags2 = s1.valid, exponent1, s1.data.flags
+        else:
+            with m.If(sr.ready):
+                m.d.sync += [
+                    sr.valid.eq(s1.valid),
+                    sr.data.exponent.eq(exponent1),
+                    sr.data.flags.eq(s1.data.flags),
+                ]
+            valid2, exponent2, flags2 = sr.valid, sr.data.exponent, sr.data.flags
         with m.If(s2.ready):
             m.d.sync += [
-                s2.valid.eq(s1.valid),
-                s2.data.exponent.eq(exponent1),
-                s2.data.flags.eq(s1.data.flags),
+                s2.valid.eq(valid2),
+                s2.data.exponent.eq(exponent2),
+                s2.data.flags.eq(flags2),
             ]
             for k, fields in enumerate(lanes2):
                 for name, value in fields.items():

@@ -23,8 +23,9 @@ Pipeline (one block pair per cycle, never back-pressures): stage 1 registers the
 and the exponent sums; stage 2 registers the aligned addends and issues nothing; the accumulate
 stage reads the group's row (the read was issued one cycle earlier, from stage 1's group, through
 a read port transparent to the write port, so back-to-back blocks of the same group -- ``groups``
-= 1 -- see each other's sums) and writes the new row. During the first position of a pass the old
-row is replaced by zero, so no clearing pass is needed.
+= 1 -- see each other's sums) and writes the new row. During the first position of a pass the
+addends are written instead of the sums (as if the old row were zero), so no clearing pass is
+needed.
 
 Ports
 -----

@@ -306,9 +306,9 @@ class BFPAffine(wiring.Component):
     ------
     ``latency`` = 3 + the quantizer's latency: stage 1 multiplies and compares exponents, stage 2
     aligns (with jamming), stage 3 adds and takes the magnitude, then
-    :class:`hw.bfp_shifter.BlockQuantizer` (its comparator variant: lane keys, clamped partial
-    maxima, shared exponent, shift amounts, shift, round; 6 stages for ``B <= 16``, 7 up to
-    ``B = 64``), so 9 for ``B <= 16`` and 10 beyond. A block accepted on clock edge ``t`` is on ``o`` (``o.valid``
+    :class:`hw.bfp_shifter.BlockQuantizer` (its comparator variant: lane keys, clamped keys,
+    partial maxima, shared exponent, shift amounts, shift, round; 7 stages for ``B <= 16``, 8 up
+    to ``B = 64``), so 10 for ``B <= 16`` and 11 beyond. A block accepted on clock edge ``t`` is on ``o`` (``o.valid``
     high) from edge ``t + latency - 1`` and is transferred at edge ``t + latency`` when
     ``o.ready`` is high.
     Throughput: one block per cycle while ``o.ready`` is high. Back-pressure: one enable for all

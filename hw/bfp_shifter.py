@@ -281,14 +281,13 @@ class BlockQuantizer(wiring.Component):
     * ``key_max >= THERMOMETER_KEYS`` (64; wide keys such as the Range-BN cores'): comparators,
       pipelined. Pre-stage K registers the lane keys (leading-one detector and adder). The
       clamp of the shared exponent to ``[1, exp_max]`` is monotonic and so commutes with the
-      maximum: the first tree stage clamps every lane key on its own (comparisons with
-      constants and an ``exp_bits``-wide adder) and registers the maxima of groups of four
-      lanes (two levels of ``exp_bits``-wide comparators and multiplexers); further tree
-      stages (``B > 16``) reduce groups of four again; stage 1 takes the maximum of the last (at
-      most four) partial maxima and adds the constant giving ``P``. ``tree_stages`` =
-      ``ceil(log4 B) - 1`` (at least 1), ``pre_stages = 1 + tree_stages``: 2 for ``B <= 16``,
-      3 for ``B <= 64``; with stage R, ``extra_stages`` = 3 (``latency`` 6) for ``B <= 16`` and
-      4 (``latency`` 7) for ``B <= 64``.
+      maximum: pre-stage C registers every lane key clamped on its own (comparisons with
+      constants and an ``exp_bits``-wide adder); each tree stage registers the maxima of groups
+      of four (two levels of ``exp_bits``-wide comparators and multiplexers); stage 1 takes the
+      maximum of the last (at most four) partial maxima and adds the constant giving ``P``.
+      ``tree_stages`` = ``ceil(log4 B) - 1`` (at least 1), ``pre_stages = 2 + tree_stages``: 3
+      for ``B <= 16``, 4 for ``B <= 64``; with stage R, ``extra_stages`` = 4 (``latency`` 7) for
+      ``B <= 16`` and 5 (``latency`` 8) for ``B <= 64``.
     * ``key_max < THERMOMETER_KEYS`` (float inputs with exponent fields of up to 6 bits, e.g.
       the shifter's fp10): no pre-stages; the maximum as a thermometer code, ``therm[j] = max
       key > j`` = OR over the lanes of ``key > j`` (per lane ``key_max`` comparisons with
@@ -296,9 +295,11 @@ class BlockQuantizer(wiring.Component):
       ``E`` and of ``P`` (clamp included) is a function of ``max key`` known at elaboration: an
       OR over its runs of ``therm[a - 1] & ~therm[c]``. Runs are ORed in groups of eight (two
       LUT levels) into the stage 1 register; stage 2 ORs a bit's groups (at most four, one LUT
-      level) before the alignment subtraction. Stage 3 then also detects the rounding overflow
-      without the rounding carry (``q`` all ones and rounding up). Costs area (B16 fp10: about
+      level) before the alignment subtraction. Costs area (B16 fp10: about
       470 more iCE40 LUT4) for a stage 1 of about 6 LUT levels instead of about 30.
+
+    Both variants detect the rounding overflow in stage 3 without the rounding carry (``q`` all
+    ones and rounding up).
 
     The comparator variant is kept for wide keys because a thermometer code grows with
     ``key_max``. (Its extra stages changed the Range-BN cores' netlists: fault-injection results
@@ -311,7 +312,7 @@ class BlockQuantizer(wiring.Component):
     the stage valid bits (a bubble anywhere lets ``i`` advance even while ``o`` stalls).
     Comparator variant: one enable for all its ``latency`` registers, ``o.ready | ~o.valid``,
     which is also ``i.ready``: the pipeline advances as a whole and bubbles are not squeezed out
-    while ``o`` stalls (a chain of per-stage enables through the six or more stages limited
+    while ``o`` stalls (a chain of per-stage enables through the seven or more stages limited
     the clock).
     """
 
@@ -395,7 +396,7 @@ class BlockQuantizer(wiring.Component):
         # (see Timing in the class docstring).
         self.thermometer = self.key_max < THERMOMETER_KEYS
         # Comparator variant: register stages in front of stage 1 (see Timing in the class
-        # docstring): the lane keys, then the clamped lane exponents reduced in groups of
+        # docstring): the lane keys, the clamped lane exponents, then these reduced in groups of
         # ``_TREE_GROUP`` per stage until at most ``_TREE_GROUP`` partial maxima are left for
         # stage 1.
         self.tree_stages = 0
@@ -405,7 +406,7 @@ class BlockQuantizer(wiring.Component):
             while n > _TREE_GROUP:
                 n = -(-n // _TREE_GROUP)
                 self.tree_stages += 1
-        self.pre_stages = 0 if self.thermometer else 1 + self.tree_stages
+        self.pre_stages = 0 if self.thermometer else 2 + self.tree_stages
         # ... and stage R (the lane shift amounts) between stages 1 and 2.
         self.extra_stages = 0 if self.thermometer else self.pre_stages + 1
         self.latency = self.LATENCY + self.extra_stages
@@ -477,7 +478,7 @@ class BlockQuantizer(wiring.Component):
             m.d.comb += parts.eq(Cat(*decoder.parts))
             s1_fields = {"parts": len(parts), "nonzero": 1}
         else:
-            # Pre-stage K registers the lane keys; each tree stage clamps (first one only) and
+            # Pre-stage K registers the lane keys, pre-stage C the clamped keys; each tree stage
             # reduces groups of ``_TREE_GROUP``; stage 1 takes the maximum of what is left. The
             # clamp to [1, exp_max] is monotonic, so it commutes with the maximum and is applied
             # per lane, where it needs no carry chain wider than ``exp_bits``.
@@ -498,8 +499,22 @@ class BlockQuantizer(wiring.Component):
                         sk.data.key[k].eq(keys[k]),
                         sk.data.nonzero[k].eq(nonzero[k]),
                     ]
-            values = [self._clamp_key(m, sk.data.key[k], f"e{k}") for k in range(B)]
-            flags_nz = [sk.data.nonzero[k] for k in range(B)]
+            clamped = [self._clamp_key(m, sk.data.key[k], f"e{k}") for k in range(B)]
+            sc = _Stage("sc", data.StructLayout({
+                "lanes": pre_lanes, "e": data.ArrayLayout(eb, B), "nonzero": B, "flags": fl,
+            }))
+            with m.If(sc.ready):
+                m.d.sync += [
+                    sc.valid.eq(sk.valid),
+                    sc.data.flags.eq(sk.data.flags),
+                    sc.data.lanes.eq(sk.data.lanes),
+                    sc.data.nonzero.eq(sk.data.nonzero),
+                ]
+                for k in range(B):
+                    m.d.sync += sc.data.e[k].eq(clamped[k])
+            pre.append(sc)
+            values = [sc.data.e[k] for k in range(B)]
+            flags_nz = [sc.data.nonzero[k] for k in range(B)]
             for t in range(self.tree_stages):
                 starts = range(0, len(values), _TREE_GROUP)
                 st = _Stage(f"sm{t}", data.StructLayout({
@@ -691,10 +706,9 @@ class BlockQuantizer(wiring.Component):
             rounded = Signal(W, name=f"rounded{k}")
             m.d.comb += rounded.eq(lane.q + (lane.guard & (lane.sticky | lane.q[0])))
             sat = Signal(name=f"sat{k}")
-            if self.thermometer:            # rounding overflows iff q is all ones and rounds up
-                m.d.comb += sat.eq(lane.big | (lane.q.all() & lane.guard))
-            else:
-                m.d.comb += sat.eq(lane.big | rounded[W - 1])
+            # Rounding overflows iff q is all ones and rounds up (q[0] = 1 then, so it rounds up
+            # iff guard): no path through the rounding carry into the OR of all lanes' ``sat``.
+            m.d.comb += sat.eq(lane.big | (lane.q.all() & lane.guard))
             mag = Signal(W - 1, name=f"mag{k}")
             m.d.comb += mag.eq(Mux(sat, bfp.code_max, rounded[:W - 1]))
             code = Signal(W, name=f"code{k}")

@@ -284,7 +284,8 @@ class BlockQuantizer(wiring.Component):
       maximum: pre-stage C registers every lane key clamped on its own (comparisons with
       constants and an ``exp_bits``-wide adder); each tree stage registers the maxima of groups
       of four (two levels of ``exp_bits``-wide comparators and multiplexers); stage 1 takes the
-      maximum of the last (at most four) partial maxima and adds the constant giving ``P``.
+      maximum of the last (at most four) partial maxima (the lanes carry ``u - c_p``, computed
+      in pre-stage K, so that ``r = P - u = E - (u - c_p)`` needs no adder before stage R).
       ``tree_stages`` = ``ceil(log4 B) - 1`` (at least 1), ``pre_stages = 2 + tree_stages``: 3
       for ``B <= 16``, 4 for ``B <= 64``; with stage R, ``extra_stages`` = 4 (``latency`` 7) for
       ``B <= 16`` and 5 (``latency`` 8) for ``B <= 64``.
@@ -295,15 +296,16 @@ class BlockQuantizer(wiring.Component):
       ``E`` and of ``P`` (clamp included) is a function of ``max key`` known at elaboration: an
       OR over its runs of ``therm[a - 1] & ~therm[c]``. Runs are ORed in groups of eight (two
       LUT levels) into the stage 1 register; stage 2 ORs a bit's groups (at most four, one LUT
-      level) before the alignment subtraction. Costs area (B16 fp10: about
-      470 more iCE40 LUT4) for a stage 1 of about 6 LUT levels instead of about 30.
+      level) before the alignment subtraction. Costs area (B16 fp10: about 470 more iCE40
+      LUT4) for a stage 1 of about 6 LUT levels instead of about 30.
 
     Both variants detect the rounding overflow in stage 3 without the rounding carry (``q`` all
     ones and rounding up).
 
     The comparator variant is kept for wide keys because a thermometer code grows with
     ``key_max``. (Its extra stages changed the Range-BN cores' netlists: fault-injection results
-    that reference them by line predate this.)
+    that reference them by line predate this.) W=8 B=16 M=12 ``BFPAffine``
+    (``ln_part_forward_affine``), ``python -m gen area``: ECP5 about 109 MHz.
     Throughput: one block per cycle while ``o.ready`` is high (N blocks in N + ``latency``
     cycles).
     Back-pressure: ``o.valid`` never depends on ``o.ready``, and ``o.payload`` / ``o.valid``
@@ -483,7 +485,17 @@ class BlockQuantizer(wiring.Component):
             # clamp to [1, exp_max] is monotonic, so it commutes with the maximum and is applied
             # per lane, where it needs no carry chain wider than ``exp_bits``.
             eb = bfp.exp_bits
-            pre_lanes = data.ArrayLayout(data.StructLayout({"mag": mw, "u": ew, "sign": 1}), B)
+            # The lanes carry v = u - c_p instead of u (the shift amount is r = P - u =
+            # shared - v), so that stage 1 needs no adder after the maximum.
+            u_max = (1 << ew) - 1
+            vw = max(ew, abs(self.c_p).bit_length() + 1, (u_max - self.c_p).bit_length())
+            v_values = []
+            for k in range(B):
+                u_w = Signal(vw, name=f"u{k}")
+                m.d.comb += u_w.eq(unsigned_exp(self.i.payload.lanes[k].exp))
+                v_values.append(_add_const(m, u_w, -self.c_p, f"v{k}"))
+            pre_lanes = data.ArrayLayout(data.StructLayout({"mag": mw, "u": signed(vw + 1),
+                                                            "sign": 1}), B)
             sk = _Stage("sk", data.StructLayout({
                 "lanes": pre_lanes, "key": data.ArrayLayout(kw, B), "nonzero": B, "flags": fl,
             }))
@@ -494,7 +506,7 @@ class BlockQuantizer(wiring.Component):
                     lane = self.i.payload.lanes[k]
                     m.d.sync += [
                         sk.data.lanes[k].mag.eq(lane.mag),
-                        sk.data.lanes[k].u.eq(unsigned_exp(lane.exp)),
+                        sk.data.lanes[k].u.eq(v_values[k]),
                         sk.data.lanes[k].sign.eq(lane.sign),
                         sk.data.key[k].eq(keys[k]),
                         sk.data.nonzero[k].eq(nonzero[k]),
@@ -539,12 +551,9 @@ class BlockQuantizer(wiring.Component):
             shared = Signal(eb, name="shared")
             any_nonzero = Signal()
             m.d.comb += [shared.eq(_max_tree(values)), any_nonzero.eq(_any(flags_nz))]
-            # Shift base P = shared + c_p.
-            pw = max(ew, eb, abs(self.c_p).bit_length() + 1, (bfp.exp_max + self.c_p).bit_length())
-            shared_w = Signal(pw, name="shared_w")
-            m.d.comb += shared_w.eq(shared)
-            p_value = _add_const(m, shared_w, self.c_p, "raw_p")
-            p_width = pw + 1
+            # Stage 1 holds ``shared`` as ``p`` (the lanes hold u - c_p).
+            p_value = shared
+            p_width = max(eb + 1, vw + 1)
             s1_fields = {"p": signed(p_width), "exponent": bfp.exp_bits}
 
         s1 = _Stage("s1", data.StructLayout({

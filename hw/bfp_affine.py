@@ -304,13 +304,21 @@ class BFPAffine(wiring.Component):
 
     Timing
     ------
-    ``latency`` = 5: stage 1 multiplies and compares exponents, stage 2 aligns (with jamming),
-    adds and takes the magnitude, then :class:`hw.bfp_shifter.BlockQuantizer` (3 stages). A block
-    accepted on clock edge ``t`` is on ``o`` (``o.valid`` high) after edge ``t + 5``.
-    Throughput: one block per cycle while ``o.ready`` is high. Back-pressure: every stage is a
-    register stage that loads when it is empty or its content leaves (``ready = next.ready |
-    ~valid``), so ``i.ready`` depends combinationally on ``o.ready`` and the stages' valid bits;
-    ``o.valid`` never depends on ``o.ready``; ``o`` holds while stalled; bubbles are squeezed out.
+    ``latency`` = 3 + the quantizer's latency: stage 1 multiplies and compares exponents, stage 2
+    aligns (with jamming), stage 3 adds and takes the magnitude, then
+    :class:`hw.bfp_shifter.BlockQuantizer` (its comparator variant: lane keys, clamped keys,
+    partial maxima, shared exponent, shift amounts, shift, round; 7 stages for ``B <= 16``, 8 up
+    to ``B = 64``), so 10 for ``B <= 16`` and 11 beyond. A block accepted on clock edge ``t`` is
+    on ``o`` (``o.valid`` high) from edge ``t + latency - 1`` and is transferred at edge
+    ``t + latency`` when ``o.ready`` is high. W=8 B=16 M=12 alone (``ln_part_forward_affine``,
+    ``python -m gen area``): ECP5 about 109 MHz.
+    Throughput: one block per cycle while ``o.ready`` is high. Back-pressure: one enable for all
+    the registers (the quantizer's, ``o.ready | ~o.valid``), which is also ``i.ready``: the
+    pipeline advances as a whole, so ``i.ready`` is combinational from ``o.ready`` and
+    ``o.valid`` only; ``o.valid`` never depends on ``o.ready``; ``o`` holds while stalled;
+    bubbles are not squeezed out while ``o`` stalls. (Per-stage enables ``ready = next.ready |
+    ~valid`` chain through all the stages, each link driving a whole register's enables, and
+    limited the clock.)
     """
 
     def __init__(self, bfp, internal):
@@ -333,7 +341,7 @@ class BFPAffine(wiring.Component):
         self._quant = BlockQuantizer(
             bfp, self.window + 1, self.key_width, exp_signed=False,
             exp_offset=-(bfp.bias + 124 + self._bias_shift + self.window))
-        self.latency = 2 + self._quant.latency
+        self.latency = 3 + self._quant.latency
         self.input_layout = data.StructLayout({
             "block": bfp.block_layout(),
             "a": data.ArrayLayout(internal.width, B),
@@ -356,13 +364,20 @@ class BFPAffine(wiring.Component):
         lane1 = data.StructLayout({
             "hi": N, "lo": N, "t": t_width, "key": kw, "sign": 1, "sub": 1,
         })
+        lane2 = data.StructLayout({"hi": N, "lo": N, "key": kw, "sign": 1, "sub": 1})
         s1_valid = Signal()
         s1 = Signal(data.ArrayLayout(lane1, B))
+        s2_valid = Signal()
+        s2 = Signal(data.ArrayLayout(lane2, B))
         s1_ready = Signal()
         s2_ready = Signal()
+        s3_ready = Signal()
+        # One enable for the whole pipeline: the quantizer's (its comparator variant loads all its
+        # registers together, when its output loads).
         m.d.comb += [
-            s2_ready.eq(quant.i.ready | ~quant.i.valid),
-            s1_ready.eq(s2_ready | ~s1_valid),
+            s3_ready.eq(quant.i.ready),
+            s2_ready.eq(quant.i.ready),
+            s1_ready.eq(quant.i.ready),
             self.i.ready.eq(s1_ready),
         ]
 
@@ -417,24 +432,37 @@ class BFPAffine(wiring.Component):
                 for name, value in fields.items():
                     m.d.sync += s1[l][name].eq(value)
 
-        # Stage 2: align with jamming, add or subtract, magnitude.
+        # Stage 2: align with jamming.
+        jammed = [shift_right_jam(m, s1[l].lo, s1[l].t, f"lo{l}") for l in range(B)]
+        with m.If(s2_ready):
+            m.d.sync += s2_valid.eq(s1_valid)
+            for l in range(B):
+                lane = s1[l]
+                m.d.sync += [
+                    s2[l].hi.eq(lane.hi),
+                    s2[l].lo.eq(jammed[l]),
+                    s2[l].key.eq(lane.key),
+                    s2[l].sign.eq(lane.sign),
+                    s2[l].sub.eq(lane.sub),
+                ]
+
+        # Stage 3: add or subtract, magnitude.
         qi = quant.i.payload
-        lanes2 = []
+        lanes3 = []
         for l in range(B):
-            lane = s1[l]
-            lo = shift_right_jam(m, lane.lo, lane.t, f"lo{l}")
+            lane = s2[l]
             total = Signal(signed(N + 2), name=f"sum{l}")
-            m.d.comb += total.eq(Mux(lane.sub, lane.hi - lo, lane.hi + lo))
+            m.d.comb += total.eq(Mux(lane.sub, lane.hi - lane.lo, lane.hi + lane.lo))
             neg = total[-1]
             mag = Signal(N + 1, name=f"mag{l}")
             m.d.comb += mag.eq(fold_u(m, cond_neg(m, total, neg, f"mneg{l}"), N + 1, f"mf{l}"))
-            lanes2.append((mag, lane.key, lane.sign ^ neg))
-        with m.If(s2_ready):
+            lanes3.append((mag, lane.key, lane.sign ^ neg))
+        with m.If(s3_ready):
             m.d.sync += [
-                quant.i.valid.eq(s1_valid),
+                quant.i.valid.eq(s2_valid),
                 qi.flags.eq(0),
             ]
-            for l, (mag, key, sign) in enumerate(lanes2):
+            for l, (mag, key, sign) in enumerate(lanes3):
                 m.d.sync += [qi.lanes[l].mag.eq(mag), qi.lanes[l].exp.eq(key), qi.lanes[l].sign.eq(sign)]
 
         # ``quant.o.ready`` is also raised while ``quant.o`` is empty: no transfer can happen then, so

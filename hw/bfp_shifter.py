@@ -37,6 +37,9 @@ THERMOMETER_KEYS = 64
 #: most ``THERMOMETER_KEYS // 2 // _DECODE_GROUP`` = 4 such parts per bit (one LUT4 level).
 _DECODE_GROUP = 8
 
+#: Comparator variant: lanes (or partial maxima) reduced per register stage, two comparator levels.
+_TREE_GROUP = 4
+
 
 def _check_int(what, value, lo, hi):
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
@@ -263,39 +266,60 @@ class BlockQuantizer(wiring.Component):
 
     Timing
     ------
-    Latency: ``latency`` = 3 cycles, edge to edge: three register stages (1: per-lane keys and
-    block maximum, clamp; 2: alignment shift with guard and sticky; 3: round, saturate,
-    negate). A block taken from ``i`` at clock edge ``t`` is on ``o`` (``o.valid`` high) from
-    edge ``t + 2`` and leaves at edge ``t + 3`` when ``o.ready`` is high.
+    Latency: ``latency`` cycles, edge to edge: ``LATENCY`` = 3 register stages (1: block
+    maximum and shared exponent; 2: alignment shift with guard and sticky; 3: round, saturate,
+    negate), plus ``extra_stages`` in the comparator variant (below; 0 in the thermometer
+    variant): ``pre_stages`` in front of stage 1 and stage R between stages 1 and 2, which
+    registers each lane's shift amount ``r = P - u`` (a subtraction and a clamp), so that stage 2
+    is the shifter alone. A block taken from ``i`` at clock edge ``t`` is on ``o`` (``o.valid``
+    high) from edge ``t + latency - 1`` and leaves at edge ``t + latency`` when ``o.ready`` is
+    high.
 
-    Stage 1 has two implementations, chosen by the key range (``key_max``, the largest lane key
-    ``u`` or ``u + msb(mag)``; attribute ``thermometer``):
+    The block maximum has two implementations, chosen by the key range (``key_max``, the largest
+    lane key ``u`` or ``u + msb(mag)``; attribute ``thermometer``):
 
-    * ``key_max >= THERMOMETER_KEYS`` (64; wide keys such as the Range-BN cores'): a balanced
-      tree of ``B - 1`` comparators and multiplexers gives the maximum key (``log2 B`` levels of
-      carry chains), then two adders and the clamp give ``E`` and ``P`` in binary.
+    * ``key_max >= THERMOMETER_KEYS`` (64; wide keys such as the Range-BN cores'): comparators,
+      pipelined. Pre-stage K registers the lane keys (leading-one detector and adder). The
+      clamp of the shared exponent to ``[1, exp_max]`` is monotonic and so commutes with the
+      maximum: pre-stage C registers every lane key clamped on its own (comparisons with
+      constants and an ``exp_bits``-wide adder); each tree stage registers the maxima of groups
+      of four (two levels of ``exp_bits``-wide comparators and multiplexers); stage 1 takes the
+      maximum of the last (at most four) partial maxima (the lanes carry ``u - c_p``, computed
+      in pre-stage K, so that ``r = P - u = E - (u - c_p)`` needs no adder before stage R).
+      ``tree_stages`` = ``ceil(log4 B) - 1`` (at least 1), ``pre_stages = 2 + tree_stages``: 3
+      for ``B <= 16``, 4 for ``B <= 64``; with stage R, ``extra_stages`` = 4 (``latency`` 7) for
+      ``B <= 16`` and 5 (``latency`` 8) for ``B <= 64``.
     * ``key_max < THERMOMETER_KEYS`` (float inputs with exponent fields of up to 6 bits, e.g.
-      the shifter's fp10): the maximum as a thermometer code, ``therm[j] = max key > j`` = OR
-      over the lanes of ``key > j`` (per lane ``key_max`` comparisons with constants, gates
-      only; OR trees of ``B`` inputs), about four LUT4 levels. Every bit of ``E`` and of ``P``
-      (clamp included) is a function of ``max key`` known at elaboration: an OR over its runs
-      of ``therm[a - 1] & ~therm[c]``. Runs are ORed in groups of eight (two LUT levels) into
-      the stage 1 register; stage 2 ORs a bit's groups (at most four, one LUT level) before the
-      alignment subtraction. Stage 3 then also detects the rounding overflow without the
-      rounding carry (``q`` all ones and rounding up). Costs area (B16 fp10: about 470 more
-      iCE40 LUT4) for a stage 1 of about 6 LUT levels instead of about 30.
+      the shifter's fp10): no pre-stages; the maximum as a thermometer code, ``therm[j] = max
+      key > j`` = OR over the lanes of ``key > j`` (per lane ``key_max`` comparisons with
+      constants, gates only; OR trees of ``B`` inputs), about four LUT4 levels. Every bit of
+      ``E`` and of ``P`` (clamp included) is a function of ``max key`` known at elaboration: an
+      OR over its runs of ``therm[a - 1] & ~therm[c]``. Runs are ORed in groups of eight (two
+      LUT levels) into the stage 1 register; stage 2 ORs a bit's groups (at most four, one LUT
+      level) before the alignment subtraction. Costs area (B16 fp10: about 470 more iCE40
+      LUT4) for a stage 1 of about 6 LUT levels instead of about 30.
+
+    Both variants detect the rounding overflow in stage 3 without the rounding carry (``q`` all
+    ones and rounding up).
 
     The comparator variant is kept for wide keys because a thermometer code grows with
-    ``key_max``, and because the Range-BN cores' netlists (which fault-injection results
-    reference by line) must not change.
-    Throughput: one block per cycle while ``o.ready`` is high (N blocks in N + 3 cycles).
-    Back-pressure: each register loads when it is empty or when the next register loads, so
-    ``i.ready`` is combinational from ``o.ready`` and the stage valid bits (a bubble anywhere
-    lets ``i`` advance even while ``o`` stalls); ``o.valid`` never depends on ``o.ready``, and
-    ``o.payload`` / ``o.valid`` hold while ``o.valid & ~o.ready``.
+    ``key_max``. (Its extra stages changed the Range-BN cores' netlists: fault-injection results
+    that reference them by line predate this.) W=8 B=16 M=12 ``BFPAffine``
+    (``ln_part_forward_affine``), ``python -m gen area``: ECP5 about 109 MHz.
+    Throughput: one block per cycle while ``o.ready`` is high (N blocks in N + ``latency``
+    cycles).
+    Back-pressure: ``o.valid`` never depends on ``o.ready``, and ``o.payload`` / ``o.valid``
+    hold while ``o.valid & ~o.ready``. Thermometer variant: each register loads when it is
+    empty or when the next register loads, so ``i.ready`` is combinational from ``o.ready`` and
+    the stage valid bits (a bubble anywhere lets ``i`` advance even while ``o`` stalls).
+    Comparator variant: one enable for all its ``latency`` registers, ``o.ready | ~o.valid``,
+    which is also ``i.ready``: the pipeline advances as a whole and bubbles are not squeezed out
+    while ``o`` stalls (a chain of per-stage enables through the seven or more stages limited
+    the clock).
     """
 
-    #: Register stages from ``i`` to ``o``.
+    #: Register stages from ``i`` to ``o`` of the thermometer variant; ``latency`` (per instance)
+    #: adds the comparator variant's ``pre_stages``.
     LATENCY = 3
 
     def __init__(self, bfp, mag_width, exp_width, *, exp_signed=True, exp_offset=0, normalized=False,
@@ -313,7 +337,6 @@ class BlockQuantizer(wiring.Component):
         self.exp_offset = exp_offset
         self.normalized = bool(normalized)
         self.zeros_at_min_exp = bool(zeros_at_min_exp)
-        self.latency = self.LATENCY
 
         exp_shape = signed(exp_width) if exp_signed else unsigned(exp_width)
         self.element_layout = data.StructLayout({"mag": mag_width, "exp": exp_shape, "sign": 1})
@@ -374,6 +397,49 @@ class BlockQuantizer(wiring.Component):
         # Block maximum: thermometer code when the keys are narrow, comparator tree otherwise
         # (see Timing in the class docstring).
         self.thermometer = self.key_max < THERMOMETER_KEYS
+        # Comparator variant: register stages in front of stage 1 (see Timing in the class
+        # docstring): the lane keys, the clamped lane exponents, then these reduced in groups of
+        # ``_TREE_GROUP`` per stage until at most ``_TREE_GROUP`` partial maxima are left for
+        # stage 1.
+        self.tree_stages = 0
+        if not self.thermometer:
+            n = -(-bfp.block // _TREE_GROUP)
+            self.tree_stages = 1
+            while n > _TREE_GROUP:
+                n = -(-n // _TREE_GROUP)
+                self.tree_stages += 1
+        self.pre_stages = 0 if self.thermometer else 2 + self.tree_stages
+        # ... and stage R (the lane shift amounts) between stages 1 and 2.
+        self.extra_stages = 0 if self.thermometer else self.pre_stages + 1
+        self.latency = self.LATENCY + self.extra_stages
+
+    def _clamp_key(self, m, key, name):
+        """Shared exponent a lane key alone would give: ``min(max(key + k_shared, 1), exp_max)``
+        (``exp_bits`` bits). The bounds are comparisons of ``key`` with constants (gates, no
+        carry chain); only the low ``exp_bits`` bits of ``key + k_shared`` are added."""
+        bfp, kw, eb, ks = self.bfp, self.key_width, self.bfp.exp_bits, self.k_shared
+
+        def gt(c):                                  # key > c
+            if c < 0:
+                return Const(1, 1)
+            if c >= (1 << kw) - 1:
+                return Const(0, 1)
+            return _gt_const_logic(key, c)
+
+        positive = Signal(name=f"{name}_pos")       # key + k_shared >= 1
+        clamp_hi = Signal(name=f"{name}_hi")        # key + k_shared > exp_max
+        m.d.comb += [positive.eq(gt(-ks)), clamp_hi.eq(gt(bfp.exp_max - ks))]
+        c = ks % (1 << eb)
+        low = Signal(eb, name=f"{name}_low")
+        if c == 0:
+            m.d.comb += low.eq(key[:eb])
+        elif c >> (eb - 1):                         # constant operands keep their top bit set
+            m.d.comb += low.eq(key[:eb] + Const(c, eb))
+        else:
+            m.d.comb += low.eq(key[:eb] - Const((1 << eb) - c, eb))
+        e = Signal(eb, name=name)
+        m.d.comb += e.eq(Mux(positive, Mux(clamp_hi, bfp.exp_max, low), 1))
+        return e
 
     def elaborate(self, platform):
         m = Module()
@@ -414,32 +480,80 @@ class BlockQuantizer(wiring.Component):
             m.d.comb += parts.eq(Cat(*decoder.parts))
             s1_fields = {"parts": len(parts), "nonzero": 1}
         else:
-            top = Signal(kw)
+            # Pre-stage K registers the lane keys, pre-stage C the clamped keys; each tree stage
+            # reduces groups of ``_TREE_GROUP``; stage 1 takes the maximum of what is left. The
+            # clamp to [1, exp_max] is monotonic, so it commutes with the maximum and is applied
+            # per lane, where it needs no carry chain wider than ``exp_bits``.
+            eb = bfp.exp_bits
+            # The lanes carry v = u - c_p instead of u (the shift amount is r = P - u =
+            # shared - v), so that stage 1 needs no adder after the maximum.
+            u_max = (1 << ew) - 1
+            vw = max(ew, abs(self.c_p).bit_length() + 1, (u_max - self.c_p).bit_length())
+            v_values = []
+            for k in range(B):
+                u_w = Signal(vw, name=f"u{k}")
+                m.d.comb += u_w.eq(unsigned_exp(self.i.payload.lanes[k].exp))
+                v_values.append(_add_const(m, u_w, -self.c_p, f"v{k}"))
+            pre_lanes = data.ArrayLayout(data.StructLayout({"mag": mw, "u": signed(vw + 1),
+                                                            "sign": 1}), B)
+            sk = _Stage("sk", data.StructLayout({
+                "lanes": pre_lanes, "key": data.ArrayLayout(kw, B), "nonzero": B, "flags": fl,
+            }))
+            pre = [sk]
+            with m.If(sk.ready):
+                m.d.sync += [sk.valid.eq(self.i.valid), sk.data.flags.eq(self.i.payload.flags)]
+                for k in range(B):
+                    lane = self.i.payload.lanes[k]
+                    m.d.sync += [
+                        sk.data.lanes[k].mag.eq(lane.mag),
+                        sk.data.lanes[k].u.eq(v_values[k]),
+                        sk.data.lanes[k].sign.eq(lane.sign),
+                        sk.data.key[k].eq(keys[k]),
+                        sk.data.nonzero[k].eq(nonzero[k]),
+                    ]
+            clamped = [self._clamp_key(m, sk.data.key[k], f"e{k}") for k in range(B)]
+            sc = _Stage("sc", data.StructLayout({
+                "lanes": pre_lanes, "e": data.ArrayLayout(eb, B), "nonzero": B, "flags": fl,
+            }))
+            with m.If(sc.ready):
+                m.d.sync += [
+                    sc.valid.eq(sk.valid),
+                    sc.data.flags.eq(sk.data.flags),
+                    sc.data.lanes.eq(sk.data.lanes),
+                    sc.data.nonzero.eq(sk.data.nonzero),
+                ]
+                for k in range(B):
+                    m.d.sync += sc.data.e[k].eq(clamped[k])
+            pre.append(sc)
+            values = [sc.data.e[k] for k in range(B)]
+            flags_nz = [sc.data.nonzero[k] for k in range(B)]
+            for t in range(self.tree_stages):
+                starts = range(0, len(values), _TREE_GROUP)
+                st = _Stage(f"sm{t}", data.StructLayout({
+                    "lanes": pre_lanes, "emax": data.ArrayLayout(eb, len(starts)),
+                    "nonzero": len(starts), "flags": fl,
+                }))
+                prev = pre[-1]
+                with m.If(st.ready):
+                    m.d.sync += [
+                        st.valid.eq(prev.valid),
+                        st.data.flags.eq(prev.data.flags),
+                        st.data.lanes.eq(prev.data.lanes),
+                    ]
+                    for g, a in enumerate(starts):
+                        m.d.sync += [
+                            st.data.emax[g].eq(_max_tree(values[a:a + _TREE_GROUP])),
+                            st.data.nonzero[g].eq(_any(flags_nz[a:a + _TREE_GROUP])),
+                        ]
+                values = [st.data.emax[g] for g in range(len(starts))]
+                flags_nz = [st.data.nonzero[g] for g in range(len(starts))]
+                pre.append(st)
+            shared = Signal(eb, name="shared")
             any_nonzero = Signal()
-            m.d.comb += [top.eq(_max_tree(keys)), any_nonzero.eq(Cat(*nonzero).any())]
-
-            # The unclamped shared exponent is raw = top + k_shared; clamp it to [1, exp_max].
-            positive = Signal()                                     # raw >= 1
-            clamp_hi = Signal()                                     # raw > exp_max
-            if self.k_shared:
-                raw = _add_const(m, top, self.k_shared, "raw")
-                m.d.comb += [
-                    positive.eq(~raw[-1] & raw[:kw].any()),
-                    clamp_hi.eq(~raw[-1] & _gt_const(raw[:kw], bfp.exp_max)),
-                ]
-            else:
-                raw = top
-                m.d.comb += [
-                    positive.eq(top.any()),
-                    clamp_hi.eq(_gt_const(top, bfp.exp_max)),
-                ]
-            shared = Signal(bfp.exp_bits)
-            m.d.comb += shared.eq(Mux(positive, Mux(clamp_hi, bfp.exp_max, raw[:bfp.exp_bits]), 1))
-            # Shift base P = shared + c_p, from a second adder on ``top`` in parallel.
-            raw_p = _add_const(m, top, self.k_shared + self.c_p, "raw_p")
-            p_value = Mux(positive, Mux(clamp_hi, Const(bfp.exp_max + self.c_p), raw_p),
-                          Const(1 + self.c_p))
-            p_width = max(p_value.shape().width, ew + 1)
+            m.d.comb += [shared.eq(_max_tree(values)), any_nonzero.eq(_any(flags_nz))]
+            # Stage 1 holds ``shared`` as ``p`` (the lanes hold u - c_p).
+            p_value = shared
+            p_width = max(eb + 1, vw + 1)
             s1_fields = {"p": signed(p_width), "exponent": bfp.exp_bits}
 
         s1 = _Stage("s1", data.StructLayout({
@@ -462,37 +576,67 @@ class BlockQuantizer(wiring.Component):
             "flags": fl,
         }))
         # stage 3 is the output register ``o``.
+        r_width = max(1, self.r_cap.bit_length())
+        if not self.thermometer:
+            # Stage R (comparator variant): the lane shift amounts between stages 1 and 2.
+            sr = _Stage("sr", data.StructLayout({
+                "lanes": data.ArrayLayout(data.StructLayout({
+                    "mag": mw, "r": r_width, "low_sat": 1, "sign": 1,
+                }), B),
+                "exponent": bfp.exp_bits,
+                "flags": fl,
+            }))
 
         # A register loads when it is empty or when the next register loads (takes its content).
         o_load = Signal()
-        m.d.comb += [
-            o_load.eq(self.o.ready | ~self.o.valid),
-            s2.ready.eq(o_load | ~s2.valid),
-            s1.ready.eq(s2.ready | ~s1.valid),
-            self.i.ready.eq(s1.ready),
-        ]
+        if self.thermometer:
+            m.d.comb += [
+                o_load.eq(self.o.ready | ~self.o.valid),
+                s2.ready.eq(o_load | ~s2.valid),
+                s1.ready.eq(s2.ready | ~s1.valid),
+                self.i.ready.eq(s1.ready),
+            ]
+        else:
+            # One enable for the whole pipeline: every register loads when ``o`` loads. (A chain
+            # ``ready = next.ready | ~valid`` through all the stages, each link driving a whole
+            # register's enables, limited the clock; synthesis rebuilds that chain from the flat
+            # OR form too.)
+            m.d.comb += o_load.eq(self.o.ready | ~self.o.valid)
+            for st in pre + [s1, sr, s2]:
+                m.d.comb += st.ready.eq(o_load)
+            m.d.comb += self.i.ready.eq(o_load)
 
         with m.If(s1.ready):
-            m.d.sync += s1.valid.eq(self.i.valid)
             if self.thermometer:
+                m.d.sync += s1.valid.eq(self.i.valid)
                 m.d.sync += [s1.data.parts.eq(parts), s1.data.nonzero.eq(any_nonzero)]
+                m.d.sync += s1.data.flags.eq(self.i.payload.flags)
+                for k in range(B):
+                    lane = self.i.payload.lanes[k]
+                    m.d.sync += [
+                        s1.data.lanes[k].mag.eq(lane.mag),
+                        s1.data.lanes[k].u.eq(unsigned_exp(lane.exp)),
+                        s1.data.lanes[k].sign.eq(lane.sign),
+                    ]
             else:
+                last = pre[-1]
                 m.d.sync += [
+                    s1.valid.eq(last.valid),
                     s1.data.p.eq(p_value),
                     s1.data.exponent.eq(Mux(any_nonzero, shared, 0)),
+                    s1.data.flags.eq(last.data.flags),
                 ]
-            m.d.sync += s1.data.flags.eq(self.i.payload.flags)
-            for k in range(B):
-                lane = self.i.payload.lanes[k]
-                m.d.sync += [
-                    s1.data.lanes[k].mag.eq(lane.mag),
-                    s1.data.lanes[k].u.eq(unsigned_exp(lane.exp)),
-                    s1.data.lanes[k].sign.eq(lane.sign),
-                ]
+                for k in range(B):
+                    lane = last.data.lanes[k]
+                    m.d.sync += [
+                        s1.data.lanes[k].mag.eq(lane.mag),
+                        s1.data.lanes[k].u.eq(lane.u),
+                        s1.data.lanes[k].sign.eq(lane.sign),
+                    ]
 
         # Stage 2 logic: aligned = mag * 2**(lead + 1); aligned >> r = 2 * floor(x / 2**r) + guard
-        # where x = mag * 2**lead; sticky = any bit of ``aligned`` below position r.
-        r_width = max(1, self.r_cap.bit_length())
+        # where x = mag * 2**lead; sticky = any bit of ``aligned`` below position r. In the
+        # comparator variant r comes from the stage R register.
         if self.thermometer:                        # finish the thermometer decoding
             p1 = Signal(signed(p_width), name="p1")
             shared1 = Signal(bfp.exp_bits, name="shared1")
@@ -515,13 +659,25 @@ class BlockQuantizer(wiring.Component):
             above = ~below & _gt_const(r_low, self.r_cap)
             r = Signal(r_width, name=f"r{k}")
             m.d.comb += r.eq(Mux(above, Const(self.r_cap, r_width), r_low[:r_width]))
+            if self.thermometer:
+                low_sat = nz & below
+            else:
+                with m.If(sr.ready):
+                    m.d.sync += [
+                        sr.data.lanes[k].mag.eq(lane.mag),
+                        sr.data.lanes[k].r.eq(r),
+                        sr.data.lanes[k].low_sat.eq(nz & below),
+                        sr.data.lanes[k].sign.eq(lane.sign),
+                    ]
+                lane = sr.data.lanes[k]
+                r, low_sat = lane.r, lane.low_sat
             aligned = Cat(Const(0, self.lead + 1), lane.mag)
             shifted = Signal(self.x_width + 1, name=f"shifted{k}")
             m.d.comb += shifted.eq(aligned >> r)
             sticky_bits = [aligned[j] & _gt_const(r, j)
                            for j in range(self.lead + 1, min(self.x_width + 1, self.r_cap))]
             q = shifted[1:]                                             # x_width bits
-            big = nz & below
+            big = low_sat
             if self.x_width > W - 1:
                 big = big | q[W - 1:].any()
             lanes2.append({
@@ -532,11 +688,21 @@ class BlockQuantizer(wiring.Component):
                 "sign": lane.sign,
             })
 
+        if self.thermometer:
+            valid2, exponent2, flags2 = s1.valid, exponent1, s1.data.flags
+        else:
+            with m.If(sr.ready):
+                m.d.sync += [
+                    sr.valid.eq(s1.valid),
+                    sr.data.exponent.eq(exponent1),
+                    sr.data.flags.eq(s1.data.flags),
+                ]
+            valid2, exponent2, flags2 = sr.valid, sr.data.exponent, sr.data.flags
         with m.If(s2.ready):
             m.d.sync += [
-                s2.valid.eq(s1.valid),
-                s2.data.exponent.eq(exponent1),
-                s2.data.flags.eq(s1.data.flags),
+                s2.valid.eq(valid2),
+                s2.data.exponent.eq(exponent2),
+                s2.data.flags.eq(flags2),
             ]
             for k, fields in enumerate(lanes2):
                 for name, value in fields.items():
@@ -549,10 +715,9 @@ class BlockQuantizer(wiring.Component):
             rounded = Signal(W, name=f"rounded{k}")
             m.d.comb += rounded.eq(lane.q + (lane.guard & (lane.sticky | lane.q[0])))
             sat = Signal(name=f"sat{k}")
-            if self.thermometer:            # rounding overflows iff q is all ones and rounds up
-                m.d.comb += sat.eq(lane.big | (lane.q.all() & lane.guard))
-            else:
-                m.d.comb += sat.eq(lane.big | rounded[W - 1])
+            # Rounding overflows iff q is all ones and rounds up (q[0] = 1 then, so it rounds up
+            # iff guard): no path through the rounding carry into the OR of all lanes' ``sat``.
+            m.d.comb += sat.eq(lane.big | (lane.q.all() & lane.guard))
             mag = Signal(W - 1, name=f"mag{k}")
             m.d.comb += mag.eq(Mux(sat, bfp.code_max, rounded[:W - 1]))
             code = Signal(W, name=f"code{k}")
@@ -595,7 +760,8 @@ class BFPShifter(wiring.Component):
 
     Timing
     ------
-    Latency: ``latency`` = 3 cycles edge to edge (the decoder adds none); throughput: one block
+    Latency: ``latency`` = the quantizer's (the decoder adds none): 3 cycles edge to edge for
+    exponent fields of up to 6 bits (wider ones take the comparator variant); throughput: one block
     per cycle; back-pressure: as :class:`BlockQuantizer` (``i.ready`` is combinational from
     ``o.ready``; ``o.valid`` never waits for ``o.ready``; ``o`` holds while stalled).
     Exponent fields of up to 6 bits (fp10, fp16, fp15, e4m3, e5m2) give keys below
@@ -614,7 +780,8 @@ class BFPShifter(wiring.Component):
             raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
         self.in_format = in_format
         self.bfp = bfp
-        self.latency = BlockQuantizer.LATENCY
+        self._quant = self.quantizer()
+        self.latency = self._quant.latency
         self.input_layout = data.ArrayLayout(in_format.layout(), bfp.block)
         self.output_layout = bfp.flagged_block_layout()
         super().__init__({
@@ -632,7 +799,7 @@ class BFPShifter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         fmt = self.in_format
-        m.submodules.quantizer = quant = self.quantizer()
+        m.submodules.quantizer = quant = self._quant
 
         flush, special = [], []
         for k in range(self.bfp.block):

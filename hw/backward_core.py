@@ -95,9 +95,10 @@ class BackwardCore(wiring.Component):
       initiation interval one more than that, so finalize takes ``channels * (latency + 1)``
       cycles; the last ``grads`` record leaves ``finalize_latency`` cycles after the last
       hand-over, and the dx pass opens the cycle after it.
-    * dx pass: one block per cycle sustained; ``latency`` = ``1 + BFPAffine latency`` cycles from
-      a ``g`` block's acceptance to its ``dx`` block (one stage reads the coefficient memories and
-      selects ``b``). ``g.ready`` follows ``dx.ready`` through the pipeline's back-pressure.
+    * dx pass: one block per cycle sustained; ``latency`` = ``2 + BFPAffine latency`` cycles from
+      a ``g`` block's acceptance to its ``dx`` block (one stage reads the coefficient memories,
+      one compares the positions and selects ``b``). ``g.ready`` is the affine pipeline's
+      ``i.ready`` (``dx.ready | ~dx.valid``): the whole dx pipeline advances together.
     * Parameters-only mode saves the whole dx pass: ``n * groups`` cycles of ``g`` input plus the
       pipeline drain (``latency`` and a few hand-over cycles; ``sim/measure_backward.py`` measures
       it), and the second read of g. It writes no chunk entries, which would also save
@@ -130,7 +131,7 @@ class BackwardCore(wiring.Component):
         self._finalize = self._make_finalize()
         self._affine = self._make_affine()
         self.finalize_latency = getattr(self._finalize, "latency", None)
-        self.latency = 1 + self._affine.latency
+        self.latency = 2 + self._affine.latency
 
         super().__init__({
             "cmd": In(stream.Signature(backward_cmd_layout(max_count, max_chunks))),
@@ -458,14 +459,21 @@ class BackwardCore(wiring.Component):
 
         # --- dx pass ----------------------------------------------------------------------------
         # Stage D1: the g block, its position and group; the coefficient memories are read for
-        # it as it is taken (read enable = D1 loads), so their data matches D1 and holds while
-        # D1 is stalled.
+        # it as it is taken (read enable = the pipeline advances), so their data matches D1 and
+        # holds while the pipeline is stalled. Stage D2: each lane's a and selected b (the
+        # position compares and the b select get a cycle of their own). D1 and D2 advance with
+        # the affine pipeline, on its ``i.ready`` (``o.ready | ~o.valid``).
         d1_valid = Signal()
         d1_block = Signal(bfp.block_layout())
         d1_pos = Signal(pw)
         d1_grp = Signal(range(max(G, 2)))
+        d2_valid = Signal()
+        d2_block = Signal(bfp.block_layout())
+        d2_a = Signal(data.ArrayLayout(f.width, B))
+        d2_b = Signal(data.ArrayLayout(f.width, B))
+        advance = aff.i.ready
         m.d.comb += in_fx.eq(fsm.ongoing("DX"))
-        m.d.comb += d1_ready.eq(aff.i.ready | ~d1_valid)
+        m.d.comb += d1_ready.eq(advance)
 
         m.d.comb += [
             self.g.ready.eq(in_fx & ~d_done & d1_ready),
@@ -473,27 +481,30 @@ class BackwardCore(wiring.Component):
             a_rd.en.eq(d1_ready), b_rd.en.eq(d1_ready), c_rd.en.eq(d1_ready),
             a_rd.addr.eq(d_grp), b_rd.addr.eq(d_grp), c_rd.addr.eq(cmem_addr(d_grp, d_k)),
         ]
-        with m.If(d1_ready):
+        with m.If(advance):
             m.d.sync += [
                 d1_valid.eq(take),
                 d1_block.eq(self.g.payload),
                 d1_pos.eq(d_pos),
                 d1_grp.eq(d_grp),
+                d2_valid.eq(d1_valid),
+                d2_block.eq(d1_block),
             ]
         ai = aff.i.payload
-        m.d.comb += [aff.i.valid.eq(d1_valid), ai.block.eq(d1_block)]
+        m.d.comb += [aff.i.valid.eq(d2_valid), ai.block.eq(d2_block), ai.a.eq(d2_a), ai.b.eq(d2_b)]
         for lane in range(B):
             ce = c_rd.data[lane]
             bs = b_rd.data[lane]
             at_max = ~ce.flat & (d1_pos == ce.argmax)
             at_min = ~ce.flat & (d1_pos == ce.argmin)
             b_sel = Mux(at_max, bs.b_max, Mux(at_min, bs.b_min, bs.b_mid))
-            if (G - 1) * B + lane >= C:            # a padding lane of the last group
-                keep = d1_grp != G - 1
-                m.d.comb += [ai.a[lane].eq(Mux(keep, a_rd.data[lane], 0)),
-                             ai.b[lane].eq(Mux(keep, b_sel, 0))]
-            else:
-                m.d.comb += [ai.a[lane].eq(a_rd.data[lane]), ai.b[lane].eq(b_sel)]
+            with m.If(advance):
+                if (G - 1) * B + lane >= C:            # a padding lane of the last group
+                    keep = d1_grp != G - 1
+                    m.d.sync += [d2_a[lane].eq(Mux(keep, a_rd.data[lane], 0)),
+                                 d2_b[lane].eq(Mux(keep, b_sel, 0))]
+                else:
+                    m.d.sync += [d2_a[lane].eq(a_rd.data[lane]), d2_b[lane].eq(b_sel)]
 
         wiring.connect(m, aff.o, wiring.flipped(self.dx))
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))

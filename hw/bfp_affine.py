@@ -304,11 +304,13 @@ class BFPAffine(wiring.Component):
 
     Timing
     ------
-    ``latency`` = 3 + the quantizer's latency: stage 1 multiplies and compares exponents, stage 2
-    aligns (with jamming), stage 3 adds and takes the magnitude, then
+    ``latency`` = 4 + the quantizer's latency: stage 0 decodes the codes and floats and takes the
+    exponent difference, stage 1 multiplies (register to register, so the multiplier block's
+    delay is alone on its path) and orders the operands, stage 2 aligns (with jamming), stage 3
+    adds and takes the magnitude, then
     :class:`hw.bfp_shifter.BlockQuantizer` (its comparator variant: lane keys, clamped keys,
     partial maxima, shared exponent, shift amounts, shift, round; 7 stages for ``B <= 16``, 8 up
-    to ``B = 64``), so 10 for ``B <= 16`` and 11 beyond. A block accepted on clock edge ``t`` is
+    to ``B = 64``), so 11 for ``B <= 16`` and 12 beyond. A block accepted on clock edge ``t`` is
     on ``o`` (``o.valid`` high) from edge ``t + latency - 1`` and is transferred at edge
     ``t + latency`` when ``o.ready`` is high. W=8 B=16 M=12 alone (``ln_part_forward_affine``,
     ``python -m gen area``): ECP5 about 109 MHz.
@@ -341,7 +343,7 @@ class BFPAffine(wiring.Component):
         self._quant = BlockQuantizer(
             bfp, self.window + 1, self.key_width, exp_signed=False,
             exp_offset=-(bfp.bias + 124 + self._bias_shift + self.window))
-        self.latency = 3 + self._quant.latency
+        self.latency = 4 + self._quant.latency
         self.input_layout = data.StructLayout({
             "block": bfp.block_layout(),
             "a": data.ArrayLayout(internal.width, B),
@@ -381,10 +383,17 @@ class BFPAffine(wiring.Component):
             self.i.ready.eq(s1_ready),
         ]
 
-        # Stage 1: decode, exact product, exponent compare, operand swap.
+        # Stage 0: decode the codes and floats, exponent difference. Stage 1: exact product (the
+        # multiplier runs register to register), distance, key, operand swap.
         blk = self.i.payload.block
         ew = max(bfp.exp_bits, f.exp_bits)
-        lanes1 = []
+        lane0 = data.StructLayout({
+            "qmag": W, "ma": M + 1, "mb": M + 1, "sp": 1, "sb": 1, "bz": 1,
+            "kp0": ew + 1, "dd": signed(ew + 3),
+        })
+        s0_valid = Signal()
+        s0 = Signal(data.ArrayLayout(lane0, B))
+        lanes0 = []
         for l in range(B):
             q = blk.codes.as_value()[l * W:(l + 1) * W]
             a = self.i.payload.a[l]
@@ -393,26 +402,35 @@ class BFPAffine(wiring.Component):
             sb, eb, fb = b[-1], b[M:M + f.exp_bits], b[:M]
             qmag = Signal(W, name=f"qmag{l}")
             m.d.comb += qmag.eq(fold_u(m, cond_neg(m, q, q[-1], f"qneg{l}"), W, f"qf{l}"))
-            ma = Signal(M + 1, name=f"ma{l}")
-            mb = Signal(M + 1, name=f"mb{l}")
-            m.d.comb += [ma.eq(Mux(ea.any(), Cat(fa, Const(1, 1)), Const(0, M + 1))),
-                         mb.eq(Mux(eb.any(), Cat(fb, Const(1, 1)), Const(0, M + 1)))]
-            prod = Signal(Wp, name=f"prod{l}")
-            m.d.comb += prod.eq(qmag * ma)
-            sp = q[-1] ^ sa
             # kp0 = E + ea = kP - 2;  dd = kb - kP = eb - kp0 + (bias_bfp - 2).
             kp0 = Signal(ew + 1, name=f"kp0_{l}")
             m.d.comb += kp0.eq(widen(blk.exponent, ew) + widen(ea, ew))
             diff = Signal(signed(ew + 2), name=f"diff{l}")
             m.d.comb += diff.eq(widen(eb, ew + 1) - kp0)
-            dd = Signal(signed(ew + 3), name=f"dd{l}")
-            m.d.comb += dd.eq(add_const(m, diff, bfp.bias - 2, f"ddc{l}"))
-            pz = ~prod.any()
-            bz = ~eb.any()
+            lanes0.append({
+                "qmag": qmag,
+                "ma": Mux(ea.any(), Cat(fa, Const(1, 1)), Const(0, M + 1)),
+                "mb": Mux(eb.any(), Cat(fb, Const(1, 1)), Const(0, M + 1)),
+                "sp": q[-1] ^ sa, "sb": sb, "bz": ~eb.any(), "kp0": kp0,
+                "dd": add_const(m, diff, bfp.bias - 2, f"ddc{l}"),
+            })
+        with m.If(s1_ready):
+            m.d.sync += s0_valid.eq(self.i.valid)
+            for l, fields in enumerate(lanes0):
+                for name, value in fields.items():
+                    m.d.sync += s0[l][name].eq(value)
+
+        lanes1 = []
+        for l in range(B):
+            z = s0[l]
+            prod = Signal(Wp, name=f"prod{l}")
+            m.d.comb += prod.eq(z.qmag * z.ma)
+            dd = z.dd
+            pz = ~z.qmag.any() | ~z.ma.any()            # the product is zero
             b_high = Signal(name=f"b_high{l}")
-            m.d.comb += b_high.eq(~bz & (pz | ~dd[-1]))
+            m.d.comb += b_high.eq(~z.bz & (pz | ~dd[-1]))
             pf = Cat(Const(0, N - Wp), prod)
-            bf = Cat(Const(0, N - M - 1), mb)
+            bf = Cat(Const(0, N - M - 1), z.mb)
             tabs = Signal(ew + 3, name=f"tabs{l}")          # |kb - kP|
             m.d.comb += tabs.eq(fold_u(m, cond_neg(m, dd, dd[-1], f"tneg{l}"), ew + 3, f"tf{l}"))
             t = Signal(t_width, name=f"t{l}")
@@ -421,13 +439,13 @@ class BFPAffine(wiring.Component):
             else:
                 m.d.comb += t.eq(tabs)
             key = Signal(kw, name=f"key{l}")
-            m.d.comb += key.eq(fold_u(m, s_add(widen(kp0, ew + 3).as_signed(), Mux(b_high, dd, Const(0, signed(ew + 3)))), kw, f"kf{l}"))
+            m.d.comb += key.eq(fold_u(m, s_add(widen(z.kp0, ew + 3).as_signed(), Mux(b_high, dd, Const(0, signed(ew + 3)))), kw, f"kf{l}"))
             lanes1.append({
                 "hi": Mux(b_high, bf, pf), "lo": Mux(b_high, pf, bf), "t": t,
-                "key": key, "sign": Mux(b_high, sb, sp), "sub": sb ^ sp,
+                "key": key, "sign": Mux(b_high, z.sb, z.sp), "sub": z.sb ^ z.sp,
             })
         with m.If(s1_ready):
-            m.d.sync += s1_valid.eq(self.i.valid)
+            m.d.sync += s1_valid.eq(s0_valid)
             for l, fields in enumerate(lanes1):
                 for name, value in fields.items():
                     m.d.sync += s1[l][name].eq(value)

@@ -363,8 +363,9 @@ class _FinalizeEngine(wiring.Component):
         assert EW > b_sh + 1
 
         # --- sequencer: one-hot step token, per-step cycle counter ------------------------------
-        # The control signals are registers: each is decoded from the token the edge will load
-        # (``step_next``), so no decoder sits between the token and the wide datapath enables.
+        # The control signals are registers holding the OR of their steps' token bits, each
+        # updated by its own next-state mux, so no decoder sits between the token and the wide
+        # datapath enables.
         busy = Signal()
         step = Signal(P, name="step")
         step_next = Signal(P, name="step_next")
@@ -380,16 +381,22 @@ class _FinalizeEngine(wiring.Component):
         accept = Signal()
         m.d.comb += accept.eq(self.i.valid & ~busy)
         decoded = {}
+        advancing = Signal()                    # the token moves to the next step at this edge
 
         def on(indices):
             """The token is in one of ``indices`` (a register, equal to the OR of those token
-            bits)."""
+            bits). Written as its own next-state mux so that ``accept`` (from ``i.valid``)
+            passes one LUT, not the OR tree."""
             key = tuple(sorted(set(indices)))
             if not key:
                 return Const(0, 1)
             if key not in decoded:
                 ctl = Signal(name=f"ctl{len(decoded)}")
-                m.d.sync += ctl.eq(Cat(*[step_next[i] for i in key]).any())
+                prev = [step[i - 1] for i in key if i > 0]
+                with m.If(accept):
+                    m.d.sync += ctl.eq(int(0 in key))
+                with m.Elif(advancing):
+                    m.d.sync += ctl.eq(Cat(*prev).any() if prev else 0)
                 decoded[key] = ctl
             return decoded[key]
 
@@ -690,7 +697,8 @@ class _FinalizeEngine(wiring.Component):
                     m.d.sync += [self.o.valid.eq(1), busy.eq(0)]
                     self._drive_output(m, regs, ovf, flat)
             with m.Elif(last):
-                m.d.comb += [step_next.eq(Cat(Const(0, 1), step[:P - 1])), cnt_next.eq(next_cnt)]
+                m.d.comb += [step_next.eq(Cat(Const(0, 1), step[:P - 1])), cnt_next.eq(next_cnt),
+                             advancing.eq(1)]
                 m.d.sync += first.eq(1)
             with m.Else():
                 dec = as_sig(m, cnt + Const((1 << cnt_w) - 1, cnt_w), "cnt_dec")   # cnt - 1, carry = 1

@@ -66,7 +66,7 @@ class ForwardCore(wiring.Component):
     ------
     * Statistics pass (training): ``x.ready`` is high throughout; one block per cycle sustained.
       Finalize starts ``StatsUnit.LATENCY`` = 3 cycles after the last block.
-    * Finalize: channels one after another, ``1 + finalize latency + 1`` cycles per channel when
+    * Finalize: channels one after another, ``2 + 1 + finalize latency + 1`` cycles per channel when
       ``params`` is valid and ``stats`` ready (``finalize_cycles_per_channel``); ``x`` is held
       (``x.ready`` low) for ``channels`` times that.
     * Normalize pass: ``x`` feeds ``BFPAffine`` directly: one block per cycle sustained,
@@ -131,10 +131,11 @@ class ForwardCore(wiring.Component):
 
     @property
     def finalize_cycles_per_channel(self):
-        """Cycles per channel of finalize with ``params`` valid and ``stats`` ready: one to hand
-        the channel to the finalize unit, its latency, one to collect the result."""
+        """Cycles per channel of finalize with ``params`` valid and ``stats`` ready: the
+        statistics unit's read latency, one to hand the channel to the finalize unit, its latency,
+        one to collect the result."""
         lat = self.finalize_latency
-        return None if lat is None else lat + 2
+        return None if lat is None else StatsUnit.READ_LATENCY + lat + 2
 
     def manifest_info(self):
         B = self.bfp.block
@@ -277,11 +278,17 @@ class ForwardCore(wiring.Component):
                     self.x.ready.eq(su.i.ready),
                 ]
                 with m.If(su.done):
-                    m.next = "FEED"
+                    m.next = "READ0"
+
+            # The statistics unit's read port is registered (StatsUnit.READ_LATENCY = 2 cycles).
+            with m.State("READ0"):
+                m.next = "READ1"
+
+            with m.State("READ1"):
+                m.next = "FEED"
 
             with m.State("FEED"):
                 m.d.comb += [
-                    su.rd_lane.eq(lane),
                     fin.i.valid.eq(self.params.valid),
                     self.params.ready.eq(fin.i.ready),
                 ]
@@ -321,7 +328,7 @@ class ForwardCore(wiring.Component):
                         m.d.sync += [x_pos.eq(0), x_grp.eq(0), y_pos.eq(0), y_grp.eq(0)]
                         m.next = "NORM"
                     with m.Else():
-                        m.next = "FEED"
+                        m.next = "READ0"
 
             with m.State("NORM"):
                 m.d.comb += [
@@ -345,7 +352,8 @@ class ForwardCore(wiring.Component):
                     with m.Else():
                         m.d.sync += y_grp.eq(y_grp + 1)
 
-        # Finalize input record.
+        # Finalize input record (the statistics unit reads lane ``lane`` of the head group).
+        m.d.comb += su.rd_lane.eq(lane)
         prm = self.params.payload
         rd = su.rd
         lanes_run = Array(run_head[l] for l in range(L))

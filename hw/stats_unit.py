@@ -41,8 +41,9 @@ Ports
 ``i`` (in stream of ``bfp.block_layout()``): ``n * groups`` blocks; ``i.ready`` is high while the
     pass is open (no back-pressure: one block per cycle sustained).
 ``done`` (out): the last block's update is committed; stays high until the next ``start``.
-``rd_lane`` (in), ``rd`` (out, ``readout_layout``): combinational read of channel
-    ``head_group * B + rd_lane``: ``sum``, ``range`` (sum of chunk maxima minus sum of chunk minima,
+``rd_lane`` (in), ``rd`` (out, ``readout_layout``): registered read of channel
+    ``head_group * B + rd_lane``, ``READ_LATENCY`` = 2 cycles after ``rd_lane`` and the banks
+    are set (a lane-select stage, then the range sum): ``sum``, ``range`` (sum of chunk maxima minus sum of chunk minima,
     units u), ``argmax[Kmax]``, ``argmin[Kmax]``, ``chunk_flat[Kmax]`` (entries ``>= K`` read 0).
 ``rd_rotate`` (in): rotate the banks one group (the caller does this after reading every lane of
     the head group, ``groups`` times in all, so the banks are aligned for the next pass).
@@ -79,6 +80,8 @@ class StatsUnit(wiring.Component):
 
     #: Cycles from accepting the last block to ``done``.
     LATENCY = 3
+    #: Cycles from ``rd_lane`` (or a bank rotation) to ``rd``.
+    READ_LATENCY = 2
 
     def __init__(self, bfp, channels, max_count, max_chunks):
         if not isinstance(bfp, BFPFormat):
@@ -266,10 +269,11 @@ class StatsUnit(wiring.Component):
         with m.If(s2_last):
             m.d.sync += self.done.eq(1)
 
-        # --- read port --------------------------------------------------------------------------
+        # --- read port: two register stages (the lane select, then the range sum) ----------------
         lanes = Array(head[l] for l in range(L))
-        s = lanes[self.rd_lane] if L > 1 else head[0]
-        m.d.comb += [
+        s = Signal(self.lane_layout, name="rd_sel")
+        m.d.sync += s.eq(lanes[self.rd_lane] if L > 1 else head[0])
+        m.d.sync += [
             self.rd.sum.eq(s.sum),
             self.rd.range.eq(s.rng + (s.cmax - s.cmin).as_unsigned()),
         ]
@@ -279,15 +283,17 @@ class StatsUnit(wiring.Component):
             else:
                 arr_amax, arr_amin, arr_flat = 0, 0, 0
             with m.If(last_oh[j]):
-                m.d.comb += [
+                m.d.sync += [
                     self.rd.argmax[j].eq(s.amax),
                     self.rd.argmin[j].eq(s.amin),
                     self.rd.chunk_flat[j].eq(s.cmax == s.cmin),
                 ]
             with m.Elif(used[j]):
-                m.d.comb += [
+                m.d.sync += [
                     self.rd.argmax[j].eq(arr_amax),
                     self.rd.argmin[j].eq(arr_amin),
                     self.rd.chunk_flat[j].eq(arr_flat),
                 ]
+            with m.Else():
+                m.d.sync += [self.rd.argmax[j].eq(0), self.rd.argmin[j].eq(0), self.rd.chunk_flat[j].eq(0)]
         return m

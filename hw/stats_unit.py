@@ -36,7 +36,8 @@ cycle, both equal to the group counter).
 Ports
 -----
 ``start`` (in, pulse): begin a pass with ``count`` (n) and ``chunks_log2``, both sampled with
-    ``start`` (they need not be held). The caller guarantees a good count
+    ``start`` (they need not be held); clears every channel's ``sum`` and ``range`` (so the
+    previous pass's results are gone: read them before). Only while no block is in the unit. The caller guarantees a good count
     (``golden_bn.check_count``); the forward core checks it.
 ``i`` (in stream of ``bfp.block_layout()``): ``n * groups`` blocks; ``i.ready`` is high while the
     pass is open (no back-pressure: one block per cycle sustained).
@@ -243,12 +244,12 @@ class StatsUnit(wiring.Component):
             gt = Signal(name=f"gt{l}")
             lt = Signal(name=f"lt{l}")
             m.d.comb += [gt.eq(v > s.cmax), lt.eq(v < s.cmin)]
-            with m.If(s2_first):
-                m.d.comb += [n.sum.eq(v), n.rng.eq(0)]
-            with m.Else():
-                m.d.comb += n.sum.eq(s.sum + v)
-                with m.If(s2_cfirst):
-                    m.d.comb += n.rng.eq(s.rng + (s.cmax - s.cmin).as_unsigned())
+            # ``sum`` and ``rng`` are cleared by ``start`` (below), so position 0 needs no
+            # multiplexer in front of the registers: the sum always adds, the range skips the
+            # chunk end of position 0 (whose max/min are stale).
+            m.d.comb += n.sum.eq(s.sum + v)
+            with m.If(s2_cfirst & ~s2_first):
+                m.d.comb += n.rng.eq(s.rng + (s.cmax - s.cmin).as_unsigned())
             with m.If(s2_cfirst | gt):
                 m.d.comb += [n.cmax.eq(v), n.amax.eq(s2_pos)]
             with m.If(s2_cfirst | lt):
@@ -266,6 +267,9 @@ class StatsUnit(wiring.Component):
             m.d.sync += [banks[G - 1][l].eq(new_head[l]) for l in range(L)]
         with m.Elif(self.rd_rotate):
             m.d.sync += [banks[g][l].eq(banks[(g + 1) % G][l]) for g in range(G) for l in range(L)]
+        with m.If(self.start):      # after the bank updates: takes priority (a pass is idle then)
+            m.d.sync += [banks[g][l].sum.eq(0) for g in range(G) for l in range(L)]
+            m.d.sync += [banks[g][l].rng.eq(0) for g in range(G) for l in range(L)]
         with m.If(s2_last):
             m.d.sync += self.done.eq(1)
 

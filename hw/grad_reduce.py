@@ -25,7 +25,7 @@ stage reads the group's row (the read was issued one cycle earlier, from stage 1
 a read port transparent to the write port, so back-to-back blocks of the same group -- ``groups``
 = 1 -- see each other's sums) and writes the new row. During the first position of a pass the
 addends are written instead of the sums (as if the old row were zero), so no clearing pass is
-needed.
+needed; with one group the row is a register that ``clear`` zeroes instead.
 
 Ports
 -----
@@ -87,7 +87,11 @@ class RowStore:
     Drive ``wr_addr``, ``wr_en``, ``wr_data``, ``rd_addr``, ``rd_en`` (addresses are ignored when
     ``depth == 1``); read ``rd_data``, valid the cycle after ``rd_en`` and held while it is low.
     ``lanes``: ``shape`` is an ``ArrayLayout`` and ``wr_en`` has one enable bit per element.
-    ``transparent``: a read of the row written in the same cycle returns the new data.
+    ``transparent``: a read of the row written in the same cycle returns the new data. With
+    ``depth == 1`` a transparent store's ``rd_data`` is the row register itself (no read
+    register, no bypass multiplexer): it shows a write from the next cycle on, whatever
+    ``rd_en``, and ``clear`` (a synchronous reset of the row, taking priority over a write)
+    is available. Only for users that never rely on ``rd_data`` holding across a write.
     """
 
     def __init__(self, name, shape, depth, *, lanes=False, transparent=False):
@@ -99,6 +103,7 @@ class RowStore:
         self.wr_data = Signal(shape, name=f"{name}_wr_data")
         self.rd_en = Signal(name=f"{name}_rd_en")
         self.rd_data = Signal(shape, name=f"{name}_rd_data")
+        self.clear = Signal(name=f"{name}_clear")        # depth 1, transparent only
 
     def elaborate(self, m):
         if self.depth > 1:
@@ -112,6 +117,18 @@ class RowStore:
             ]
             return
         row = Signal(self.shape, name=f"{self.name}_row")
+        if self.transparent:
+            if self.lanes:
+                for k in range(self.shape.length):
+                    with m.If(self.wr_en[k]):
+                        m.d.sync += row[k].eq(self.wr_data[k])
+            else:
+                with m.If(self.wr_en):
+                    m.d.sync += row.eq(self.wr_data)
+            with m.If(self.clear):
+                m.d.sync += row.eq(0)
+            m.d.comb += self.rd_data.eq(row)
+            return
         new = Signal(self.shape, name=f"{self.name}_new")
         data_out = Signal(self.shape, name=f"{self.name}_q")
         m.d.comb += new.eq(row)
@@ -124,7 +141,7 @@ class RowStore:
                 m.d.comb += new.eq(self.wr_data)
         m.d.sync += row.eq(new)
         with m.If(self.rd_en):
-            m.d.sync += data_out.eq(new if self.transparent else row)
+            m.d.sync += data_out.eq(row)
         m.d.comb += self.rd_data.eq(data_out)
 
 
@@ -233,7 +250,10 @@ class GradReduce(wiring.Component):
         # overflow, which the sizing rules out. They are compared anyway (``overflow``).
         # During the first position the addend replaces the old row: the selection follows the
         # adder (``s2_first`` fans out to every bit; before the adder its routing would lengthen
-        # the carry-chain path).
+        # the carry-chain path). With one group the row is a register that ``clear`` zeroes
+        # instead (a synchronous reset: no multiplexer at all).
+        if groups == 1:
+            m.d.comb += acc.clear.eq(self.clear)
         wraps = []
         for lane in range(B):
             sum_g = Signal(signed(self.sum_g_width + 1), name=f"sum_g{lane}")
@@ -243,8 +263,8 @@ class GradReduce(wiring.Component):
             m.d.comb += [
                 sum_g.eq(acc.rd_data.sum_g[lane] + s2_dg[lane]),
                 sum_gx.eq(acc.rd_data.sum_gx[lane] + s2_dgx[lane]),
-                new_g.eq(Mux(s2_first, s2_dg[lane], sum_g)),
-                new_gx.eq(Mux(s2_first, s2_dgx[lane], sum_gx)),
+                new_g.eq(sum_g if groups == 1 else Mux(s2_first, s2_dg[lane], sum_g)),
+                new_gx.eq(sum_gx if groups == 1 else Mux(s2_first, s2_dgx[lane], sum_gx)),
                 acc.wr_data.sum_g[lane].eq(new_g[:self.sum_g_width]),
                 acc.wr_data.sum_gx[lane].eq(new_gx[:self.sum_gx_width]),
             ]

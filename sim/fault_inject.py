@@ -625,7 +625,6 @@ def comb_equivalent(text, mutated, top, workdir=None, timeout=1800):
 
     ``True``: proved; ``False``: not proved (the mutant differs from the original in some state,
     which need not be reachable: it may still be equivalent); ``None``: the tool failed."""
-    from sim.formal import _tool_env
     wd = Path(workdir or tempfile.mkdtemp(prefix=f"comb-{top}-"))
     wd.mkdir(parents=True, exist_ok=True)
     pat = re.compile(rf"^module {re.escape(top)}\(", re.M)
@@ -785,7 +784,6 @@ def pipeline_equivalent(text, mutated, top, *, payload, valid, seq, workdir=None
     the other stages stay paired (assumed and proved equal, as in the state-free check). With
     ``min_depth`` > 0 the proof shows that the difference is gone by stage ``min_depth - 1``. ``True``: proved; ``False``: not proved; ``None``: the tool
     failed."""
-    from sim.formal import _tool_env
     _en, regs = _pipeline_regs(text, payload)
     _en2, regs2 = _pipeline_regs(mutated, payload)
     if set(regs) != set(regs2):

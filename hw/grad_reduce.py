@@ -117,29 +117,19 @@ class RowStore:
             ]
             return
         row = Signal(self.shape, name=f"{self.name}_row")
+        if self.lanes:
+            for k in range(self.shape.length):
+                with m.If(self.wr_en[k]):
+                    m.d.sync += row[k].eq(self.wr_data[k])
+        else:
+            with m.If(self.wr_en):
+                m.d.sync += row.eq(self.wr_data)
         if self.transparent:
-            if self.lanes:
-                for k in range(self.shape.length):
-                    with m.If(self.wr_en[k]):
-                        m.d.sync += row[k].eq(self.wr_data[k])
-            else:
-                with m.If(self.wr_en):
-                    m.d.sync += row.eq(self.wr_data)
             with m.If(self.clear):
                 m.d.sync += row.eq(0)
             m.d.comb += self.rd_data.eq(row)
             return
-        new = Signal(self.shape, name=f"{self.name}_new")
         data_out = Signal(self.shape, name=f"{self.name}_q")
-        m.d.comb += new.eq(row)
-        if self.lanes:
-            for k in range(self.shape.length):
-                with m.If(self.wr_en[k]):
-                    m.d.comb += new[k].eq(self.wr_data[k])
-        else:
-            with m.If(self.wr_en):
-                m.d.comb += new.eq(self.wr_data)
-        m.d.sync += row.eq(new)
         with m.If(self.rd_en):
             m.d.sync += data_out.eq(row)
         m.d.comb += self.rd_data.eq(data_out)

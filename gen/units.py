@@ -12,7 +12,8 @@ import tempfile
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 
-from hw.formats import BFPFormat, MIN_WIDTH, MAX_WIDTH, MAX_BLOCK, float_format, internal_format
+from hw.formats import (BFPFormat, BN_MAX_EXP_BITS, MIN_WIDTH, MAX_WIDTH, MAX_BLOCK, check_bn_format,
+                        float_format, internal_format)
 
 __all__ = ["Params", "UNITS", "all_units", "build_unit", "generate", "ParamError"]
 
@@ -58,12 +59,9 @@ class Params:
         if self.max_count < 2 * self.chunks:
             raise ParamError(f"max-count must be at least 2 * chunks = {2 * self.chunks}, not {self.max_count!r}")
         try:
-            fmt = float_format(self.in_format)
+            check_bn_format(self.in_format, label=repr(self.in_format))
         except ValueError as exc:
             raise ParamError(str(exc)) from None
-        if fmt.exp_bits > BN_MAX_EXP_BITS:
-            raise ParamError(f"in-format {self.in_format!r} has {fmt.exp_bits} exponent bits; "
-                             f"the Range-BN units accept 2..{BN_MAX_EXP_BITS} (fp10, fp16, fp15, e4m3, e5m2, e<E>m<M>)")
 
     @property
     def float_format(self):

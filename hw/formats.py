@@ -30,7 +30,7 @@ from fractions import Fraction
 
 __all__ = [
     "FloatFormat", "BFPFormat", "FLOAT_FORMATS", "float_format", "internal_format", "FLAG_NAMES",
-    "MIN_WIDTH", "MAX_WIDTH", "MAX_BLOCK",
+    "MIN_WIDTH", "MAX_WIDTH", "MAX_BLOCK", "BN_MAX_EXP_BITS", "check_bn_format",
 ]
 
 #: Block flags, LSB first, in every BFP output stream.
@@ -42,6 +42,13 @@ FLAG_NAMES = ("sat", "special", "flush")
 MIN_WIDTH = 2
 MAX_WIDTH = 16
 MAX_BLOCK = 64
+
+#: Largest exponent field of an input format (and so of its BFP format) that the Range-BN units
+#: accept. Six bits keep the exact per-channel sums below 100 bits and keep ``1 / sigma_hat`` and
+#: every per-channel value far inside the internal float's range (``docs/numerics.md``, "Formats").
+#: The generator, the golden model, the NumPy twin and the PyTorch layer all refuse wider fields
+#: through :func:`check_bn_format`, with its one message.
+BN_MAX_EXP_BITS = 6
 
 
 def _is_int(value):
@@ -242,6 +249,24 @@ class BFPFormat:
             "codes": data.ArrayLayout(self.width, self.block),
             "flags": flags_layout(),
         })
+
+
+def check_bn_format(fmt, label=None):
+    """Refuse a format the Range-BN units do not accept: a :class:`FloatFormat` (or its name) or a
+    :class:`BFPFormat` whose exponent field is wider than ``BN_MAX_EXP_BITS``. Returns the format.
+
+    The message is the generator's (``python -m gen --in-format bf16``): it names the format, its
+    exponent bits and the allowed range. ``label`` replaces the format's name in it (the generator
+    passes the user's spelling)."""
+    if not isinstance(fmt, BFPFormat):
+        fmt = float_format(fmt)
+    if fmt.exp_bits > BN_MAX_EXP_BITS:
+        if label is None:
+            label = (repr(fmt.name) if isinstance(fmt, FloatFormat)
+                     else f"of the BFP format (W={fmt.width}, B={fmt.block})")
+        raise ValueError(f"in-format {label} has {fmt.exp_bits} exponent bits; "
+                         f"the Range-BN units accept 2..{BN_MAX_EXP_BITS} (fp10, fp16, fp15, e4m3, e5m2, e<E>m<M>)")
+    return fmt
 
 
 def flags_layout():

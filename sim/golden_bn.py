@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from hw.formats import BFPFormat, FloatFormat, internal_format
+from hw.formats import BFPFormat, FloatFormat, check_bn_format, internal_format
 from sim.golden import Block, quantize_block
 
 __all__ = [
@@ -60,7 +60,9 @@ def range_scale(m, cfix=1.0):
 class BNConfig:
     """Everything the golden model needs: formats, geometry and run-time settings.
 
-    ``bfp``: the BFP format of x, y, g and dx. ``internal``: the per-channel float (mu, sigma_hat,
+    ``bfp``: the BFP format of x, y, g and dx; its exponent field is at most
+    ``hw.formats.BN_MAX_EXP_BITS`` bits (``check_bn_format``: bf16 or fp32 data is refused, as the
+    generator refuses it). ``internal``: the per-channel float (mu, sigma_hat,
     1/sigma_hat, a, b, gamma, beta, gradients). ``chunks``: K (a power of two). ``c_scale``: C as
     returned by :func:`range_scale`. ``eps_log2``: eps = 2**eps_log2. ``momentum_shift``: running
     statistics move by ``2**-momentum_shift`` of the difference per batch.
@@ -74,6 +76,9 @@ class BNConfig:
     momentum_shift: int = 3
 
     def __post_init__(self):
+        if not isinstance(self.bfp, BFPFormat):
+            raise TypeError(f"bfp must be a hw.formats.BFPFormat, not {self.bfp!r}")
+        check_bn_format(self.bfp)       # what the generator refuses (BN_MAX_EXP_BITS), same message
         if not isinstance(self.channels, int) or self.channels < 1:
             raise ValueError(f"channels must be a positive integer, not {self.channels!r}")
         k = self.chunks

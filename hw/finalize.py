@@ -139,8 +139,7 @@ from amaranth.lib.wiring import In, Out
 from hw.bfp_affine import (add_const, as_sig, cond_neg, count_leading_zeros, fold_s, fold_u, s_add, select,
                            shift_left, shift_right_jam, widen, zext as zext_to)
 from hw.bn_layouts import C_WIDTH, chunks_log2_width, count_width
-from hw.formats import BFPFormat, FloatFormat
-from sim.golden_bn import C_FRAC_BITS
+from hw.formats import C_FRAC_BITS, BFPFormat, FloatFormat
 
 __all__ = ["ForwardFinalize", "BackwardFinalize", "run_model", "sum_width", "sum_gx_width"]
 

@@ -12,7 +12,7 @@ It is meant to be a *good* conventional design, not a strawman:
   (``x*x``, ``sum x*x``) and the normalize pass, where ``(x - mu) * inv * gamma + beta`` is folded
   into ``y = a x + b`` (one multiply and one add per element, ``a``, ``b`` per channel);
 * accumulation at one vector per cycle through a pipelined adder: each accumulator is a ring of
-  ``D = sim.float_golden.ring_depth(channels, block)`` interleaved partial sums per lane (a
+  ``D = hw.float_convention.ring_depth(channels, block)`` interleaved partial sums per lane (a
   small distributed RAM), ``D`` a multiple of ``G`` larger than the adder latency; the partials
   of a channel are added once per channel at the end;
 * everything per channel (partials, 1/n, mean, variance, sqrt, reciprocal, a, b, gradients,
@@ -51,7 +51,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.float_units import FloatAdd, FloatDiv, FloatMul, FloatSqrt, int_to_float, _fmt
-from sim.float_golden import ring_depth, fround, to_bits
+from hw.float_convention import fround, ring_depth, to_bits
 
 __all__ = ["FloatBNForward", "FloatBNBackward"]
 

@@ -34,6 +34,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.float_convention import ADD_LATENCY, MUL_LATENCY
 from hw.formats import FloatFormat, float_format
 
 __all__ = ["FloatAdd", "FloatMul", "FloatDiv", "FloatSqrt", "float_less", "int_to_float", "round_pack"]
@@ -114,7 +115,7 @@ class FloatAdd(wiring.Component):
     stage. Guard/round/sticky alignment, so the result is correctly rounded (RNE). Commutative;
     ``x + (-x)`` is ``+0``."""
 
-    LATENCY = 4
+    LATENCY = ADD_LATENCY
 
     def __init__(self, fmt):
         self.fmt = _fmt(fmt)
@@ -198,7 +199,7 @@ class FloatMul(wiring.Component):
     """Pipelined float multiplier ``y = a * b``; latency ``LATENCY`` = 3 enabled cycles,
     one result per cycle, ``en`` low holds every stage."""
 
-    LATENCY = 3
+    LATENCY = MUL_LATENCY
 
     def __init__(self, fmt):
         self.fmt = _fmt(fmt)

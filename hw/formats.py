@@ -30,7 +30,8 @@ from fractions import Fraction
 
 __all__ = [
     "FloatFormat", "BFPFormat", "FLOAT_FORMATS", "float_format", "internal_format", "FLAG_NAMES",
-    "MIN_WIDTH", "MAX_WIDTH", "MAX_BLOCK",
+    "MIN_WIDTH", "MAX_WIDTH", "MAX_BLOCK", "C_FRAC_BITS", "RUNNING_MEAN_RESET", "RUNNING_SIGMA_RESET",
+    "running_reset_bits",
 ]
 
 #: Block flags, LSB first, in every BFP output stream.
@@ -42,6 +43,14 @@ FLAG_NAMES = ("sat", "special", "flush")
 MIN_WIDTH = 2
 MAX_WIDTH = 16
 MAX_BLOCK = 64
+
+#: Fraction bits of the fixed-point Range-BN constant C (the ``c_scale`` register: unsigned, C < 4).
+C_FRAC_BITS = 16
+
+#: Running statistics of the forward core after reset: mean 0, sigma_hat 1 (as PyTorch's
+#: ``running_mean = 0``, ``running_var = 1``).
+RUNNING_MEAN_RESET = 0
+RUNNING_SIGMA_RESET = 1
 
 
 def _is_int(value):
@@ -266,3 +275,8 @@ def _round_half_even(value):
     if rest > Fraction(1, 2) or (rest == Fraction(1, 2) and floor & 1):
         floor += 1
     return floor
+
+
+def running_reset_bits(internal):
+    """``(mean, sigma_hat)`` bit patterns in the internal float ``internal`` after reset."""
+    return internal.encode(RUNNING_MEAN_RESET), internal.encode(RUNNING_SIGMA_RESET)

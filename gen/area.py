@@ -38,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from gen.cli import Parser, add_param_arguments, params_from_args
 from gen.units import ParamError, Params, all_units
 
 __all__ = ["main", "run_area", "TARGETS", "DEVICES"]
@@ -610,8 +611,7 @@ def markdown(result):
 
 
 def main(argv=None):
-    from gen.__main__ import _Parser, add_param_arguments, params_from_args
-    parser = _Parser(
+    parser = Parser(
         prog="python -m gen area",
         description="Synthesize every LightNorm unit and the float BN baselines with YoWASP Yosys "
                     "(generic, iCE40 UP5K, ECP5-85F), place and route for Fmax, and write area.json "

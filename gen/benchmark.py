@@ -34,6 +34,7 @@ from pathlib import Path
 
 from gen.area import run_area
 from gen.baselines import baseline_names
+from gen.cli import Parser
 from gen.units import ParamError, Params, all_units
 
 __all__ = ["main", "core_units", "splice"]
@@ -68,9 +69,8 @@ def _log(msg):
 
 
 def main(argv=None):
-    from gen.__main__ import _Parser
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _Parser(prog="python -m gen.benchmark",
+    parser = Parser(prog="python -m gen.benchmark",
                      description="LightNorm vs conventional float BN: area ratios over widths, Fmax, plot, "
                                  "docs/area.md results.")
     parser.add_argument("--widths", default="4,6,8,12,16", help="BFP widths to sweep (default 4,6,8,12,16)")

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gen.__main__ import _Parser, add_param_arguments, params_from_args
+from gen.cli import Parser, add_param_arguments, params_from_args
 from gen.units import ParamError
 
 __all__ = ["main", "build", "BuildError", "parse_nextpnr_log", "critical_path"]
@@ -252,12 +252,12 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = "python -m gen bitstream"
     # First pass: the board and unit decide the defaults of the size flags.
-    pre = _Parser(prog=prog, add_help=False)
+    pre = Parser(prog=prog, add_help=False)
     pre.add_argument("--board", choices=sorted(BOARDS))
     pre.add_argument("--unit", choices=sorted(ATTACHMENTS))
     known, _ = pre.parse_known_args(argv)
 
-    parser = _Parser(
+    parser = Parser(
         prog=prog,
         description="Build a bitstream of a LightNorm unit behind a UART bridge (hw/board_top.py) for a "
                     "real board with the YoWASP tools; report utilization and Fmax against the board "

@@ -10,6 +10,7 @@ cannot be imported at all.
 """
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -128,3 +129,92 @@ def test_every_hw_module_imports_without_sim_and_gen():
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert int(r.stdout.strip()) == len([p for p in HW.glob("*.py") if p.name != "__init__.py"])
+
+
+# --- gen/: no import cycles ------------------------------------------------------------------
+
+GEN = REPO / "gen"
+
+
+def gen_imports(source, filename="<string>"):
+    """Names of the ``gen`` modules that ``source`` imports, anywhere in it (lazy imports and
+    ``importlib.import_module`` / ``__import__`` included: in a module that calls either, every
+    string constant that is a ``gen`` module name counts as an import, since the name may reach
+    the call through a table)."""
+    found, names, dynamic = set(), set(), False
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"gen(\.\w+)+", node.value):
+            names.add(node.value)
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if _top(a.name) == "gen"}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "gen":
+                found |= {f"gen.{a.name}" for a in node.names}
+            elif _top(node.module) == "gen":
+                found.add(node.module)
+        elif isinstance(node, ast.Call) and node.args:
+            f = node.func
+            called = f.attr if isinstance(f, ast.Attribute) else (f.id if isinstance(f, ast.Name) else None)
+            dynamic |= called in ("import_module", "__import__")
+    if dynamic:
+        found |= names
+    return found - {"gen"}
+
+
+def import_cycle(graph):
+    """One cycle of ``graph`` (``{module: {imported modules}}``) as a list of modules, or ``None``."""
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def gen_graph(directory):
+    return {f"gen.{p.stem}": gen_imports(p.read_text(), str(p)) for p in sorted(Path(directory).glob("*.py"))}
+
+
+def test_gen_has_no_import_cycle():
+    graph = gen_graph(GEN)
+    assert "gen.cli" in graph["gen.area"] and "gen.area" in graph["gen.__main__"], graph
+    assert import_cycle(graph) is None, " -> ".join(import_cycle(graph))
+
+
+def test_cycle_check_catches_planted_cycles(tmp_path):
+    assert import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert import_cycle({"a": {"b"}, "b": set(), "c": {"b"}}) is None
+    # The old shape: __main__ loads gen.area by importlib, gen.area imports gen.__main__ back lazily.
+    assert gen_imports("import importlib\nimportlib.import_module('gen.area')") == {"gen.area"}
+    assert gen_imports("def main():\n    from gen.__main__ import _Parser") == {"gen.__main__"}
+    assert gen_imports("from gen import area, bitstream") == {"gen.area", "gen.bitstream"}
+    assert gen_imports("import importlib\nT = {'a': 'gen.area'}\nimportlib.import_module(T['a'])") == {"gen.area"}
+    assert gen_imports("'''see gen.area'''\nT = {'a': 'gen.area'}") == set()
+    # The old shape of gen/ (before gen/cli.py) has the cycle.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "__main__.py").write_text("import importlib\nSUBCOMMANDS = {'area': 'gen.area'}\n"
+                                     "def main(argv):\n    return importlib.import_module(SUBCOMMANDS[argv[0]]).main()\n")
+    (old / "area.py").write_text("def main():\n    from gen.__main__ import _Parser\n")
+    assert import_cycle(gen_graph(old)) == ["gen.__main__", "gen.area", "gen.__main__"]
+    copy = tmp_path / "gen"
+    shutil.copytree(GEN, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "cli.py").write_text((copy / "cli.py").read_text() + "\n\ndef _late():\n    from gen.area import main\n")
+    cycle = import_cycle(gen_graph(copy))
+    assert cycle and "gen.cli" in cycle and "gen.area" in cycle, cycle

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from gen.area import run_area
+from gen.atomic import atomic_file
 from gen.baselines import baseline_names
 from gen.cli import Parser
 from gen.units import ParamError, Params, all_units
@@ -177,11 +178,8 @@ def splice(old, generated):
 
 
 def _write_atomic(path, text):
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.resolve().parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def _summarize(baselines, sweep, cores, widths, pnr_width):
@@ -230,10 +228,11 @@ def _plot(summary, path):
         ax.legend(fontsize=8)
     fig.suptitle(f"Area at B={summary['block']}, {summary['channels']} channels (equal throughput: one vector of B per cycle)")
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 def _fmt_ratio(x):

@@ -54,6 +54,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.bfp_shifter import BlockQuantizer
+from hw.checks import check_instance
 from hw.formats import BFPFormat, FloatFormat
 
 __all__ = ["BFPAffine", "affine_window"]
@@ -324,10 +325,8 @@ class BFPAffine(wiring.Component):
     """
 
     def __init__(self, bfp, internal):
-        if not isinstance(bfp, BFPFormat):
-            raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
-        if not isinstance(internal, FloatFormat):
-            raise ValueError(f"internal must be a hw.formats.FloatFormat, not {internal!r}")
+        check_instance("bfp", bfp, BFPFormat)
+        check_instance("internal", internal, FloatFormat)
         if internal.exp_bits > 8:
             raise ValueError(f"internal float exponent bits must be at most 8, not {internal.exp_bits!r}")
         self.bfp = bfp

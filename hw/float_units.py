@@ -34,6 +34,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.checks import check_instance
 from hw.float_convention import ADD_LATENCY, MUL_LATENCY
 from hw.formats import FloatFormat, float_format
 
@@ -41,9 +42,7 @@ __all__ = ["FloatAdd", "FloatMul", "FloatDiv", "FloatSqrt", "float_less", "int_t
 
 
 def _fmt(fmt):
-    if not isinstance(fmt, (FloatFormat, str)):
-        raise ValueError(f"fmt must be a hw.formats.FloatFormat or a format name, not {fmt!r}")
-    return float_format(fmt)
+    return float_format(check_instance("fmt", fmt, FloatFormat, alternative="a format name"))
 
 
 def _lzc(m, value, width, name):

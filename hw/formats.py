@@ -28,6 +28,8 @@ import numbers
 from dataclasses import dataclass
 from fractions import Fraction
 
+from hw.checks import check_int
+
 __all__ = [
     "FloatFormat", "BFPFormat", "FLOAT_FORMATS", "float_format", "internal_format", "FLAG_NAMES",
     "MIN_WIDTH", "MAX_WIDTH", "MAX_BLOCK", "C_FRAC_BITS", "RUNNING_MEAN_RESET", "RUNNING_SIGMA_RESET",
@@ -53,11 +55,6 @@ RUNNING_MEAN_RESET = 0
 RUNNING_SIGMA_RESET = 1
 
 
-def _is_int(value):
-    """A plain integer: ``bool`` is an ``int`` subclass but never a valid width."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
 class FloatFormat:
     """A binary floating-point format: ``exp_bits`` exponent bits, ``frac_bits`` fraction bits
@@ -67,10 +64,8 @@ class FloatFormat:
     frac_bits: int
 
     def __post_init__(self):
-        if not _is_int(self.exp_bits) or not 2 <= self.exp_bits <= 11:
-            raise ValueError(f"float exponent bits must be an integer in 2..11, not {self.exp_bits!r}")
-        if not _is_int(self.frac_bits) or not 1 <= self.frac_bits <= 52:
-            raise ValueError(f"float fraction bits must be an integer in 1..52, not {self.frac_bits!r}")
+        check_int("float exponent bits", self.exp_bits, 2, 11)
+        check_int("float fraction bits", self.frac_bits, 1, 52)
 
     @property
     def width(self):
@@ -167,8 +162,7 @@ FLOAT_FORMATS = {
 def internal_format(frac_bits):
     """The per-channel internal float of the Range-BN units: 8 exponent bits (bias 127) and
     ``frac_bits`` fraction bits. Holds mu, sigma_hat, 1/sigma_hat, a, b, gamma, beta, gradients."""
-    if not _is_int(frac_bits) or not 4 <= frac_bits <= 23:
-        raise ValueError(f"internal float fraction bits must be an integer in 4..23, not {frac_bits!r}")
+    check_int("internal float fraction bits", frac_bits, 4, 23)
     return FloatFormat(f"e8m{frac_bits}", 8, frac_bits)
 
 
@@ -195,12 +189,9 @@ class BFPFormat:
     block: int
 
     def __post_init__(self):
-        if not _is_int(self.width) or not MIN_WIDTH <= self.width <= MAX_WIDTH:
-            raise ValueError(f"BFP width must be an integer in {MIN_WIDTH}..{MAX_WIDTH}, not {self.width!r}")
-        if not _is_int(self.exp_bits) or not 2 <= self.exp_bits <= 11:
-            raise ValueError(f"BFP exponent bits must be an integer in 2..11, not {self.exp_bits!r}")
-        if not _is_int(self.block) or not 1 <= self.block <= MAX_BLOCK:
-            raise ValueError(f"block size must be an integer in 1..{MAX_BLOCK}, not {self.block!r}")
+        check_int("BFP width", self.width, MIN_WIDTH, MAX_WIDTH)
+        check_int("BFP exponent bits", self.exp_bits, 2, 11)
+        check_int("block size", self.block, 1, MAX_BLOCK)
 
     @classmethod
     def for_float(cls, fmt, width, block):

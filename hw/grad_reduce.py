@@ -50,6 +50,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.bn_layouts import pair_layout
+from hw.checks import check_instance, check_int
 from hw.formats import BFPFormat
 
 __all__ = ["GradReduce", "grad_widths", "RowStore", "shift_left"]
@@ -145,12 +146,9 @@ class GradReduce(wiring.Component):
     LATENCY = 3
 
     def __init__(self, bfp, channels, max_count):
-        if not isinstance(bfp, BFPFormat):
-            raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive integer, not {channels!r}")
-        if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 1:
-            raise ValueError(f"max_count must be a positive integer, not {max_count!r}")
+        check_instance("bfp", bfp, BFPFormat)
+        check_int("channels", channels, 1)
+        check_int("max_count", max_count, 1)
         self.bfp = bfp
         self.channels = channels
         self.max_count = max_count

@@ -136,24 +136,13 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.bfp_affine import (add_const, as_sig, cond_neg, count_leading_zeros, fold_s, fold_u, s_add, select,
-                           shift_left, shift_right_jam, widen, zext as zext_to)
+from hw.arith import (add_const, as_sig, cond_neg, count_leading_zeros, fold_s, fold_u, s_add, select,
+                      shift_left, shift_right_jam, sum_gx_width, sum_width, widen, zext as zext_to)
 from hw.bn_layouts import C_WIDTH, chunks_log2_width, count_width
 from hw.checks import check_instance, check_int
 from hw.formats import C_FRAC_BITS, BFPFormat, FloatFormat
 
 __all__ = ["ForwardFinalize", "BackwardFinalize", "run_model", "sum_width", "sum_gx_width"]
-
-
-def sum_width(bfp, max_count):
-    """Signed width of an exact channel sum in units ``u``: ``(W-1) + exp_max + count_width + 1``
-    (also used for the range ``R_int``, unsigned, and for ``sum g``)."""
-    return (bfp.width - 1) + bfp.exp_max + count_width(max_count) + 1
-
-
-def sum_gx_width(bfp, max_count):
-    """Signed width of ``sum g x`` in units ``u**2``: ``(2W-2) + 2 exp_max + count_width + 1``."""
-    return (2 * bfp.width - 2) + 2 * bfp.exp_max + count_width(max_count) + 1
 
 
 # --- micro-code ----------------------------------------------------------------------------------

@@ -57,21 +57,12 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.arith import stats_widths
 from hw.bn_layouts import chunks_log2_width, count_width, position_width
 from hw.checks import check_instance, check_int
 from hw.formats import BFPFormat
 
 __all__ = ["StatsUnit", "stats_widths"]
-
-
-def stats_widths(bfp, max_count, max_chunks):
-    """``(value_width, sum_width, range_width)``: signed width of one ``q * 2**E`` in units u, of the
-    exact per-channel sum, and unsigned width of ``sum_k (max_k - min_k)``."""
-    peak = bfp.code_max << bfp.exp_max              # largest |q * 2**E|
-    value_width = peak.bit_length() + 1
-    sum_width = (max_count * peak).bit_length() + 1
-    range_width = (min(max_chunks, max_count // 2) * 2 * peak).bit_length()
-    return value_width, sum_width, range_width
 
 
 class StatsUnit(wiring.Component):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hw.checks import check_instance, check_int, is_int
-from hw.formats import BFPFormat, FloatFormat, float_format, internal_format
+from hw.formats import BFPFormat, FloatFormat, internal_format
 
 REPO = Path(__file__).resolve().parent.parent
 BFP = BFPFormat(8, 5, 4)

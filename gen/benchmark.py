@@ -33,7 +33,9 @@ import time
 from pathlib import Path
 
 from gen.area import run_area
+from gen.atomic import atomic_file
 from gen.baselines import baseline_names
+from gen.cli import Parser
 from gen.units import ParamError, Params, all_units
 
 __all__ = ["main", "core_units", "splice"]
@@ -68,9 +70,8 @@ def _log(msg):
 
 
 def main(argv=None):
-    from gen.__main__ import _Parser
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _Parser(prog="python -m gen.benchmark",
+    parser = Parser(prog="python -m gen.benchmark",
                      description="LightNorm vs conventional float BN: area ratios over widths, Fmax, plot, "
                                  "docs/area.md results.")
     parser.add_argument("--widths", default="4,6,8,12,16", help="BFP widths to sweep (default 4,6,8,12,16)")
@@ -177,11 +178,8 @@ def splice(old, generated):
 
 
 def _write_atomic(path, text):
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.resolve().parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def _summarize(baselines, sweep, cores, widths, pnr_width):
@@ -230,10 +228,11 @@ def _plot(summary, path):
         ax.legend(fontsize=8)
     fig.suptitle(f"Area at B={summary['block']}, {summary['channels']} channels (equal throughput: one vector of B per cycle)")
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 def _fmt_ratio(x):

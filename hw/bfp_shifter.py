@@ -20,6 +20,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.checks import check_instance, check_int
 from hw.formats import BFPFormat, FloatFormat, float_format, flags_layout
 
 __all__ = ["BlockQuantizer", "BFPShifter", "MAX_MAG_WIDTH", "MAX_EXP_WIDTH", "THERMOMETER_KEYS"]
@@ -39,11 +40,6 @@ _DECODE_GROUP = 8
 
 #: Comparator variant: lanes (or partial maxima) reduced per register stage, two comparator levels.
 _TREE_GROUP = 4
-
-
-def _check_int(what, value, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{what} must be an integer in {lo}..{hi}, not {value!r}")
 
 
 # Lint-clean arithmetic. Amaranth's Verilog path trims constant operands to their shortest width,
@@ -324,12 +320,10 @@ class BlockQuantizer(wiring.Component):
 
     def __init__(self, bfp, mag_width, exp_width, *, exp_signed=True, exp_offset=0, normalized=False,
                  zeros_at_min_exp=False):
-        if not isinstance(bfp, BFPFormat):
-            raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
-        _check_int("magnitude width", mag_width, 1, MAX_MAG_WIDTH)
-        _check_int("exponent width", exp_width, 2 if exp_signed else 1, MAX_EXP_WIDTH)
-        if isinstance(exp_offset, bool) or not isinstance(exp_offset, int):
-            raise ValueError(f"exponent offset must be an integer, not {exp_offset!r}")
+        check_instance("bfp", bfp, BFPFormat)
+        check_int("magnitude width", mag_width, 1, MAX_MAG_WIDTH)
+        check_int("exponent width", exp_width, 2 if exp_signed else 1, MAX_EXP_WIDTH)
+        check_int("exponent offset", exp_offset)
         self.bfp = bfp
         self.mag_width = mag_width
         self.exp_width = exp_width
@@ -772,12 +766,8 @@ class BFPShifter(wiring.Component):
     """
 
     def __init__(self, in_format, bfp):
-        if not isinstance(in_format, (FloatFormat, str)):
-            raise ValueError(f"in_format must be a hw.formats.FloatFormat or a format name, "
-                             f"not {in_format!r}")
-        in_format = float_format(in_format)
-        if not isinstance(bfp, BFPFormat):
-            raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
+        in_format = float_format(check_instance("in_format", in_format, FloatFormat, alternative="a format name"))
+        check_instance("bfp", bfp, BFPFormat)
         self.in_format = in_format
         self.bfp = bfp
         self._quant = self.quantizer()

@@ -12,7 +12,7 @@ It is meant to be a *good* conventional design, not a strawman:
   (``x*x``, ``sum x*x``) and the normalize pass, where ``(x - mu) * inv * gamma + beta`` is folded
   into ``y = a x + b`` (one multiply and one add per element, ``a``, ``b`` per channel);
 * accumulation at one vector per cycle through a pipelined adder: each accumulator is a ring of
-  ``D = sim.float_golden.ring_depth(channels, block)`` interleaved partial sums per lane (a
+  ``D = hw.float_convention.ring_depth(channels, block)`` interleaved partial sums per lane (a
   small distributed RAM), ``D`` a multiple of ``G`` larger than the adder latency; the partials
   of a channel are added once per channel at the end;
 * everything per channel (partials, 1/n, mean, variance, sqrt, reciprocal, a, b, gradients,
@@ -51,14 +51,10 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.float_units import FloatAdd, FloatDiv, FloatMul, FloatSqrt, int_to_float, _fmt
-from sim.float_golden import ring_depth, fround, to_bits
+from hw.checks import check_int
+from hw.float_convention import fround, ring_depth, to_bits
 
 __all__ = ["FloatBNForward", "FloatBNBackward"]
-
-
-def _check_int(what, value, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{what} must be an integer in {lo}..{hi}, not {value!r}")
 
 
 def _neg(fmt, v):
@@ -75,9 +71,9 @@ class _FloatBNBase(wiring.Component):
         self.fmt = _fmt(fmt)
         if self.fmt.frac_bits > 23 or self.fmt.exp_bits > 8:
             raise ValueError(f"float BN baseline supports formats up to fp32, not {self.fmt.name}")
-        _check_int("block", block, 1, 64)
-        _check_int("channels", channels, 1, 4096)
-        _check_int("max-count", max_count, 1, 1 << 24)
+        check_int("block", block, 1, 64)
+        check_int("channels", channels, 1, 4096)
+        check_int("max-count", max_count, 1, 1 << 24)
         self.block, self.channels, self.max_count = block, channels, max_count
         self.groups = -(-channels // block)
         self.depth = ring_depth(channels, block)

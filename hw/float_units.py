@@ -34,15 +34,15 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.checks import check_instance
+from hw.float_convention import ADD_LATENCY, MUL_LATENCY
 from hw.formats import FloatFormat, float_format
 
 __all__ = ["FloatAdd", "FloatMul", "FloatDiv", "FloatSqrt", "float_less", "int_to_float", "round_pack"]
 
 
 def _fmt(fmt):
-    if not isinstance(fmt, (FloatFormat, str)):
-        raise ValueError(f"fmt must be a hw.formats.FloatFormat or a format name, not {fmt!r}")
-    return float_format(fmt)
+    return float_format(check_instance("fmt", fmt, FloatFormat, alternative="a format name"))
 
 
 def _lzc(m, value, width, name):
@@ -114,7 +114,7 @@ class FloatAdd(wiring.Component):
     stage. Guard/round/sticky alignment, so the result is correctly rounded (RNE). Commutative;
     ``x + (-x)`` is ``+0``."""
 
-    LATENCY = 4
+    LATENCY = ADD_LATENCY
 
     def __init__(self, fmt):
         self.fmt = _fmt(fmt)
@@ -198,7 +198,7 @@ class FloatMul(wiring.Component):
     """Pipelined float multiplier ``y = a * b``; latency ``LATENCY`` = 3 enabled cycles,
     one result per cycle, ``en`` low holds every stage."""
 
-    LATENCY = 3
+    LATENCY = MUL_LATENCY
 
     def __init__(self, fmt):
         self.fmt = _fmt(fmt)

@@ -28,9 +28,12 @@ import numbers
 from dataclasses import dataclass
 from fractions import Fraction
 
+from hw.checks import check_int
+
 __all__ = [
     "FloatFormat", "BFPFormat", "FLOAT_FORMATS", "float_format", "internal_format", "FLAG_NAMES",
-    "MIN_WIDTH", "MAX_WIDTH", "MAX_BLOCK", "BN_MAX_EXP_BITS", "check_bn_format",
+    "MIN_WIDTH", "MAX_WIDTH", "MAX_BLOCK", "BN_MAX_EXP_BITS", "check_bn_format", "C_FRAC_BITS",
+    "RUNNING_MEAN_RESET", "RUNNING_SIGMA_RESET", "running_reset_bits",
 ]
 
 #: Block flags, LSB first, in every BFP output stream.
@@ -50,10 +53,13 @@ MAX_BLOCK = 64
 #: through :func:`check_bn_format`, with its one message.
 BN_MAX_EXP_BITS = 6
 
+#: Fraction bits of the fixed-point Range-BN constant C (the ``c_scale`` register: unsigned, C < 4).
+C_FRAC_BITS = 16
 
-def _is_int(value):
-    """A plain integer: ``bool`` is an ``int`` subclass but never a valid width."""
-    return isinstance(value, int) and not isinstance(value, bool)
+#: Running statistics of the forward core after reset: mean 0, sigma_hat 1 (as PyTorch's
+#: ``running_mean = 0``, ``running_var = 1``).
+RUNNING_MEAN_RESET = 0
+RUNNING_SIGMA_RESET = 1
 
 
 @dataclass(frozen=True)
@@ -65,10 +71,8 @@ class FloatFormat:
     frac_bits: int
 
     def __post_init__(self):
-        if not _is_int(self.exp_bits) or not 2 <= self.exp_bits <= 11:
-            raise ValueError(f"float exponent bits must be an integer in 2..11, not {self.exp_bits!r}")
-        if not _is_int(self.frac_bits) or not 1 <= self.frac_bits <= 52:
-            raise ValueError(f"float fraction bits must be an integer in 1..52, not {self.frac_bits!r}")
+        check_int("float exponent bits", self.exp_bits, 2, 11)
+        check_int("float fraction bits", self.frac_bits, 1, 52)
 
     @property
     def width(self):
@@ -165,8 +169,7 @@ FLOAT_FORMATS = {
 def internal_format(frac_bits):
     """The per-channel internal float of the Range-BN units: 8 exponent bits (bias 127) and
     ``frac_bits`` fraction bits. Holds mu, sigma_hat, 1/sigma_hat, a, b, gamma, beta, gradients."""
-    if not _is_int(frac_bits) or not 4 <= frac_bits <= 23:
-        raise ValueError(f"internal float fraction bits must be an integer in 4..23, not {frac_bits!r}")
+    check_int("internal float fraction bits", frac_bits, 4, 23)
     return FloatFormat(f"e8m{frac_bits}", 8, frac_bits)
 
 
@@ -193,12 +196,9 @@ class BFPFormat:
     block: int
 
     def __post_init__(self):
-        if not _is_int(self.width) or not MIN_WIDTH <= self.width <= MAX_WIDTH:
-            raise ValueError(f"BFP width must be an integer in {MIN_WIDTH}..{MAX_WIDTH}, not {self.width!r}")
-        if not _is_int(self.exp_bits) or not 2 <= self.exp_bits <= 11:
-            raise ValueError(f"BFP exponent bits must be an integer in 2..11, not {self.exp_bits!r}")
-        if not _is_int(self.block) or not 1 <= self.block <= MAX_BLOCK:
-            raise ValueError(f"block size must be an integer in 1..{MAX_BLOCK}, not {self.block!r}")
+        check_int("BFP width", self.width, MIN_WIDTH, MAX_WIDTH)
+        check_int("BFP exponent bits", self.exp_bits, 2, 11)
+        check_int("block size", self.block, 1, MAX_BLOCK)
 
     @classmethod
     def for_float(cls, fmt, width, block):
@@ -291,3 +291,8 @@ def _round_half_even(value):
     if rest > Fraction(1, 2) or (rest == Fraction(1, 2) and floor & 1):
         floor += 1
     return floor
+
+
+def running_reset_bits(internal):
+    """``(mean, sigma_hat)`` bit patterns in the internal float ``internal`` after reset."""
+    return internal.encode(RUNNING_MEAN_RESET), internal.encode(RUNNING_SIGMA_RESET)

@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hw.formats import FloatFormat, check_bn_format, float_format
+from hw.formats import RUNNING_MEAN_RESET, RUNNING_SIGMA_RESET, FloatFormat, check_bn_format, float_format
 from sim.golden import Block, quantize_block
 from sim import golden_bn
 from sim.golden_bn import BNConfig, C_FRAC_BITS, range_scale, check_count
@@ -680,7 +680,8 @@ def finalize(cfg, stats, gamma, beta, training=True, running_mean=None, running_
 
 def running_reset(cfg):
     """Running statistics after reset (``golden_bn.running_reset``): mean 0, sigma_hat 1."""
-    return np.zeros(cfg.channels), np.ones(cfg.channels)
+    return (np.full(cfg.channels, float(RUNNING_MEAN_RESET)),
+            np.full(cfg.channels, float(RUNNING_SIGMA_RESET)))
 
 
 def update_running(cfg, running, batch):

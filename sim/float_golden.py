@@ -22,10 +22,13 @@ operands.
 The batch-norm models mirror the hardware's order of operations (including the interleaved
 partial sums of the accumulators), so the RTL must match them bit for bit; :func:`bn_forward_ref`
 and :func:`bn_backward_ref` are the plain float64 formulas the tests use for the error bound.
+The rounding (``fround``, ``to_bits``), the adder and multiplier latencies and ``ring_depth`` come
+from ``hw.float_convention``, shared with the hardware.
 """
 
 import numpy as np
 
+from hw.float_convention import ADD_LATENCY, MUL_LATENCY, check_format as _check, fround, ring_depth, to_bits
 from hw.formats import float_format
 
 __all__ = [
@@ -34,48 +37,8 @@ __all__ = [
     "ADD_LATENCY", "MUL_LATENCY",
 ]
 
-#: Pipeline depths of ``hw.float_units.FloatAdd`` / ``FloatMul`` (the golden model needs them to
-#: reproduce the accumulators' interleaving).
-ADD_LATENCY = 4
-MUL_LATENCY = 3
-
-
-def _check(fmt):
-    fmt = float_format(fmt)
-    if fmt.frac_bits > 23 or fmt.exp_bits > 8:
-        raise ValueError(f"the float64 golden model supports formats up to fp32, not {fmt.name}")
-    return fmt
-
-
-def fround(fmt, x):
-    """Round float64 values to ``fmt`` under the project convention (see the module docstring).
-    Returns float64 values that are exactly representable in ``fmt``."""
-    fmt = _check(fmt)
-    x = np.asarray(x, dtype=np.float64)
-    m, e = np.frexp(x)                      # x = m * 2**e, 0.5 <= |m| < 1
-    p = fmt.frac_bits + 1
-    r = np.ldexp(np.rint(np.ldexp(m, p)), e - p)
-    m2, e2 = np.frexp(r)
-    biased = e2 - 1 + fmt.bias
-    largest = float(fmt.max_value())
-    out = np.where(biased < 1, 0.0, r)
-    out = np.where(biased > fmt.exp_max, np.copysign(largest, r), out)
-    out = np.where(out == 0, 0.0, out)      # +0 only
-    return out
-
-
-def to_bits(fmt, x):
-    """Bit patterns (int64 array) of values already representable in ``fmt``."""
-    fmt = _check(fmt)
-    x = np.asarray(x, dtype=np.float64)
-    sign = (np.signbit(x) & (x != 0)).astype(np.int64)
-    m, e = np.frexp(np.abs(x))                  # |x| = m * 2**e, 0.5 <= m < 1
-    exp = np.where(x == 0, 0, e - 1 + fmt.bias).astype(np.int64)
-    scaled = np.ldexp(m, fmt.frac_bits + 1)
-    assert np.all(scaled == np.rint(scaled)), "value not representable"
-    assert np.all((exp >= 0) & (exp <= fmt.exp_max)), "value out of range"
-    frac = np.where(x == 0, 0, scaled.astype(np.int64) - (1 << fmt.frac_bits))
-    return (sign << (fmt.exp_bits + fmt.frac_bits)) | (exp << fmt.frac_bits) | frac
+# ``fround``, ``to_bits``, ``ring_depth`` and the latencies are the hardware's facts
+# (``hw.float_convention``); they are re-exported here so the model reads as one module.
 
 
 def from_bits(fmt, bits):
@@ -118,14 +81,6 @@ def fsqrt(fmt, a):
     """Square root; a negative operand gives 0."""
     a = np.asarray(a, np.float64)
     return fround(fmt, np.sqrt(np.maximum(a, 0.0)))
-
-
-def ring_depth(channels, block):
-    """Slots of each interleaved accumulator of ``hw.float_bn`` per lane: a multiple of the channel
-    groups ``G = ceil(channels / block)`` that is larger than the adder latency, so a slot's
-    previous sum has left the adder before the slot comes round again."""
-    groups = -(-channels // block)
-    return groups * -(-(ADD_LATENCY + 1) // groups)
 
 
 def _partial_sums(fmt, values, groups, depth):

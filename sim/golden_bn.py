@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from hw.formats import BFPFormat, FloatFormat, check_bn_format, internal_format
+from hw.formats import C_FRAC_BITS, BFPFormat, FloatFormat, check_bn_format, internal_format, running_reset_bits
 from sim.golden import Block, quantize_block
 
 __all__ = [
@@ -39,10 +39,6 @@ __all__ = [
     "forward_stats", "finalize", "normalize", "forward", "running_reset", "update_running",
     "backward_stats", "backward_finalize", "backward_dx", "backward",
 ]
-
-#: Fraction bits of the fixed-point range constant C.
-C_FRAC_BITS = 16
-
 
 def range_scale(m, cfix=1.0):
     """The Range-BN constant ``C(m) = cfix / sqrt(2 ln m)`` as an unsigned fixed-point integer with
@@ -250,8 +246,9 @@ def finalize(cfg, stat, gamma, beta, training=True, running_mean=None, running_s
 
 
 def running_reset(cfg):
-    """Running statistics after reset: mean 0, sigma_hat 1 (as PyTorch's running_var = 1)."""
-    return cfg.internal.encode(0), cfg.internal.encode(1)
+    """Running statistics after reset: mean 0, sigma_hat 1 (as PyTorch's running_var = 1); the values
+    are the hardware's (``hw.formats.RUNNING_MEAN_RESET`` / ``RUNNING_SIGMA_RESET``)."""
+    return running_reset_bits(cfg.internal)
 
 
 def update_running(cfg, running, batch):

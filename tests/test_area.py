@@ -2,6 +2,7 @@
 errors. The full runs (iCE40/ECP5, place and route, baselines) are opt-in: ``--long``."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -70,10 +71,10 @@ def test_ecp5_abc_fallback(tmp_path, monkeypatch):
     import gen.area as area
     real = area._yosys_script
 
-    def failing_abc9(target, name, vfile, net, stat, mapper="abc9"):
+    def failing_abc9(target, name, vfile, net, stat, mapper="abc9", liberty=None):
         if target == "ecp5" and mapper == "abc9":
             return "read_verilog no_such_file.v"
-        return real(target, name, vfile, net, stat, mapper)
+        return real(target, name, vfile, net, stat, mapper, liberty)
 
     monkeypatch.setattr(area, "_yosys_script", failing_abc9)
     out = tmp_path / "area"
@@ -160,3 +161,85 @@ def test_benchmark_report_and_splice(tmp_path):
     again = benchmark.splice(edited, text.replace("12 s", "13 s"))
     assert "hand text" in again and "13 s" in again and "12 s" not in again
     assert again.count(benchmark.BEGIN) == 1
+
+
+# -- asic target ----------------------------------------------------------------------------------------
+
+TINY_LIB = Path(__file__).parent / "data" / "tiny.lib"
+#: The areas written by hand into tests/data/tiny.lib.
+TINY_AREAS = {"TBUF": 4, "TINV": 3, "TNAND2": 5, "TNOR2": 7, "TDFF": 20}
+
+_TWO_REGS = """\
+module inv_reg(input clk, input [3:0] d, output reg [3:0] q);
+  always @(posedge clk) q <= ~d;
+endmodule
+module two_regs(input clk, input [3:0] a, input [3:0] b, output [3:0] x, output [3:0] y, output z);
+  inv_reg u0(.clk(clk), .d(a), .q(x));
+  inv_reg u1(.clk(clk), .d(b), .q(y));
+  assign z = ~(a[0] & b[0]);
+endmodule
+"""
+
+
+def test_liberty_cells_tiny():
+    from gen.area import liberty_cells
+    cells = liberty_cells(TINY_LIB)
+    assert {n: a for n, (a, _) in cells.items()} == TINY_AREAS
+    assert {n for n, (_, seq) in cells.items() if seq} == {"TDFF"}
+
+
+def test_asic_known_netlist(tmp_path):
+    """A netlist whose cells are known: two instances of a 4-bit inverting register (4 flip-flops
+    and 4 inverters each) and one NAND2 in the top: 2 x 4 x (20 + 3) + 5 = 189 in tiny.lib's units,
+    160 of it sequential; Yosys' own ``stat -liberty`` figure agrees."""
+    from gen.area import _unit_target
+    d = tmp_path / "two_regs"
+    d.mkdir()
+    (d / "two_regs.v").write_text(_TWO_REGS)
+    res = _unit_target({"target": "asic", "name": "two_regs", "dir": str(d), "goal": None, "pnr": False,
+                        "synth_timeout": 300, "pnr_timeout": 1, "quiet": True, "liberty": str(TINY_LIB)})
+    assert res["status"] == "ok", res
+    a = TINY_AREAS
+    assert res["area_um2"] == 2 * 4 * (a["TDFF"] + a["TINV"]) + a["TNAND2"] == 189
+    assert res["seq_um2"] == 2 * 4 * a["TDFF"] and res["logic_um2"] == 189 - 160
+    assert res["ffs"] == 8 and res["cells"] == 17 and res["unmapped"] == 0
+    assert res["yosys_area_um2"] == 189
+    parts = {p["part"]: p for p in res["breakdown"]}
+    assert parts["inv_reg"]["instances"] == 2 and parts["inv_reg"]["area_um2"] == 184
+    assert parts["(top glue)"]["area_um2"] == 5
+
+
+def test_asic_unit_tiny_liberty(tmp_path):
+    """``python -m gen area --targets asic --liberty FILE`` on a real unit: every cell is a
+    liberty cell, our sum agrees with Yosys' ``stat -liberty``, and area.md has the table."""
+    out = tmp_path / "area"
+    assert main(TINY + ["--targets", "asic", "--units", "ln_bfp_shifter", "--liberty", str(TINY_LIB),
+                        "-q", "--out", str(out)]) == 0
+    result = json.loads((out / "area.json").read_text())
+    assert result["targets"]["asic"]["library"] == "tiny_test_cells"
+    r = result["units"]["ln_bfp_shifter"]["targets"]["asic"]
+    assert r["status"] == "ok" and r["unmapped"] == 0, r
+    assert r["area_um2"] == r["yosys_area_um2"] > 0
+    assert r["seq_um2"] == TINY_AREAS["TDFF"] * r["ffs"] and r["ffs"] > 0
+    assert r["area_um2"] == round(r["logic_um2"] + r["seq_um2"], 1)
+    assert "## asic: standard cells `tiny_test_cells`" in (out / "area.md").read_text()
+
+
+def test_asic_missing_liberty(tmp_path, monkeypatch, capsys):
+    """No liberty: one line naming the package and the option, exit 2, nothing written; the
+    default targets never need it."""
+    import gen.area as area
+    monkeypatch.setattr(area, "DEFAULT_LIBERTY", str(tmp_path / "no_such.lib"))
+    monkeypatch.delenv("LIGHTNORM_LIBERTY", raising=False)
+    assert "asic" not in area.DEFAULT_TARGETS
+    out = tmp_path / "area"
+    with pytest.raises(SystemExit) as exc:
+        main(TINY + ["--targets", "asic", "-q", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1, err
+    assert "apt-get install qflow-tech-osu018" in err and "--liberty FILE" in err
+    with pytest.raises(SystemExit):
+        main(TINY + ["--targets", "asic", "--liberty", str(tmp_path / "x.lib"), "-q", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "x.lib" in err and "--liberty" in err, err
+    assert not out.exists() and not list(tmp_path.glob(".area.tmp-*"))

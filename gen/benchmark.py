@@ -307,7 +307,7 @@ def _pair_table(summary):
                      " | ".join(_fmt_ratio(r.get(f"ratio_{f}_{t}_{key}")) for t, key, _ in PAIR_COLUMNS) + " |")
     asic = summary.get("asic", "measured")
     lines += ["", f"LUT sites + DSP x {k}: each ECP5 DSP cell counted as the {k} LUT sites of a signed 18 x 18 "
-              "multiplier mapped to LUTs (`synth_ecp5 -nodsp`; `python -m gen.dsp_equiv` repeats the "
+              "multiplier mapped to LUTs (`booth; synth_ecp5 -nodsp`; `python -m gen.dsp_equiv` repeats the "
               "measurement). ASIC: `python -m gen area --targets asic` (Yosys `dfflibmap`/`abc`/`stat "
               "-liberty`)" + ("." if asic == "measured" else f"; {asic}."), ""]
     return lines
@@ -407,7 +407,7 @@ METHOD = """### Method and caveats
   carry chains and distributed RAM occupy LUT positions. DSP blocks are reported separately (the
   float baselines use them for their significand multipliers, so the LUT-site ratio flatters the
   baselines) and folded in by "LUT sites + DSP x k" (k = `gen.area.DSP_LUT_EQUIV`, the LUT sites
-  of an 18 x 18 multiplier without DSPs; a DSP that computes a narrower product replaces less, so
+  of a Booth-encoded 18 x 18 multiplier without DSPs; a DSP that computes a narrower product replaces less, so
   this column flatters LightNorm when the baseline's DSPs are not fully used).
 - ASIC: `synth` (hierarchy kept), `dfflibmap -liberty`, `abc -liberty`, `stat -liberty` with the
   liberty of `python -m gen area --targets asic` (default Debian `qflow-tech-osu018`, OSU 0.18 um

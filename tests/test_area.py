@@ -298,11 +298,14 @@ def test_benchmark_asic_yes_without_liberty(tmp_path):
 @pytest.mark.long
 def test_dsp_lut_equiv_measured():
     """k of the "LUT sites + DSP x k" columns is what ``python -m gen.dsp_equiv`` measures (about
-    30 s), and the same multiplier with DSPs allowed is one MULT18X18D."""
+    a minute), no more than the mapping without Booth encoding, and the same multiplier with
+    DSPs allowed is one MULT18X18D."""
     from gen import dsp_equiv
     from gen.area import DSP_LUT_EQUIV
     area, _ = dsp_equiv.measure()
     assert area["lut_sites"] == DSP_LUT_EQUIV and area["dsp"] == 0
+    plain, _ = dsp_equiv.measure(booth=False)
+    assert plain["lut_sites"] >= DSP_LUT_EQUIV and plain["dsp"] == 0
     with_dsp, cells = dsp_equiv.measure(nodsp=False)
     assert with_dsp["dsp"] == 1 and cells.get("MULT18X18D") == 1
 

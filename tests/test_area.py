@@ -306,7 +306,7 @@ def test_dsp_lut_equiv_measured():
     assert area["lut_sites"] == DSP_LUT_EQUIV and area["dsp"] == 0
     plain, _ = dsp_equiv.measure(booth=False)
     assert plain["lut_sites"] >= DSP_LUT_EQUIV and plain["dsp"] == 0
-    with_dsp, cells = dsp_equiv.measure(nodsp=False)
+    with_dsp, cells = dsp_equiv.measure(nodsp=False, booth=False)
     assert with_dsp["dsp"] == 1 and cells.get("MULT18X18D") == 1
 
 

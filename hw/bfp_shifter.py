@@ -703,13 +703,25 @@ class BlockQuantizer(wiring.Component):
                 lane = sr.data.lanes[k]
                 r, low_sat = lane.r, lane.low_sat
             aligned = Cat(Const(0, self.lead + 1), lane.mag)
-            # Only the guard bit and the W - 1 code bits of ``aligned >> r`` are kept; the bits
-            # above them (``big``: the truncated magnitude is 2**(W-1) or more) and below them
-            # (``sticky``) are ORed as the shifter drops them.
-            shifted, sticky, above = _shift_right_window(m, aligned, r, W, f"shifted{k}")
+            if self.x_width + 1 > W:
+                # Wide magnitudes (BFPAffine's): only the guard bit and the W - 1 code bits of
+                # ``aligned >> r`` are kept; the bits above them (``big``: the truncated magnitude
+                # is 2**(W-1) or more) and below them (``sticky``) are ORed as the shifter drops
+                # them. (ECP5, W8 B16 M12 BFPAffine: 11899 -> 10187 LUT sites with stage 3 below.)
+                shifted, sticky, above = _shift_right_window(m, aligned, r, W, f"shifted{k}")
+                big = low_sat | above
+            else:
+                # Narrow magnitudes (float inputs): the whole value fits the window. A plain
+                # shift and sticky bits from comparisons of r with constants map smaller here
+                # (ECP5, W8 B16 fp10 BFPShifter: 1958 against 2891 LUT sites with the window).
+                shifted = Signal(self.x_width + 1, name=f"shifted{k}")
+                m.d.comb += shifted.eq(aligned >> r)
+                sticky = _any([aligned[j] & _gt_const(r, j)
+                               for j in range(self.lead + 1, min(self.x_width + 1, self.r_cap))])
+                big = low_sat
             lanes2.append({
                 "q": shifted[1:],
-                "big": low_sat | above,
+                "big": big,
                 "guard": shifted[0],
                 "sticky": sticky,
                 "sign": lane.sign,

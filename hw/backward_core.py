@@ -74,7 +74,10 @@ class BackwardCore(wiring.Component):
     into the output block): ``b_sel = b_max`` at the position equal to the element's chunk's saved
     argmax, ``b_min`` at its argmin, ``b_mid`` elsewhere and everywhere in a chunk with
     ``chunk_flat = 1``. The chunk is tracked with a position-in-chunk counter (``m = n >> log2 K``);
-    each lane compares the running position with the two saved positions of its channel.
+    each lane compares the running position with the two saved positions of its channel. The
+    chunk entries are read one block ahead (the row of the block after the one taken, on every
+    take), so the compares run on the offered block and only the ``b`` select is left for the
+    next stage.
 
     Storage: ``GradReduce``'s accumulator memory (``groups`` rows); per channel ``a`` (``groups``
     rows of ``B`` lanes), ``b_mid``/``b_max``/``b_min`` (the same) and, per channel and chunk,
@@ -97,8 +100,9 @@ class BackwardCore(wiring.Component):
       cycles; the last ``grads`` record leaves ``finalize_latency`` cycles after the last
       hand-over, and the dx pass opens the cycle after it.
     * dx pass: one block per cycle sustained; ``latency`` = ``2 + BFPAffine latency`` cycles from
-      a ``g`` block's acceptance to its ``dx`` block (one stage reads the coefficient memories,
-      one compares the positions and selects ``b``). ``g.ready`` is the affine pipeline's
+      a ``g`` block's acceptance to its ``dx`` block (one stage reads the ``a`` / ``b``
+      memories and registers the position compares, made on the chunk entries read one block
+      ahead; one selects ``b``). ``g.ready`` is the affine pipeline's
       ``i.ready`` (``dx.ready | ~dx.valid``): the whole dx pipeline advances together.
     * Parameters-only mode saves the whole dx pass: ``n * groups`` cycles of ``g`` input plus the
       pipeline drain (``latency`` and a few hand-over cycles; ``sim/measure_backward.py`` measures
@@ -276,10 +280,14 @@ class BackwardCore(wiring.Component):
         out_chan = Signal(range(C + 1))
 
         # --- dx counters ------------------------------------------------------------------------
+        # d_pos / d_grp: position and group of the g block taken next. n_grp / n_k /
+        # n_in_chunk: group, chunk and position-in-chunk of the block after it (the chunk-entry
+        # memory is read one block ahead, see the dx pass below).
         d_pos = Signal(pw)
         d_grp = Signal(range(max(G, 2)))
-        d_k = Signal(range(max(Kmax, 2)))
-        d_in_chunk = Signal(pw)
+        n_grp = Signal(range(max(G, 2)))
+        n_k = Signal(range(max(Kmax, 2)))
+        n_in_chunk = Signal(pw)
         d_done = Signal()               # every g block taken
         o_pos = Signal(pw)
         o_grp = Signal(range(max(G, 2)))
@@ -347,6 +355,7 @@ class BackwardCore(wiring.Component):
                     m.d.sync += [
                         in_lane.eq(0), in_grp.eq(0), in_chan.eq(0), kk.eq(0),
                         out_lane.eq(0), out_grp.eq(0), out_chan.eq(0),
+                        n_grp.eq(0), n_k.eq(0),     # FINAL reads chunk-entry row (0, 0)
                     ]
                     m.next = "FINAL"
 
@@ -403,8 +412,12 @@ class BackwardCore(wiring.Component):
                     with m.Else():
                         m.d.sync += out_lane.eq(out_lane + 1)
                     with m.If(out_chan == C - 1):
+                        # the block after (position 0, group 0): group 1, or position 1 (which is
+                        # in chunk 0: n / K >= 2)
                         m.d.sync += [
-                            d_pos.eq(0), d_grp.eq(0), d_k.eq(0), d_in_chunk.eq(0), d_done.eq(0),
+                            d_pos.eq(0), d_grp.eq(0), d_done.eq(0),
+                            n_grp.eq(1 if G > 1 else 0), n_k.eq(0),
+                            n_in_chunk.eq(0 if G > 1 else 1),
                             o_pos.eq(0), o_grp.eq(0),
                         ]
                         with m.If(params_only):
@@ -417,14 +430,20 @@ class BackwardCore(wiring.Component):
                     end_pos = (d_grp == G - 1) if G > 1 else Const(1)
                     with m.If(end_pos):
                         m.d.sync += [d_grp.eq(0), d_pos.eq(d_pos + 1)]
-                        with m.If(d_in_chunk == m_last):
-                            m.d.sync += [d_in_chunk.eq(0), d_k.eq(d_k + 1)]
-                        with m.Else():
-                            m.d.sync += d_in_chunk.eq(d_in_chunk + 1)
                         with m.If(d_pos == n_last):
                             m.d.sync += d_done.eq(1)
                     with m.Else():
                         m.d.sync += d_grp.eq(d_grp + 1)
+                    # on to the block after the new next one (past the last block: a row never used)
+                    n_end_pos = (n_grp == G - 1) if G > 1 else Const(1)
+                    with m.If(n_end_pos):
+                        m.d.sync += n_grp.eq(0)
+                        with m.If(n_in_chunk == m_last):
+                            m.d.sync += [n_in_chunk.eq(0), n_k.eq(n_k + 1)]
+                        with m.Else():
+                            m.d.sync += n_in_chunk.eq(n_in_chunk + 1)
+                    with m.Else():
+                        m.d.sync += n_grp.eq(n_grp + 1)
 
                 with m.If(self.dx.valid & self.dx.ready):
                     end_pos = (o_grp == G - 1) if G > 1 else Const(1)
@@ -452,15 +471,20 @@ class BackwardCore(wiring.Component):
         ]
 
         # --- dx pass ----------------------------------------------------------------------------
-        # Stage D1: the g block, its position and group; the coefficient memories are read for
-        # it as it is taken (read enable = the pipeline advances), so their data matches D1 and
-        # holds while the pipeline is stalled. Stage D2: each lane's a and selected b (the
-        # position compares and the b select get a cycle of their own). D1 and D2 advance with
-        # the affine pipeline, on its ``i.ready`` (``o.ready | ~o.valid``).
+        # Stage D0 (the g block offered): the chunk-entry memory's data is already that of the
+        # block's group and chunk, read one block ahead: it reads row (n_grp, n_k), the block
+        # after the one taken, on every take, and row (0, 0) throughout FINAL, so it holds the
+        # entries of the block taken next (d_pos, d_grp). Each lane compares d_pos with its
+        # argmax / argmin there. Stage D1: the g block, its group and the lanes' two compare
+        # results; the a and b memories are read for it as it is taken (read enable = the
+        # pipeline advances), so their data matches D1 and holds while the pipeline is stalled.
+        # Stage D2: each lane's a and selected b (the b select alone on its path). D1 and D2
+        # advance with the affine pipeline, on its ``i.ready`` (``o.ready | ~o.valid``).
         d1_valid = Signal()
         d1_block = Signal(bfp.block_layout())
-        d1_pos = Signal(pw)
         d1_grp = Signal(range(max(G, 2)))
+        d1_at_max = Signal(B)
+        d1_at_min = Signal(B)
         d2_valid = Signal()
         d2_block = Signal(bfp.block_layout())
         d2_a = Signal(data.ArrayLayout(f.width, B))
@@ -472,14 +496,14 @@ class BackwardCore(wiring.Component):
         m.d.comb += [
             self.g.ready.eq(in_fx & ~d_done & d1_ready),
             take.eq(self.g.valid & self.g.ready),
-            a_rd.en.eq(d1_ready), b_rd.en.eq(d1_ready), c_rd.en.eq(d1_ready),
-            a_rd.addr.eq(d_grp), b_rd.addr.eq(d_grp), c_rd.addr.eq(cmem_addr(d_grp, d_k)),
+            a_rd.en.eq(d1_ready), b_rd.en.eq(d1_ready),
+            a_rd.addr.eq(d_grp), b_rd.addr.eq(d_grp),
+            c_rd.en.eq(take | ~in_fx), c_rd.addr.eq(cmem_addr(n_grp, n_k)),
         ]
         with m.If(advance):
             m.d.sync += [
                 d1_valid.eq(take),
                 d1_block.eq(self.g.payload),
-                d1_pos.eq(d_pos),
                 d1_grp.eq(d_grp),
                 d2_valid.eq(d1_valid),
                 d2_block.eq(d1_block),
@@ -489,9 +513,10 @@ class BackwardCore(wiring.Component):
         for lane in range(B):
             ce = c_rd.data[lane]
             bs = b_rd.data[lane]
-            at_max = ~ce.flat & (d1_pos == ce.argmax)
-            at_min = ~ce.flat & (d1_pos == ce.argmin)
-            b_sel = Mux(at_max, bs.b_max, Mux(at_min, bs.b_min, bs.b_mid))
+            with m.If(advance):
+                m.d.sync += [d1_at_max[lane].eq(~ce.flat & (d_pos == ce.argmax)),
+                             d1_at_min[lane].eq(~ce.flat & (d_pos == ce.argmin))]
+            b_sel = Mux(d1_at_max[lane], bs.b_max, Mux(d1_at_min[lane], bs.b_min, bs.b_mid))
             with m.If(advance):
                 if (G - 1) * B + lane >= C:            # a padding lane of the last group
                     keep = d1_grp != G - 1

@@ -103,12 +103,13 @@ def edge_blocks(cfg, n, rng, offset=0):
     bfp, B = cfg.bfp, cfg.bfp.block
     m = max(1, n // cfg.chunks)
     cmax = bfp.code_max
+    emax = bfp.exp_max              # >= 3 (two exponent bits): exponents above it are clamped
     out = []
     for p in range(n):
         k = p // m
         for g in range(cfg.groups):
             kind = EDGE_KINDS[(g + offset) % len(EDGE_KINDS)]
-            e = 4
+            e = min(4, emax)
             if kind == "flat":
                 codes = [1 + (l % cmax) for l in range(B)]
                 e = min(bfp.exp_max, 15)
@@ -122,7 +123,7 @@ def edge_blocks(cfg, n, rng, offset=0):
                 codes = [1 + ((k + l) % cmax) for l in range(B)]
                 e = 3
             elif kind == "two":
-                e = 5 if p % 2 else 4
+                e = min(5, emax) if p % 2 else min(4, emax) - (emax < 5)
                 codes = [min(cmax, 1 if p % 2 else 2) * (1 if l % 2 else -1) for l in range(B)]
             elif kind == "sat":
                 e = bfp.exp_max
@@ -238,7 +239,9 @@ class BackwardPlan:
         """One command over the tensors ``x`` and ``g`` (block streams); the saved records come
         from the golden forward pass of ``x`` with ``gamma``, ``beta`` (random by default) and C
         ``c_scale`` (default ``range_scale(n / K)`` with CFIX 1 or 0.540208 at random)."""
-        from sim.bench import pack
+        from sim.bench import check_blocks, pack
+        check_blocks(self.bfp, x, f"{tag} (x)")
+        check_blocks(self.bfp, g, f"{tag} (g)")
         n = len(x) // self.cfg(K).groups
         if c_scale is None:
             c_scale = gbn.range_scale(n // K, float(self.rng.choice([1.0, 0.540208])))

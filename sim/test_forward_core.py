@@ -112,6 +112,7 @@ def edge_blocks(cfg, n, rng):
     (repeated extreme values), two-valued, saturated codes at the largest exponent, zeros,
     alternating sign at tiny exponents. Every chunk repeats the pattern so ties span chunks."""
     bfp, B = cfg.bfp, cfg.bfp.block
+    cmax, e4 = bfp.code_max, min(4, bfp.exp_max)        # every width from 2, every exponent field
     rows = []
     kinds = ("flat", "ties", "two", "sat", "zero", "tiny", "random")
     for p in range(n):
@@ -119,11 +120,11 @@ def edge_blocks(cfg, n, rng):
         for c in range(cfg.channels):
             kind = kinds[c % len(kinds)]
             if kind == "flat":
-                v = (3, bfp.exp_max // 2)
+                v = (min(3, cmax), bfp.exp_max // 2)
             elif kind == "ties":
-                v = ((bfp.code_max, 4) if p % 3 == 0 else (-bfp.code_max, 4) if p % 3 == 1 else (1, 4))
+                v = ((cmax, e4) if p % 3 == 0 else (-cmax, e4) if p % 3 == 1 else (1, e4))
             elif kind == "two":
-                v = (1, 2) if p % 2 else (2, 1)      # equal values with different exponents
+                v = (1, 2) if p % 2 else (min(2, cmax), 1)  # equal values, different exponents (W >= 3)
             elif kind == "sat":
                 v = ((bfp.code_max if p % 2 else -bfp.code_max), bfp.exp_max)
             elif kind == "zero":
@@ -183,6 +184,13 @@ def permute_within_chunks(cfg, blocks, K, rng):
     return [blocks[p * G + g] for p in order for g in range(G)]
 
 
+def _whole_chunks(rows, K):
+    """``rows`` repeated cyclically to the smallest count >= ``len(rows)`` that is a multiple of
+    ``K`` and at least ``2 K`` (a valid n for any K, also when there are fewer rows than K)."""
+    n = max(2 * K, -(-len(rows) // K) * K)
+    return [rows[i % len(rows)] for i in range(n)]
+
+
 class Step(dict):
     """One command of the plan: ``cmd`` (dict), ``bad``, ``x`` (blocks in stream order, both passes),
     ``params`` (records), ``y`` / ``stats`` (expected), ``elements`` (y lanes checked), ``tag``."""
@@ -237,6 +245,8 @@ class Planner:
         """A good command over ``blocks``; ``load``: {channel: (mean bits, sigma bits)}; ``cfix``:
         the constant of C (default: 1 or Banner's 0.540208 at random); ``c_scale``: the command's
         C field itself (``range_scale`` of some ``cfix`` in (0, 4)), overriding ``cfix``."""
+        from sim.bench import check_blocks
+        check_blocks(self.bfp, blocks, tag)
         cfg0 = self.cfg(K)
         n = len(blocks) // cfg0.groups
         if c_scale is None:
@@ -343,15 +353,17 @@ class Planner:
         unexercised (fault injection survivors of the pipelined netlist, docs/verification.md):
 
         * C = c_scale at every power of two 2**0 .. 2**17 on channels whose range R is a power of
-          two: the product C R that finalize normalizes has its leading one at every bit of the
-          window with nothing below it (the leading-zero count of the LD step); plus random C.
+          two (alternating codes 0 and ``2**min(2, W-2)``): the product C R that finalize
+          normalizes has its leading one at every bit of the window with nothing below it (the
+          leading-zero count of the LD step); plus random C.
           The rest of the plan only uses ``range_scale`` of cfix 1 and 0.540208 (nine values).
         * y at the bottom of the BFP exponent range: y = x (inference, a = 1, b = 0) with x at
-          shared exponents 1..8, one lane of the group the block maximum at a time (the shared
+          shared exponents 1..min(8, exp_max), one lane of the group the block maximum at a time (the shared
           exponent's clamp to 1 against keys of exponents 2..4).
         * y = a x + b cancelling to a small exact residue in one lane at a time (the block
-          maximum): a x = 48 with x = 1.0 written as codes 4, 2, 1 at exponents 15, 16, 17 (the
-          product's field moves against b's), b = -48 + 2**k / 8, so the residue's leading one
+          maximum): a x = 48 with x = 1.0 written as codes ``2**(W-2) >> s`` at exponents
+          ``bias + s`` for every s the width and the exponent field allow (the product's field
+          moves against b's), b = -48 + 2**k / 8, so the residue's leading one
           walks over the low bits of the window (the leading-one position of the quantizer key).
         * internal-float overflow: gamma = the largest value on channels with a tiny range
           (a = gamma / sigma overflows), and in inference sigma loaded as 0, negative (sigma not
@@ -363,9 +375,10 @@ class Planner:
         rng = np.random.default_rng(12345)
         # --- C at every power of two, R a power of two ---------------------------------------
         n = 2 * K
+        r_code = 1 << min(2, bfp.width - 2)     # 4 from W = 4 on; a power of two at every width
         rows = []
         for p in range(n):
-            rows.append([(4 if p % 2 else 0, 1 + (3 * c) % (bfp.exp_max - 1)) for c in range(C)])
+            rows.append([(r_code if p % 2 else 0, 1 + (3 * c) % (bfp.exp_max - 1)) for c in range(C)])
         blocks = []
         for p in range(n):
             for g in range(G):
@@ -383,15 +396,16 @@ class Planner:
             cs = int(rng.integers(1, 1 << 18))
             self.good(self.tensor("random", 2 * K, K), K, c_scale=cs, tag=f"random c_scale = {cs}")
         # --- y at shared exponents 1..8, one lane the block maximum ----------------------------
-        rows = [(e, q) for q in (bfp.code_max, 1 << (bfp.width - 2)) for e in range(1, 9)]
-        rows = rows[:len(rows) - len(rows) % K]
+        rows = _whole_chunks([(e, q) for q in (bfp.code_max, 1 << (bfp.width - 2))
+                              for e in range(1, min(8, bfp.exp_max) + 1)], K)
         for lane in range(B):
             self._inference_exact(self._lane_blocks(K, {lane}, rows), K, gamma=[f.encode(1.0)] * C,
-                                  beta=[0] * C, tag=f"y at shared exponents 1..8 in lane {lane}")
+                                  beta=[0] * C, tag=f"y at shared exponents 1..{rows[-1][0]} in lane {lane}")
         # --- small exact residues of a x + b, one lane the block maximum -----------------------
         x0 = 1 << (bfp.width - 2)
-        reps = [(bfp.bias + s, x0 >> s) for s in range(bfp.width - 1)]      # x = 1.0 three ways
-        rows = (reps * K)[:max(2 * K, len(reps) + (-len(reps)) % K)]
+        reps = [(bfp.bias + s, x0 >> s)                                     # x = 1.0 several ways
+                for s in range(min(bfp.width - 1, bfp.exp_max - bfp.bias + 1))]
+        rows = _whole_chunks(reps, K)
         for lane in range(B):
             for k in range(0, 8, 3):
                 gam = [f.encode(48.0) if c % B == lane else 0 for c in range(C)]
@@ -416,7 +430,8 @@ class Planner:
                                       tag=f"jammed b tie in lane {lane}: {sign * g_val} + {b_val}")
         # --- internal-float overflow ----------------------------------------------------------
         gmax = f.pack(0, f.exp_max, (1 << f.frac_bits) - 1)
-        tiny = [Block(1, [(1 if (p + l) % 2 else -1) * (1 + (p * 3 + l) % 3) for l in range(B)], _NO_FLAGS)
+        tiny = [Block(1, [(1 if (p + l) % 2 else -1) * min(bfp.code_max, 1 + (p * 3 + l) % 3)
+                          for l in range(B)], _NO_FLAGS)
                 for p in range(2 * K) for _g in range(G)]
         self.good(tiny, K, gamma=[gmax] * C, beta=[f.encode(0.5)] * C, tag="overflow: gamma = max, tiny range")
         sig = [f.encode(0.0), f.encode(-1.0), f.encode(2.0 ** -100), f.encode(1.0), f.encode(2.0 ** -120)]

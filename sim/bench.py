@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 
 __all__ = [
-    "flatten", "pack", "unpack", "to_signed", "check_blocks", "config",
+    "flatten", "pack", "unpack", "to_signed", "check_blocks", "check_count", "fit_count", "config",
     "start_clock_and_reset", "CycleCounter", "StreamBus", "StreamSource", "StreamSink",
     "StreamMonitor", "StreamBench", "Transfer",
     "run_cocotb", "verilator_path", "REPO_ROOT", "SIM_BUILD_ROOT",
@@ -131,6 +131,22 @@ def check_blocks(bfp, blocks, what):
             raise ValueError(f"stimulus {what!r}: block {i} (exponent {e}, codes {list(codes)}) is not a "
                              f"W={bfp.width} B={bfp.block} block (codes in -{bfp.code_max}..{bfp.code_max}, "
                              f"exponent in 0..{bfp.exp_max})")
+
+
+def check_count(n, K, max_count, what):
+    """Raise ``ValueError`` naming ``what`` unless ``n`` is a count the hardware accepts with ``K``
+    chunks (a multiple of K, ``n / K >= 2``, ``n <= max_count``): a good command of a plan whose
+    count broke these rules would be dropped with ``count_error`` instead of being checked."""
+    if n % K or n < 2 * K or n > max_count:
+        raise ValueError(f"stimulus {what!r}: count {n} with K = {K} is not a good command "
+                         f"(a multiple of K in {2 * K}..{max_count})")
+
+
+def fit_count(n, K, max_count):
+    """The count a plan step asks for (``n``) made a good one: a multiple of ``K``, at least
+    ``2 K``, at most ``max_count`` (the generator guarantees ``max_count >= 2 K``)."""
+    n = max(2 * K, min(n, max_count))
+    return n - n % K
 
 
 def unpack(shape, bits):

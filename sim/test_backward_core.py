@@ -19,6 +19,7 @@ import numpy as np
 
 from hw.formats import float_format
 from sim import golden_bn as gbn
+from sim.bench import fit_count
 from sim.golden import Block, float_to_bfp
 
 __all__ = ["BackwardPlan", "Step", "saved_record", "activations", "to_blocks", "random_blocks",
@@ -239,10 +240,11 @@ class BackwardPlan:
         """One command over the tensors ``x`` and ``g`` (block streams); the saved records come
         from the golden forward pass of ``x`` with ``gamma``, ``beta`` (random by default) and C
         ``c_scale`` (default ``range_scale(n / K)`` with CFIX 1 or 0.540208 at random)."""
-        from sim.bench import check_blocks, pack
+        from sim.bench import check_blocks, check_count, pack
         check_blocks(self.bfp, x, f"{tag} (x)")
         check_blocks(self.bfp, g, f"{tag} (g)")
         n = len(x) // self.cfg(K).groups
+        check_count(n, K, self.p.max_count, tag)
         if c_scale is None:
             c_scale = gbn.range_scale(n // K, float(self.rng.choice([1.0, 0.540208])))
         cfg = self.cfg(K, c_scale)
@@ -272,6 +274,7 @@ class BackwardPlan:
         return step
 
     def tensor(self, kind, n, K, **kw):
+        n = fit_count(n, K, self.p.max_count)
         cfg = self.cfg(K)
         if kind == "random":
             return random_blocks(cfg, n, self.rng, **kw)
@@ -486,7 +489,7 @@ class BackwardPlan:
         if K > 1:
             k2 = K // 4 if K >= 4 else 1
             for kk in sorted({1, k2, K // 2}):
-                n = kk * 6
+                n = fit_count(kk * 6, kk, p.max_count)
                 self.good(self.tensor("relu", n, kk), self.tensor("grad", n, kk), kk,
                           tag=f"run-time K = {kk} below max")
         n_po = min(p.max_count, 64 * K)

@@ -14,6 +14,7 @@ import numpy as np
 from hw.formats import BFPFormat, float_format
 from sim.golden import Block, float_to_bfp
 from sim import golden_bn as gbn
+from sim.bench import fit_count
 
 __all__ = ["DISTRIBUTIONS", "activations", "to_blocks", "channel_params"]
 
@@ -184,10 +185,11 @@ def permute_within_chunks(cfg, blocks, K, rng):
     return [blocks[p * G + g] for p in order for g in range(G)]
 
 
-def _whole_chunks(rows, K):
+def _whole_chunks(rows, K, max_count):
     """``rows`` repeated cyclically to the smallest count >= ``len(rows)`` that is a multiple of
-    ``K`` and at least ``2 K`` (a valid n for any K, also when there are fewer rows than K)."""
-    n = max(2 * K, -(-len(rows) // K) * K)
+    ``K`` and at least ``2 K`` (a valid n for any K, also when there are fewer rows than K), cut
+    to ``max_count``."""
+    n = fit_count(-(-len(rows) // K) * K, K, max_count)
     return [rows[i % len(rows)] for i in range(n)]
 
 
@@ -245,10 +247,11 @@ class Planner:
         """A good command over ``blocks``; ``load``: {channel: (mean bits, sigma bits)}; ``cfix``:
         the constant of C (default: 1 or Banner's 0.540208 at random); ``c_scale``: the command's
         C field itself (``range_scale`` of some ``cfix`` in (0, 4)), overriding ``cfix``."""
-        from sim.bench import check_blocks
+        from sim.bench import check_blocks, check_count
         check_blocks(self.bfp, blocks, tag)
         cfg0 = self.cfg(K)
         n = len(blocks) // cfg0.groups
+        check_count(n, K, self.p.max_count, tag)
         if c_scale is None:
             if cfix is None:
                 cfix = float(self.rng.choice([1.0, 0.540208]))
@@ -276,6 +279,7 @@ class Planner:
         return step
 
     def tensor(self, kind, n, K):
+        n = fit_count(n, K, self.p.max_count)
         cfg = self.cfg(K)
         if kind == "random":
             return random_blocks(cfg, n, self.rng)
@@ -397,7 +401,7 @@ class Planner:
             self.good(self.tensor("random", 2 * K, K), K, c_scale=cs, tag=f"random c_scale = {cs}")
         # --- y at shared exponents 1..8, one lane the block maximum ----------------------------
         rows = _whole_chunks([(e, q) for q in (bfp.code_max, 1 << (bfp.width - 2))
-                              for e in range(1, min(8, bfp.exp_max) + 1)], K)
+                              for e in range(1, min(8, bfp.exp_max) + 1)], K, self.p.max_count)
         for lane in range(B):
             self._inference_exact(self._lane_blocks(K, {lane}, rows), K, gamma=[f.encode(1.0)] * C,
                                   beta=[0] * C, tag=f"y at shared exponents 1..{rows[-1][0]} in lane {lane}")
@@ -405,7 +409,7 @@ class Planner:
         x0 = 1 << (bfp.width - 2)
         reps = [(bfp.bias + s, x0 >> s)                                     # x = 1.0 several ways
                 for s in range(min(bfp.width - 1, bfp.exp_max - bfp.bias + 1))]
-        rows = _whole_chunks(reps, K)
+        rows = _whole_chunks(reps, K, self.p.max_count)
         for lane in range(B):
             for k in range(0, 8, 3):
                 gam = [f.encode(48.0) if c % B == lane else 0 for c in range(C)]
@@ -460,11 +464,14 @@ class Planner:
         self.good(self.tensor("edge", 2 * K, K), K, training=False, tag="inference after a dropped command")
         n_edge = min(p.max_count, max(2 * K, 16 * K))
         self.good(self.tensor("edge", n_edge, K), K, tag="edge data")
+        mc = p.max_count
         self.good(flat_lanes(self.cfg(K), 2 * K, K), K, tag="every channel flat, distinct constants")
-        self.good(flat_lanes(self.cfg(K), 4 * K, K, step=True), K, tag="flat per chunk, distinct constants")
+        self.good(flat_lanes(self.cfg(K), fit_count(4 * K, K, mc), K, step=True), K,
+                  tag="flat per chunk, distinct constants")
         k = K // 2      # the read port has one max == min compare per possible last chunk
         while k >= 1:
-            self.good(flat_lanes(self.cfg(k), 4 * k, k, step=True), k, tag=f"flat per chunk, K = {k}")
+            self.good(flat_lanes(self.cfg(k), fit_count(4 * k, k, mc), k, step=True), k,
+                      tag=f"flat per chunk, K = {k}")
             k //= 2
         # huge gamma: a = gamma / sigma_hat overflows the internal float on narrow-range channels
         f = self.f

@@ -397,8 +397,8 @@ class BackwardPlan:
                   tag="skewed g (dx carries)")
 
     def dx_residues(self):
-        """dx lanes that are pure rounding residues, one target lane at a time (every lane of every
-        group): x makes sigma and 1 / sigma powers of two (chunks alternate codes 0 and 1, C = 1), so
+        """dx lanes that are pure rounding residues, one target lane at a time (every lane that holds a
+        channel): x makes sigma and 1 / sigma powers of two (chunks alternate codes 0 and 1, C = 1), so
         ``a = gamma / sigma`` is exact; g is the constant code ``code_max``, so ``gbar = g`` and
         ``dx = a g + rnd(-a g)``: the rounding error of the product ``code_max * ma``. gamma's
         fraction is solved so that the error is one product LSB: the lane's window holds a lone 1
@@ -434,8 +434,9 @@ class BackwardPlan:
         base = Fraction((1 << M) + frac, 1 << M) * sigma     # a = gamma / sigma = 1.frac
         x = self._blocks(n, K, lambda pos, chans: (ex, [pos % 2] * len(chans)))
         g = self._blocks(n, K, lambda pos, chans: (eg, [q] * len(chans)))
-        for lane in range(B):
-            for partner in (None, (lane + 1) % B):
+        lanes = min(B, self.C)          # lanes past the channels are padding
+        for lane in range(lanes):
+            for partner in (None, (lane + 1) % lanes):
                 if partner == lane:
                     continue
                 gamma = []

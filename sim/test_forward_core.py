@@ -294,11 +294,12 @@ class Planner:
         operand of the lane's window and ``a X0 + beta`` carries into the window's top bit, an exact
         power of two. A partner lane with y = beta' = 2**(W-1) T sets the block's code LSB to 2 T,
         so the target is an exact tie whose guard bit is that carry bit, with nothing below it
-        (rounds to even: 0). Every lane of every group is the target once."""
+        (rounds to even: 0). Every lane that holds a channel is the target once (padding lanes carry none)."""
         from fractions import Fraction
         K, f, bfp = self.Kmax, self.f, self.bfp
         B, M, W = bfp.block, f.frac_bits, bfp.width
-        if B < 2:
+        lanes = min(B, self.C)          # lanes that hold a channel in some group
+        if lanes < 2:
             return
         n, ex = 2 * K, max(0, bfp.exp_max - 2)
         x0 = 1 << max(0, W - 2)
@@ -324,8 +325,8 @@ class Planner:
         beta_t = f.encode(T - ax0)
         if f.decode(beta_t) != T - ax0:
             return
-        for lane in range(B):
-            partner = (lane + 1) % B
+        for lane in range(lanes):
+            partner = (lane + 1) % lanes
             gamma = [gamma_bits if c % B == lane else 0 for c in range(self.C)]
             beta = [beta_t if c % B == lane else f.encode(T * (1 << (W - 1))) if c % B == partner else 0
                     for c in range(self.C)]
@@ -402,7 +403,7 @@ class Planner:
         # --- y at shared exponents 1..8, one lane the block maximum ----------------------------
         rows = _whole_chunks([(e, q) for q in (bfp.code_max, 1 << (bfp.width - 2))
                               for e in range(1, min(8, bfp.exp_max) + 1)], K, self.p.max_count)
-        for lane in range(B):
+        for lane in range(min(B, C)):    # lanes past the channels are padding
             self._inference_exact(self._lane_blocks(K, {lane}, rows), K, gamma=[f.encode(1.0)] * C,
                                   beta=[0] * C, tag=f"y at shared exponents 1..{rows[-1][0]} in lane {lane}")
         # --- small exact residues of a x + b, one lane the block maximum -----------------------
@@ -410,7 +411,7 @@ class Planner:
         reps = [(bfp.bias + s, x0 >> s)                                     # x = 1.0 several ways
                 for s in range(min(bfp.width - 1, bfp.exp_max - bfp.bias + 1))]
         rows = _whole_chunks(reps, K, self.p.max_count)
-        for lane in range(B):
+        for lane in range(min(B, C)):    # lanes past the channels are padding
             for k in range(0, 8, 3):
                 gam = [f.encode(48.0) if c % B == lane else 0 for c in range(C)]
                 bet = [f.encode(-48.0 + 2.0 ** k / 8) if c % B == lane else 0 for c in range(C)]
@@ -424,7 +425,7 @@ class Planner:
         # it: 52 = 6.5 LSBs of 8 rounds to even 48, the exact value 52 + 2**-7 rounds up to 56;
         # in the subtracting case -60 + 2**-7 rounds to -56, -60 would round to -64).
         x1 = [(bfp.bias, x0), (bfp.bias, -x0)]
-        for lane in range(B):
+        for lane in range(min(B, C)):    # lanes past the channels are padding
             for sign, g_val, e_b in ((1, 50.0, 1), (1, 51.0, 0), (-1, 62.0, 1), (-1, 61.0, 0)):
                 b_val = 2.0 ** e_b * (1 + 2.0 ** -f.frac_bits)
                 rows = [x1[0] if sign > 0 else x1[1]] * (2 * K)

@@ -1,0 +1,200 @@
+"""Every advertised parameter works: a sweep over the whole parameter range of the generator, bit
+for bit against the golden model (issue 16).
+
+Points (:data:`FORWARD`, :data:`BACKWARD`, :data:`SHIFTER`): every width W = 2..16 once per unit,
+block sizes 1, 2, 3, 63 and 64, one channel and ``channels = B + 1``, K = 1 and the largest K (64),
+``max_count`` at its lower limit 2 K, every named input format, custom formats with 2-, 3-, 5- and
+6-bit exponents, and internal fraction bits at both ends (4 and 23). The points of W = 4, 8 and 12
+are entries of the per-unit default matrices (``tests/test_forward_core.py``,
+``tests/test_backward_core.py``), so their Verilator builds are shared with those tests.
+
+Default run: the directed plan of each point (every ``Planner`` / ``BackwardPlan`` step, which
+depends on the configuration only) plus a few random commands (:data:`ELEMENTS`), and for the
+shifter its directed blocks plus :data:`SHIFTER_BLOCKS` random ones. ``--long``: the full element
+counts of the per-unit regressions (10**5 per core point, 1000 random shifter blocks) and the
+points kept out of the default run for their build time (:data:`LONG_FORWARD`,
+:data:`LONG_BACKWARD`: the second large block size of each core).
+
+The plan builders are also run without a simulator for every point
+(``test_plans_fit_the_configuration``): every directed block must be a block of the configuration
+and every good command's count a count the hardware accepts (``sim.bench.check_blocks``,
+``check_count``); that check is how the width-3 failure of the issue was traced to the bench (a
+literal code 4 in a 3-bit lane packs as -4).
+"""
+
+import pytest
+
+from tests.test_backward_core import _label, _params, run_backward
+from tests.test_forward_core import DEFAULT_MATRIX as FORWARD_MATRIX, _check, _report, run_forward_bench
+from tests.test_backward_core import DEFAULT_MATRIX as BACKWARD_MATRIX
+
+#: y lanes (forward) or n * channels (backward) of random commands after the directed plan.
+ELEMENTS = 2000
+LONG_ELEMENTS = 100_000
+SHIFTER_BLOCKS = 200
+LONG_SHIFTER_BLOCKS = 1000
+
+
+def _pt(width, block, chunks, channels, in_format, frac=None, max_count=None):
+    d = {"width": width, "block": block, "chunks": chunks, "channels": channels, "in_format": in_format}
+    if frac is not None:
+        d["internal_frac_bits"] = frac
+    if max_count is not None:
+        d["max_count"] = max_count
+    return d
+
+
+def _main(matrix, width):
+    """The first entry of a per-unit default matrix with this width (its build is shared)."""
+    return dict(next(e for e in matrix if e["width"] == width))
+
+
+#: Forward core points: one per width; the comment names the edges a point takes.
+FORWARD = [
+    _pt(2, 64, 1, 1, "e5m2"),                       # W min, B max, one channel, K = 1
+    _pt(3, 3, 64, 4, "e4m3", max_count=128),        # K max with max_count = 2 K, C = B + 1
+    _main(FORWARD_MATRIX, 4),
+    _pt(5, 1, 2, 2, "fp16", frac=23),               # B = 1, C = B + 1, frac max
+    _pt(6, 2, 8, 3, "fp15", frac=4),                # frac min, C = B + 1
+    _pt(7, 3, 1, 1, "e6m3"),                        # custom 6-bit exponent
+    _main(FORWARD_MATRIX, 8),
+    _pt(9, 2, 64, 1, "e5m7", max_count=256),        # custom 5-bit exponent, K max
+    _pt(10, 1, 1, 2, "e4m3", frac=23),
+    _pt(11, 3, 4, 4, "e3m4", frac=4),               # 3-bit exponent field
+    _main(FORWARD_MATRIX, 12),
+    _pt(13, 2, 16, 3, "fp16"),
+    _pt(14, 1, 64, 1, "fp15", frac=23, max_count=128),
+    _pt(15, 3, 2, 4, "e2m3", frac=4),               # 2-bit exponent field (exp_max = 3)
+    _pt(16, 2, 1, 3, "fp10", frac=23),              # W max
+]
+#: Backward core points: the same edges, the large block on another width.
+BACKWARD = [
+    _pt(2, 2, 64, 3, "e2m1", max_count=128),
+    _pt(3, 63, 1, 1, "e5m2"),                       # B = 63, one channel
+    _main(BACKWARD_MATRIX, 4),
+    _pt(5, 3, 1, 4, "e6m3", frac=23),
+    _pt(6, 1, 64, 1, "fp15", max_count=128),
+    _pt(7, 2, 2, 3, "fp16", frac=4),
+    _main(BACKWARD_MATRIX, 8),
+    _pt(9, 1, 1, 2, "e4m3", frac=4),
+    _pt(10, 3, 8, 4, "e5m7"),
+    _pt(11, 2, 64, 1, "e3m4", max_count=128),
+    _main(BACKWARD_MATRIX, 12),
+    _pt(13, 1, 4, 2, "fp10", frac=23),
+    _pt(14, 3, 1, 1, "e4m3", frac=4),
+    _pt(15, 2, 16, 3, "e2m3", frac=23),
+    _pt(16, 3, 2, 4, "fp16", frac=4),
+]
+#: Kept for --long: the other large block size of each core (Verilator builds of minutes).
+LONG_FORWARD = [_pt(3, 63, 64, 64, "fp10", max_count=128)]
+LONG_BACKWARD = [_pt(2, 64, 64, 65, "e5m2", max_count=128)]
+
+#: Shifter points: every width, every block edge, every named format and custom ones, BFP
+#: exponents narrower than the input's.
+SHIFTER = [
+    {"width": 2, "block": 64, "in_format": "e5m2"},
+    {"width": 3, "block": 1, "in_format": "e4m3"},
+    {"width": 4, "block": 63, "in_format": "fp15"},
+    {"width": 5, "block": 2, "in_format": "e2m1"},
+    {"width": 6, "block": 3, "in_format": "e6m3"},
+    {"width": 7, "block": 64, "in_format": "fp10"},
+    {"width": 8, "block": 1, "in_format": "bf16", "exp_bits": 6},
+    {"width": 9, "block": 2, "in_format": "fp16"},
+    {"width": 10, "block": 3, "in_format": "e5m7"},
+    {"width": 11, "block": 63, "in_format": "e3m4"},
+    {"width": 12, "block": 1, "in_format": "fp32"},
+    {"width": 13, "block": 2, "in_format": "e2m3"},
+    {"width": 14, "block": 3, "in_format": "fp16", "exp_bits": 4},
+    {"width": 15, "block": 2, "in_format": "e6m9"},
+    {"width": 16, "block": 64, "in_format": "fp15"},
+]
+
+
+def _id(e):
+    return "-".join(f"{k[:5]}{v}" if k != "in_format" else str(v) for k, v in e.items())
+
+
+def _long(entries):
+    return [pytest.param(e, marks=pytest.mark.long, id=_id(e)) for e in entries]
+
+
+def test_sweep_covers_every_parameter():
+    """The points above do visit what the issue asks for (so an edit cannot drop one silently)."""
+    from gen.units import LIMITS, Params
+    from hw.formats import FLOAT_FORMATS
+    lo_w, hi_w = LIMITS["width"]
+    lo_f, hi_f = LIMITS["internal_frac_bits"]
+    for name, points in (("forward", FORWARD + LONG_FORWARD), ("backward", BACKWARD + LONG_BACKWARD)):
+        ps = [Params(**e) for e in points]
+        assert sorted(p.width for p in ps[:15]) == list(range(lo_w, hi_w + 1)), name
+        assert {1, 2, 3, 63, 64} <= {p.block for p in ps}, name
+        assert {1, 64} <= {p.chunks for p in ps}, name
+        assert 1 in {p.channels for p in ps} and any(p.channels == p.block + 1 for p in ps), name
+        assert any(p.max_count == 2 * p.chunks for p in ps), name
+        assert {lo_f, hi_f} <= {p.frac_bits for p in ps}, name
+        assert {2, 3, 4, 5, 6} <= {p.bfp.exp_bits for p in ps}, name
+    named = {n for n, f in FLOAT_FORMATS.items() if f.exp_bits <= 6}
+    assert named <= {e["in_format"] for e in FORWARD} | {e["in_format"] for e in BACKWARD}
+    assert any(e["in_format"] not in FLOAT_FORMATS and Params(**e).bfp.exp_bits >= 5 for e in FORWARD)
+    assert sorted(e["width"] for e in SHIFTER) == list(range(lo_w, hi_w + 1))
+    assert {1, 2, 3, 63, 64} <= {e["block"] for e in SHIFTER}
+    assert set(FLOAT_FORMATS) <= {e["in_format"] for e in SHIFTER}
+
+
+def _plan_points():
+    out = []
+    for unit, short, long in (("forward", FORWARD, LONG_FORWARD), ("backward", BACKWARD, LONG_BACKWARD)):
+        out += [pytest.param(unit, e, id=f"{unit}-{_id(e)}") for e in short]
+        out += [pytest.param(unit, e, id=f"{unit}-{_id(e)}", marks=pytest.mark.long) for e in long]
+    return out
+
+
+@pytest.mark.parametrize("unit,entry", _plan_points())
+def test_plans_fit_the_configuration(unit, entry):
+    """Without a simulator (about a second per point): the plan of the point builds, and every
+    block and count in it is valid for its configuration (the builders raise a ValueError naming
+    the step otherwise)."""
+    from gen.units import Params
+    from sim.test_backward_core import BackwardPlan
+    from sim.test_forward_core import Planner
+    steps = (Planner if unit == "forward" else BackwardPlan)(Params(**entry), 1).build(0)
+    assert sum(not s["bad"] for s in steps) > 10
+
+
+@pytest.mark.parametrize("entry", [pytest.param(e, id=_id(e)) for e in FORWARD] + _long(LONG_FORWARD))
+def test_sweep_forward_core(entry, request):
+    long = request.config.getoption("ln_long")
+    elements = LONG_ELEMENTS if long else ELEMENTS
+    res = run_forward_bench(entry, elements, seed=3)
+    _report(entry, res)
+    _check(res, elements)
+
+
+@pytest.mark.parametrize("entry", [pytest.param(e, id=_id(e)) for e in BACKWARD] + _long(LONG_BACKWARD))
+def test_sweep_backward_core(entry, request):
+    long = request.config.getoption("ln_long")
+    elements = LONG_ELEMENTS if long else ELEMENTS
+    p = _params(entry, max_count=entry.get("max_count", 4096))
+    if "internal_frac_bits" in entry:
+        from dataclasses import replace
+        p = replace(p, internal_frac_bits=entry["internal_frac_bits"])
+    result = run_backward(p, elements, seed=sum(ord(ch) for ch in _label(p)) + 3)
+    assert result is not None
+    assert result["elements"] >= elements
+    assert result["grads_mismatches"] == 0 and result["dx_mismatches"] == 0
+
+
+@pytest.mark.parametrize("entry", [pytest.param(e, id=_id(e)) for e in SHIFTER])
+def test_sweep_bfp_shifter(entry, request):
+    from tests.test_bfp_shifter import _check as shifter_check, _run
+    from hw.bfp_shifter import BFPShifter
+    from hw.formats import BFPFormat, float_format
+    long = request.config.getoption("ln_long")
+    fmt = float_format(entry["in_format"])
+    bfp = BFPFormat(entry["width"], entry.get("exp_bits", fmt.exp_bits), entry["block"])
+    dut = BFPShifter(fmt, bfp)
+    blocks = LONG_SHIFTER_BLOCKS if long else SHIFTER_BLOCKS
+    cfg = {"unit": "shifter", "in_format": fmt.name, "width": bfp.width, "block": bfp.block,
+           "exp_bits": bfp.exp_bits, "random_blocks": blocks, "seed": 4, "summary": "summary.json"}
+    name = f"bfp_shifter_w{bfp.width}_b{bfp.block}_{fmt.name}_e{bfp.exp_bits}"
+    shifter_check(_run(cfg, dut, name), dut, random_blocks=blocks)

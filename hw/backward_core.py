@@ -10,7 +10,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.bn_layouts import (backward_cmd_layout, chunks_log2_width, count_width, grads_layout,
                            pair_layout, position_width, backward_saved_layout)
-from hw.formats import BFPFormat, FloatFormat
+from hw.formats import check_bn_args
 from hw.grad_reduce import GradReduce, RowStore
 
 __all__ = ["BackwardCore", "unit"]
@@ -108,18 +108,7 @@ class BackwardCore(wiring.Component):
     """
 
     def __init__(self, bfp, internal, channels, max_count, max_chunks):
-        if not isinstance(bfp, BFPFormat):
-            raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
-        if not isinstance(internal, FloatFormat):
-            raise ValueError(f"internal must be a hw.formats.FloatFormat, not {internal!r}")
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive integer, not {channels!r}")
-        if isinstance(max_chunks, bool) or not isinstance(max_chunks, int) or not 1 <= max_chunks <= 64 \
-                or max_chunks & (max_chunks - 1):
-            raise ValueError(f"max_chunks must be a power of two in 1..64, not {max_chunks!r}")
-        if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 2 * max_chunks:
-            raise ValueError(f"max_count must be an integer >= 2 * max_chunks = {2 * max_chunks}, "
-                             f"not {max_count!r}")
+        check_bn_args(bfp, internal, channels, max_count, max_chunks)
         self.bfp = bfp
         self.internal = internal
         self.channels = channels

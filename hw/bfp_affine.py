@@ -49,11 +49,13 @@ shared exponent clamped to ``[1, exp_max]`` (0 for an all-zero block), codes sat
 ``+-(2**(W-1) - 1)`` and raise ``sat``; ``special`` and ``flush`` are always 0.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.arith import add_const, cond_neg, fold_u, s_add, shift_right_jam, widen
 from hw.bfp_shifter import BlockQuantizer
+from hw.checks import check_instance
 from hw.formats import BFPFormat, FloatFormat
 
 __all__ = ["BFPAffine", "affine_window"]
@@ -63,223 +65,6 @@ def affine_window(bfp, internal):
     """Width ``N`` of the per-lane alignment window (see the module docstring)."""
     W, M = bfp.width, internal.frac_bits
     return max(W + M + 2, 2 * W + 2)
-
-
-# --- small combinational helpers, shared with hw.finalize ----------------------------------------
-#
-# Lint-clean arithmetic. ``gen.verilog.emit`` writes a flat netlist that must pass
-# ``verilator --lint-only -Wall`` without waivers. Yosys writes every Amaranth operator as one cell
-# whose output is a wire, constants at their shortest width, and drops plain zero/sign extensions of
-# arithmetic operands. So: both operands of an arithmetic or comparison operator have the same width
-# (``widen``; a 1-bit operand is also fine); constant operands have their top bit set at that width
-# (``add_const``, ``gt_const``, ``eq_const``); every bit of every result is used, and a value used
-# more than once (sliced) is first held in a ``Signal`` (``as_sig``: Amaranth would otherwise build
-# one cell per use). Where a result bit is provably zero (or a copy of the sign) it is folded into a
-# neighbouring bit with one gate (``fold_u``, ``fold_s``) instead of being left dangling.
-# Multiplexers are ``Mux`` trees or AND-OR selects, never ``Switch`` (a ``casez`` with overlapping
-# patterns).
-
-def as_sig(m, value, name):
-    """``value`` held in a ``Signal`` of its own shape (or ``value`` itself if it is one)."""
-    if isinstance(value, Signal):
-        return value
-    value = Value.cast(value)
-    sig = Signal(value.shape(), name=name)
-    m.d.comb += sig.eq(value)
-    return sig
-
-
-def zext(value, width):
-    """Zero-extend ``value`` to ``width`` bits (a concatenation; fine as an assignment source or a
-    multiplexer input, but an arithmetic operand needs :func:`widen`)."""
-    value = Value.cast(value)
-    assert len(value) <= width, (len(value), width)
-    return value if len(value) == width else Cat(value, Const(0, width - len(value)))
-
-
-def sext(value, width):
-    """Sign-extend ``value`` (its top bit is the sign) to ``width`` bits, as a signed value."""
-    value = Value.cast(value)
-    assert len(value) <= width, (len(value), width)
-    if len(value) == width:
-        return value.as_signed()
-    return Cat(value, value[-1].replicate(width - len(value))).as_signed()
-
-
-def widen(value, width, signed_=False):
-    """``value`` extended to ``width`` bits as an arithmetic operand. Amaranth hands a plain
-    extension to Yosys as the narrower operand (and Verilator then flags the width mismatch), so the
-    extension goes through a multiplexer that is the identity (``value != 0 ? ext(value) : 0``)."""
-    value = Value.cast(value)
-    if len(value) == width:
-        return value.as_signed() if signed_ else value.as_unsigned()
-    ext = sext(value, width) if signed_ else zext(value, width)
-    out = Mux(value.any(), ext, Const(0, width))
-    return out.as_signed() if signed_ else out.as_unsigned()
-
-
-def s_add(a, b, sub=False):
-    """Exact ``a + b`` (or ``a - b``) of two signed values: one bit wider than the wider one."""
-    a, b = Value.cast(a), Value.cast(b)
-    w = max(len(a), len(b))
-    a, b = widen(a, w, True), widen(b, w, True)
-    return a - b if sub else a + b
-
-
-def add_const(m, value, k, name):
-    """Exact ``value + k`` (a signed ``Signal`` one bit wider) for a signed ``value`` and an integer
-    ``k``. The constant is applied as an unsigned operand with its top bit set (``value + (2**w +
-    k)`` for ``k < 0``, ``value - (2**w - k)`` for ``k > 0``) and the sign of the exact result is
-    rebuilt from the carry and the operand's sign."""
-    value = Value.cast(value)
-    if k == 0:
-        return as_sig(m, value.as_signed(), name)
-    w = max(len(value), abs(k).bit_length() + 1)
-    v = as_sig(m, widen(value, w, True).as_unsigned(), f"{name}_v")
-    total = Signal(w + 1, name=f"{name}_t")
-    out = Signal(signed(w + 1), name=name)
-    if k < 0:
-        m.d.comb += [total.eq(v + Const((1 << w) + k, w)),
-                     out.eq(Cat(total[:w], ~total[w] | v[w - 1]))]
-    else:
-        m.d.comb += [total.eq(v - Const((1 << w) - k, w)),
-                     out.eq(Cat(total[:w], total[w] & v[w - 1]))]
-    return out
-
-
-def fold_u(m, value, width, name):
-    """``value[:width]`` for an unsigned ``value`` whose bits from ``width`` up are provably zero;
-    they are ORed into bit 0 so that every bit is used (one gate, no change in function)."""
-    value = Value.cast(value)
-    if len(value) <= width:
-        return zext(value, width)
-    value = as_sig(m, value, name)
-    return Cat(value[0] | value[width:].any(), value[1:width])
-
-
-def fold_s(m, value, width, name):
-    """``value`` as a ``width``-bit signed value, for a signed ``value`` whose bits from
-    ``width - 1`` up are provably all equal (they are ANDed into the new sign bit)."""
-    value = Value.cast(value)
-    if len(value) <= width:
-        return sext(value, width)
-    value = as_sig(m, value, name)
-    return Cat(value[:width - 1], value[width - 1:].all()).as_signed()
-
-
-def cond_neg(m, value, neg, name):
-    """``-value if neg else value`` of a ``w``-bit value, as a ``w + 1``-bit unsigned ``Signal``
-    (``(value ^ neg...) + neg``); for the magnitude of a two's-complement value the top bit is 0."""
-    value = Value.cast(value)
-    w = len(value)
-    out = Signal(w + 1, name=name)
-    m.d.comb += out.eq((value.as_unsigned() ^ neg.replicate(w)) + neg)
-    return out
-
-
-def gt_const(m, value, c, name="gt"):
-    """``value > c`` for an unsigned ``value`` and an integer ``c >= 0``."""
-    value = as_sig(m, Value.cast(value).as_unsigned(), name)
-    n = len(value)
-    if c >= (1 << n) - 1:
-        return Const(0, 1)
-    k = c.bit_length()
-    if k == 0:
-        return value.any()
-    if c == (1 << k) - 1:                   # no k-bit value exceeds c
-        return value[k:].any()
-    low = value[:k] > Const(c, k)           # ``c`` is exactly k bits wide
-    return value[k:].any() | low if k < n else low
-
-
-def eq_const(m, value, c, name="eq"):
-    """``value == c`` for an unsigned ``value`` and an integer ``0 <= c < 2**len(value)``."""
-    value = as_sig(m, Value.cast(value).as_unsigned(), name)
-    k = c.bit_length()
-    if k == 0:
-        return ~value.any()
-    low = value[:k] == Const(c, k)
-    return low & ~value[k:].any() if k < len(value) else low
-
-
-def select(pairs, width):
-    """AND-OR multiplexer: ``OR_j (sel_j ? value_j : 0)`` over ``(sel_j, value_j)``; the selects
-    are one-hot (or all zero: the result is 0). Values are zero-extended to ``width``."""
-    terms = [Mux(sel, zext(Value.cast(val).as_unsigned(), width), Const(0, width)) for sel, val in pairs]
-    if not terms:
-        return Const(0, width)
-    out = terms[0]
-    for t in terms[1:]:
-        out = out | t
-    return out
-
-
-def shift_right_jam(m, value, amount, name):
-    """``value >> amount`` with every bit shifted out ORed into bit 0 of the result (jamming).
-    ``amount`` is unsigned; amounts of ``len(value)`` or more leave only the jam bit. Returns a
-    ``len(value)``-bit signal. A logarithmic shifter: one stage per bit of ``amount``, each stage
-    ORs the bits it drops into a running sticky bit."""
-    width = len(value)
-    cur = value
-    sticky = Const(0, 1)
-    for j in range(len(amount)):
-        step = 1 << j
-        if step >= width:
-            dropped = cur.any()
-            nxt = Const(0, width)
-        else:
-            dropped = cur[:step].any()
-            nxt = zext(cur[step:], width)
-        s = Signal(width, name=f"{name}_s{j}")
-        k = Signal(name=f"{name}_k{j}")
-        m.d.comb += [s.eq(Mux(amount[j], nxt, cur)), k.eq(sticky | (amount[j] & dropped))]
-        cur, sticky = s, k
-    out = Signal(width, name=name)
-    m.d.comb += out.eq(Cat(cur[0] | sticky, cur[1:]))
-    return out
-
-
-def shift_left(m, value, amount, name):
-    """``(value << amount)`` truncated to ``len(value)`` bits (logarithmic shifter)."""
-    width = len(value)
-    cur = value
-    for j in range(len(amount)):
-        step = 1 << j
-        nxt = Cat(Const(0, step), cur[:width - step]) if step < width else Const(0, width)
-        s = Signal(width, name=f"{name}_s{j}")
-        m.d.comb += s.eq(Mux(amount[j], nxt, cur))
-        cur = s
-    return cur
-
-
-def count_leading_zeros(m, value, name):
-    """Leading-zero count of ``value`` as a ``range(len(value) + 1)`` signal; a zero value gives
-    ``len(value)``. A balanced tree of (all-zero, count) pairs, built as expressions."""
-    width = len(value)
-    out = Signal(range(width + 1), name=name)
-    if width == 1:
-        m.d.comb += out.eq(~value[0])
-        return out
-    # Pad to a power of two with ones at the bottom (they never change the count of a non-zero
-    # value; a zero value is handled separately).
-    size = 1 << (width - 1).bit_length()
-    pad = size - width
-    bits = Cat(Const((1 << pad) - 1, pad), value) if pad else value
-    nodes = [(~bits[k], None) for k in range(size)]    # (all zero, count), leaves LSB first
-    while len(nodes) > 1:
-        merged = []
-        for k in range(0, len(nodes), 2):
-            (z_lo, c_lo), (z_hi, c_hi) = nodes[k], nodes[k + 1]
-            if c_lo is None:
-                count = z_hi
-            else:
-                # High half all zero: 2**level + count of the low half; else count of the high half.
-                count = Mux(z_hi, Cat(c_lo, Const(1, 1)), Cat(c_hi, Const(0, 1)))
-            merged.append((z_lo & z_hi, count))
-        nodes = merged
-    count = nodes[0][1]
-    m.d.comb += out.eq(Mux(value.any(), zext(count, len(out)), Const(width, len(out))))
-    return out
 
 
 class BFPAffine(wiring.Component):
@@ -324,10 +109,8 @@ class BFPAffine(wiring.Component):
     """
 
     def __init__(self, bfp, internal):
-        if not isinstance(bfp, BFPFormat):
-            raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
-        if not isinstance(internal, FloatFormat):
-            raise ValueError(f"internal must be a hw.formats.FloatFormat, not {internal!r}")
+        check_instance("bfp", bfp, BFPFormat)
+        check_instance("internal", internal, FloatFormat)
         if internal.exp_bits > 8:
             raise ValueError(f"internal float exponent bits must be at most 8, not {internal.exp_bits!r}")
         self.bfp = bfp

@@ -16,10 +16,11 @@ Two units live here:
 Both are pipelined stream components (``i`` in, ``o`` out) that sustain one block per cycle.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.checks import check_instance, check_int
 from hw.formats import BFPFormat, FloatFormat, float_format, flags_layout
 
 __all__ = ["BlockQuantizer", "BFPShifter", "MAX_MAG_WIDTH", "MAX_EXP_WIDTH", "THERMOMETER_KEYS"]
@@ -39,11 +40,6 @@ _DECODE_GROUP = 8
 
 #: Comparator variant: lanes (or partial maxima) reduced per register stage, two comparator levels.
 _TREE_GROUP = 4
-
-
-def _check_int(what, value, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{what} must be an integer in {lo}..{hi}, not {value!r}")
 
 
 # Lint-clean arithmetic. Amaranth's Verilog path trims constant operands to their shortest width,
@@ -103,6 +99,43 @@ def _max_tree(values):
             paired.append(values[-1])
         values = paired
     return values[0]
+
+
+def _shift_right_window(m, value, amount, out_width, name):
+    """``(value >> amount)[:out_width]`` for unsigned ``value`` and ``amount``, plus two 1-bit
+    ORs: ``below``, of the bits shifted out at the bottom (the bits of ``value`` below position
+    ``amount``), and ``above``, of the bits that land at ``out_width`` or higher. Returns
+    ``(out, below, above)``.
+
+    A logarithmic shifter whose stages run from the largest step down, each keeping only the bits
+    that the smaller steps and the output still read (``out_width + step - 1`` after the stage of
+    ``step``): its width shrinks towards the output instead of staying ``len(value)`` through every
+    stage. A bit dropped at the top of a stage would land at ``out_width`` or higher whatever the
+    smaller steps do, so ``above`` is the OR of the bits each stage drops at the top; ``below`` is
+    the OR of the bits each taken step drops at the bottom."""
+    cur = Value.cast(value)
+    below, above = [], []
+    for j in reversed(range(len(amount))):
+        step = 1 << j
+        keep = min(out_width + step - 1, len(cur))
+        moved = cur[step:step + keep] if step < len(cur) else Const(0, keep)
+        if len(moved) < keep:
+            moved = Cat(moved, Const(0, keep - len(moved)))
+        out_moved = cur[step + keep:] if step + keep < len(cur) else None
+        out_stay = cur[keep:] if keep < len(cur) else None
+        if out_moved is not None or out_stay is not None:
+            above.append(Mux(amount[j], out_moved.any() if out_moved is not None else Const(0, 1),
+                             out_stay.any() if out_stay is not None else Const(0, 1)))
+        below.append(amount[j] & cur[:min(step, len(cur))].any())
+        stage = Signal(keep, name=f"{name}_s{j}")
+        m.d.comb += stage.eq(Mux(amount[j], moved, cur[:keep]))
+        cur = stage
+    if len(cur) > out_width:
+        above.append(cur[out_width:].any())
+        cur = cur[:out_width]
+    elif len(cur) < out_width:
+        cur = Cat(cur, Const(0, out_width - len(cur)))
+    return cur, _any(below), _any(above)
 
 
 def _any(bits):
@@ -324,12 +357,10 @@ class BlockQuantizer(wiring.Component):
 
     def __init__(self, bfp, mag_width, exp_width, *, exp_signed=True, exp_offset=0, normalized=False,
                  zeros_at_min_exp=False):
-        if not isinstance(bfp, BFPFormat):
-            raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
-        _check_int("magnitude width", mag_width, 1, MAX_MAG_WIDTH)
-        _check_int("exponent width", exp_width, 2 if exp_signed else 1, MAX_EXP_WIDTH)
-        if isinstance(exp_offset, bool) or not isinstance(exp_offset, int):
-            raise ValueError(f"exponent offset must be an integer, not {exp_offset!r}")
+        check_instance("bfp", bfp, BFPFormat)
+        check_int("magnitude width", mag_width, 1, MAX_MAG_WIDTH)
+        check_int("exponent width", exp_width, 2 if exp_signed else 1, MAX_EXP_WIDTH)
+        check_int("exponent offset", exp_offset)
         self.bfp = bfp
         self.mag_width = mag_width
         self.exp_width = exp_width
@@ -672,19 +703,15 @@ class BlockQuantizer(wiring.Component):
                 lane = sr.data.lanes[k]
                 r, low_sat = lane.r, lane.low_sat
             aligned = Cat(Const(0, self.lead + 1), lane.mag)
-            shifted = Signal(self.x_width + 1, name=f"shifted{k}")
-            m.d.comb += shifted.eq(aligned >> r)
-            sticky_bits = [aligned[j] & _gt_const(r, j)
-                           for j in range(self.lead + 1, min(self.x_width + 1, self.r_cap))]
-            q = shifted[1:]                                             # x_width bits
-            big = low_sat
-            if self.x_width > W - 1:
-                big = big | q[W - 1:].any()
+            # Only the guard bit and the W - 1 code bits of ``aligned >> r`` are kept; the bits
+            # above them (``big``: the truncated magnitude is 2**(W-1) or more) and below them
+            # (``sticky``) are ORed as the shifter drops them.
+            shifted, sticky, above = _shift_right_window(m, aligned, r, W, f"shifted{k}")
             lanes2.append({
-                "q": q[:W - 1],
-                "big": big,
+                "q": shifted[1:],
+                "big": low_sat | above,
                 "guard": shifted[0],
-                "sticky": Cat(*sticky_bits).any() if sticky_bits else Const(0, 1),
+                "sticky": sticky,
                 "sign": lane.sign,
             })
 
@@ -712,16 +739,20 @@ class BlockQuantizer(wiring.Component):
         codes, sats = [], []
         for k in range(B):
             lane = s2.data.lanes[k]
-            rounded = Signal(W, name=f"rounded{k}")
-            m.d.comb += rounded.eq(lane.q + (lane.guard & (lane.sticky | lane.q[0])))
+            up = Signal(name=f"up{k}")
+            m.d.comb += up.eq(lane.guard & (lane.sticky | lane.q[0]))
             sat = Signal(name=f"sat{k}")
             # Rounding overflows iff q is all ones and rounds up (q[0] = 1 then, so it rounds up
             # iff guard): no path through the rounding carry into the OR of all lanes' ``sat``.
             m.d.comb += sat.eq(lane.big | (lane.q.all() & lane.guard))
-            mag = Signal(W - 1, name=f"mag{k}")
-            m.d.comb += mag.eq(Mux(sat, bfp.code_max, rounded[:W - 1]))
+            # Round and negate with one adder: -(q + up) = ~q + (1 - up) in W bits, so the code
+            # is (q ^ sign) + (up ^ sign); a zero magnitude gives +0 either way. A saturated lane
+            # takes the largest code of its sign.
+            signed_q = Signal(W, name=f"signed_q{k}")
+            m.d.comb += signed_q.eq((Cat(lane.q, Const(0, 1)) ^ lane.sign.replicate(W)) + (up ^ lane.sign))
             code = Signal(W, name=f"code{k}")
-            m.d.comb += code.eq(Mux(lane.sign, -mag, mag))
+            m.d.comb += code.eq(Mux(sat, Mux(lane.sign, Const((1 << W) - bfp.code_max, W),
+                                             Const(bfp.code_max, W)), signed_q))
             codes.append(code)
             sats.append(sat)
 
@@ -772,12 +803,8 @@ class BFPShifter(wiring.Component):
     """
 
     def __init__(self, in_format, bfp):
-        if not isinstance(in_format, (FloatFormat, str)):
-            raise ValueError(f"in_format must be a hw.formats.FloatFormat or a format name, "
-                             f"not {in_format!r}")
-        in_format = float_format(in_format)
-        if not isinstance(bfp, BFPFormat):
-            raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
+        in_format = float_format(check_instance("in_format", in_format, FloatFormat, alternative="a format name"))
+        check_instance("bfp", bfp, BFPFormat)
         self.in_format = in_format
         self.bfp = bfp
         self._quant = self.quantizer()

@@ -24,7 +24,7 @@ Backward core (``hw.backward_core.BackwardCore``)
 
 from amaranth.lib import data
 
-from sim.golden_bn import C_FRAC_BITS
+from hw.formats import C_FRAC_BITS
 
 __all__ = [
     "C_WIDTH", "count_width", "position_width", "chunks_log2_width",

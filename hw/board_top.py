@@ -46,6 +46,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from hw.checks import check_instance, check_int
 from hw.uart import UARTRx, UARTTx, check_divisor
 
 __all__ = [
@@ -435,12 +436,9 @@ class BoardTop(wiring.Component):
     """
 
     def __init__(self, attachment, divisor, *, rx_fifo_depth=512):
-        if not isinstance(attachment, Attachment):
-            raise ValueError(f"attachment must be a hw.board_top.Attachment, not {attachment!r}")
+        check_instance("attachment", attachment, Attachment)
         check_divisor(divisor)
-        if isinstance(rx_fifo_depth, bool) or not isinstance(rx_fifo_depth, int) or \
-                not 16 <= rx_fifo_depth <= 65536 or rx_fifo_depth & (rx_fifo_depth - 1):
-            raise ValueError(f"receive FIFO depth must be a power of two in 16..65536, not {rx_fifo_depth!r}")
+        check_int("receive FIFO depth", rx_fifo_depth, 16, 65536, power_of_two=True)
         self.attachment = attachment
         self.divisor = divisor
         self.rx_fifo_depth = rx_fifo_depth

@@ -136,24 +136,13 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.bfp_affine import (add_const, as_sig, cond_neg, count_leading_zeros, fold_s, fold_u, s_add, select,
-                           shift_left, shift_right_jam, widen, zext as zext_to)
+from hw.arith import (add_const, as_sig, cond_neg, count_leading_zeros, fold_s, fold_u, s_add, select,
+                      shift_left, shift_right_jam, sum_gx_width, sum_width, widen, zext as zext_to)
 from hw.bn_layouts import C_WIDTH, chunks_log2_width, count_width
-from hw.formats import BFPFormat, FloatFormat
-from sim.golden_bn import C_FRAC_BITS
+from hw.checks import check_instance, check_int
+from hw.formats import C_FRAC_BITS, BFPFormat, FloatFormat
 
 __all__ = ["ForwardFinalize", "BackwardFinalize", "run_model", "sum_width", "sum_gx_width"]
-
-
-def sum_width(bfp, max_count):
-    """Signed width of an exact channel sum in units ``u``: ``(W-1) + exp_max + count_width + 1``
-    (also used for the range ``R_int``, unsigned, and for ``sum g``)."""
-    return (bfp.width - 1) + bfp.exp_max + count_width(max_count) + 1
-
-
-def sum_gx_width(bfp, max_count):
-    """Signed width of ``sum g x`` in units ``u**2``: ``(2W-2) + 2 exp_max + count_width + 1``."""
-    return (2 * bfp.width - 2) + 2 * bfp.exp_max + count_width(max_count) + 1
 
 
 # --- micro-code ----------------------------------------------------------------------------------
@@ -268,15 +257,10 @@ class _FinalizeEngine(wiring.Component):
 
     @staticmethod
     def _check_args(bfp, internal, max_count, max_chunks):
-        if not isinstance(bfp, BFPFormat):
-            raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
-        if not isinstance(internal, FloatFormat):
-            raise ValueError(f"internal must be a hw.formats.FloatFormat, not {internal!r}")
-        if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 2:
-            raise ValueError(f"max_count must be an integer >= 2, not {max_count!r}")
-        if isinstance(max_chunks, bool) or not isinstance(max_chunks, int) or not 1 <= max_chunks <= 64 \
-                or max_chunks & (max_chunks - 1):
-            raise ValueError(f"max_chunks must be a power of two in 1..64, not {max_chunks!r}")
+        check_instance("bfp", bfp, BFPFormat)
+        check_instance("internal", internal, FloatFormat)
+        check_int("max_count", max_count, 2)
+        check_int("max_chunks", max_chunks, 1, 64, power_of_two=True)
 
     # -- sizing -----------------------------------------------------------------------------------
     def _term_widths(self):
@@ -783,11 +767,8 @@ class ForwardFinalize(_FinalizeEngine):
     }
 
     def __init__(self, bfp, internal, max_count, max_chunks, *, eps_log2=-16, momentum_shift=3):
-        if isinstance(eps_log2, bool) or not isinstance(eps_log2, int) or not -200 <= eps_log2 <= 200:
-            raise ValueError(f"eps_log2 must be an integer in -200..200, not {eps_log2!r}")
-        if isinstance(momentum_shift, bool) or not isinstance(momentum_shift, int) \
-                or not 0 <= momentum_shift <= 16:
-            raise ValueError(f"momentum_shift must be an integer in 0..16, not {momentum_shift!r}")
+        check_int("eps_log2", eps_log2, -200, 200)
+        check_int("momentum_shift", momentum_shift, 0, 16)
         self._check_args(bfp, internal, max_count, max_chunks)
         self.eps_log2 = eps_log2
         self.momentum_shift = momentum_shift

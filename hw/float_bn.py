@@ -2,6 +2,14 @@
 against (issue 5). Forward and backward, any ``hw.formats.FloatFormat`` (fp32 and bf16 are the
 ones reported). Bit-exact golden model: ``sim.float_golden.bn_forward`` / ``bn_backward``.
 
+Two formats: the *compute* format ``fmt`` (every multiply, add, accumulator, the per-channel
+finalize, and the per-channel records ``params``/``stats``/``grads``) and the *storage* format
+``io_fmt`` of the per-element streams (``x``, ``y``, ``xg``, ``dx``; default ``fmt``). With
+``io_fmt = bf16`` and ``fmt = fp32`` this is the usual mixed-precision BN (bf16 activations and
+gradients, fp32 statistics, accumulation and parameters, like PyTorch autocast): each lane
+widens its inputs to ``fmt`` (exact, wiring only) and rounds its outputs to ``io_fmt``
+(``hw.float_units.float_convert``: RNE, flush, saturation; combinational after the last adder).
+
 It is meant to be a *good* conventional design, not a strawman:
 
 * same stream style and throughput as the LightNorm cores: one vector of ``block`` lanes (one
@@ -12,7 +20,7 @@ It is meant to be a *good* conventional design, not a strawman:
   (``x*x``, ``sum x*x``) and the normalize pass, where ``(x - mu) * inv * gamma + beta`` is folded
   into ``y = a x + b`` (one multiply and one add per element, ``a``, ``b`` per channel);
 * accumulation at one vector per cycle through a pipelined adder: each accumulator is a ring of
-  ``D = sim.float_golden.ring_depth(channels, block)`` interleaved partial sums per lane (a
+  ``D = hw.float_convention.ring_depth(channels, block)`` interleaved partial sums per lane (a
   small distributed RAM), ``D`` a multiple of ``G`` larger than the adder latency; the partials
   of a channel are added once per channel at the end;
 * everything per channel (partials, 1/n, mean, variance, sqrt, reciprocal, a, b, gradients,
@@ -50,15 +58,22 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.float_units import FloatAdd, FloatDiv, FloatMul, FloatSqrt, int_to_float, _fmt
-from sim.float_golden import ring_depth, fround, to_bits
+from hw.float_units import FloatAdd, FloatDiv, FloatMul, FloatSqrt, float_convert, int_to_float, _fmt
+from hw.checks import check_int
+from hw.float_convention import fround, ring_depth, to_bits
 
 __all__ = ["FloatBNForward", "FloatBNBackward"]
 
 
-def _check_int(what, value, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{what} must be an integer in {lo}..{hi}, not {value!r}")
+def _io_fmt(fmt, io_fmt):
+    """The storage format: ``fmt`` when None; else no wider than ``fmt`` in exponent and fraction."""
+    if io_fmt is None:
+        return fmt
+    io = _fmt(io_fmt)
+    if io.exp_bits > fmt.exp_bits or io.frac_bits > fmt.frac_bits:
+        raise ValueError(f"io format must be no wider than the compute format {fmt.name} "
+                         f"(exponent <= {fmt.exp_bits}, fraction <= {fmt.frac_bits} bits), not {io.name}")
+    return io
 
 
 def _neg(fmt, v):
@@ -71,13 +86,14 @@ class _FloatBNBase(wiring.Component):
     #: Per-element units per lane (overridden).
     ELEMENT_LATENCY = None
 
-    def __init__(self, fmt, block, channels, max_count, eps, ports):
+    def __init__(self, fmt, block, channels, max_count, eps, ports, io_fmt=None):
         self.fmt = _fmt(fmt)
         if self.fmt.frac_bits > 23 or self.fmt.exp_bits > 8:
             raise ValueError(f"float BN baseline supports formats up to fp32, not {self.fmt.name}")
-        _check_int("block", block, 1, 64)
-        _check_int("channels", channels, 1, 4096)
-        _check_int("max-count", max_count, 1, 1 << 24)
+        self.io_fmt = _io_fmt(self.fmt, io_fmt)
+        check_int("block", block, 1, 64)
+        check_int("channels", channels, 1, 4096)
+        check_int("max-count", max_count, 1, 1 << 24)
         self.block, self.channels, self.max_count = block, channels, max_count
         self.groups = -(-channels // block)
         self.depth = ring_depth(channels, block)
@@ -96,7 +112,7 @@ class _FloatBNBase(wiring.Component):
         return data.StructLayout({n: self.fmt.layout() for n in names})
 
     def manifest_info(self):
-        return {"baseline": True, "format": self.fmt.name, "block": self.block,
+        return {"baseline": True, "format": self.fmt.name, "io_format": self.io_fmt.name, "block": self.block,
                 "channels": self.channels, "ring_depth": self.depth, "eps": self.eps}
 
     # -- shared pieces ----------------------------------------------------------------------------
@@ -203,8 +219,9 @@ class _FloatBNBase(wiring.Component):
 class FloatBNForward(_FloatBNBase):
     """Conventional float BN, training forward pass (see the module docstring).
 
-    Parameters: ``fmt`` (FloatFormat or name), ``block`` lanes, ``channels``, ``max_count``
-    (largest n), ``eps`` (added to the variance, rounded to ``fmt``).
+    Parameters: ``fmt`` (compute format: FloatFormat or name), ``block`` lanes, ``channels``,
+    ``max_count`` (largest n), ``eps`` (added to the variance, rounded to ``fmt``), ``io_fmt``
+    (format of ``x`` and ``y``; default ``fmt``).
 
     Ports: ``cmd`` in (``count``), ``x`` in (vectors of ``block`` floats), ``params`` in
     (gamma, beta per channel), ``stats`` out (mu, inv, a, b per channel), ``y`` out (vectors).
@@ -212,12 +229,13 @@ class FloatBNForward(_FloatBNBase):
 
     ELEMENT_LATENCY = FloatMul.LATENCY + FloatAdd.LATENCY
 
-    def __init__(self, fmt, block=16, channels=16, max_count=4096, eps=2.0 ** -16):
+    def __init__(self, fmt, block=16, channels=16, max_count=4096, eps=2.0 ** -16, io_fmt=None):
         fmt_ = _fmt(fmt)
         self.fmt = fmt_
-        vec = data.ArrayLayout(fmt_.layout(), block if isinstance(block, int) else 1)
+        io_ = _io_fmt(fmt_, io_fmt)
+        vec = data.ArrayLayout(io_.layout(), block if isinstance(block, int) else 1)
         rec = lambda *ns: data.StructLayout({n: fmt_.layout() for n in ns})
-        super().__init__(fmt, block, channels, max_count, eps, {
+        super().__init__(fmt, block, channels, max_count, eps, io_fmt=io_, ports={
             "cmd": In(stream.Signature(data.StructLayout({"count": max(1, max_count).bit_length()}))),
             "x": In(stream.Signature(vec)),
             "params": In(stream.Signature(rec("gamma", "beta"))),
@@ -267,8 +285,9 @@ class FloatBNForward(_FloatBNBase):
                 ("nf", "rn", "S", "Q", "mu", "e2", "m2", "var", "sd", "inv", "gamma", "beta", "a", "b", "t")}
 
         p1, p2 = [], []
+        io = self.io_fmt
         for k in range(B):
-            xk = self.x.payload[k].as_value()
+            xk = float_convert(m, io, fmt, self.x.payload[k].as_value(), name=f"x_wide{k}")
             m.submodules[f"mul{k}"] = mul = FloatMul(fmt)
             m.submodules[f"add1_{k}"] = add1 = FloatAdd(fmt)
             m.submodules[f"add2_{k}"] = add2 = FloatAdd(fmt)
@@ -286,7 +305,7 @@ class FloatBNForward(_FloatBNBase):
                 mul.a.eq(Mux(mode, ca, xk)), mul.b.eq(xk),
                 add1.a.eq(r1), add1.b.eq(xk),
                 add2.a.eq(Mux(mode, cb, r2)), add2.b.eq(mul.y),
-                self.y.payload[k].eq(add2.y),
+                self.y.payload[k].eq(float_convert(m, fmt, io, add2.y, name=f"y_round{k}")),
             ]
         with m.If(tag_a1.valid & ~mode):
             m.d.sync += written1.bit_select(tag_a1.slot, 1).eq(1)
@@ -390,23 +409,26 @@ class FloatBNForward(_FloatBNBase):
 class FloatBNBackward(_FloatBNBase):
     """Conventional float BN, backward pass (see the module docstring).
 
+    Parameters as :class:`FloatBNForward` (``io_fmt``: format of ``xg`` and ``dx``).
+
     Ports: ``cmd`` in (``count``), ``xg`` in (vectors of (x, g) pairs), ``stats`` in (mu, inv, a
     per channel, from the forward pass), ``grads`` out (dgamma, dbeta per channel), ``dx`` out.
     ``latency`` = 11: cycles from an ``xg`` vector of the dx pass to its ``dx``."""
 
     ELEMENT_LATENCY = FloatMul.LATENCY + 2 * FloatAdd.LATENCY
 
-    def __init__(self, fmt, block=16, channels=16, max_count=4096, eps=2.0 ** -16):
+    def __init__(self, fmt, block=16, channels=16, max_count=4096, eps=2.0 ** -16, io_fmt=None):
         fmt_ = _fmt(fmt)
-        pair = data.StructLayout({"x": fmt_.layout(), "g": fmt_.layout()})
+        io_ = _io_fmt(fmt_, io_fmt)
+        pair = data.StructLayout({"x": io_.layout(), "g": io_.layout()})
         rec = lambda *ns: data.StructLayout({n: fmt_.layout() for n in ns})
         nb = block if isinstance(block, int) else 1
-        super().__init__(fmt, block, channels, max_count, eps, {
+        super().__init__(fmt, block, channels, max_count, eps, io_fmt=io_, ports={
             "cmd": In(stream.Signature(data.StructLayout({"count": max(1, max_count).bit_length()}))),
             "xg": In(stream.Signature(data.ArrayLayout(pair, nb))),
             "stats": In(stream.Signature(rec("mu", "inv", "a"))),
             "grads": Out(stream.Signature(rec("dgamma", "dbeta"))),
-            "dx": Out(stream.Signature(data.ArrayLayout(fmt_.layout(), nb))),
+            "dx": Out(stream.Signature(data.ArrayLayout(io_.layout(), nb))),
         })
 
     def elaborate(self, platform):
@@ -450,9 +472,10 @@ class FloatBNBackward(_FloatBNBase):
                 ("nf", "rn", "Sg", "Sgx", "mu", "inv", "a", "t1", "t2", "dg", "u", "cc", "v", "w", "d")}
 
         p1, p2 = [], []
+        io = self.io_fmt
         for k in range(B):
-            xk = self.xg.payload[k].x.as_value()
-            gk = self.xg.payload[k].g.as_value()
+            xk = float_convert(m, io, fmt, self.xg.payload[k].x.as_value(), name=f"x_wide{k}")
+            gk = float_convert(m, io, fmt, self.xg.payload[k].g.as_value(), name=f"g_wide{k}")
             m.submodules[f"mul1_{k}"] = mul1 = FloatMul(fmt)
             m.submodules[f"mul2_{k}"] = mul2 = FloatMul(fmt)
             m.submodules[f"add1_{k}"] = add1 = FloatAdd(fmt)
@@ -473,7 +496,7 @@ class FloatBNBackward(_FloatBNBase):
                 mul2.a.eq(cA), mul2.b.eq(gk),                         # A g
                 add2.a.eq(Mux(mode, mul2.y, r2)), add2.b.eq(mul1.y),  # A g + C x  |  sum g x
                 add1.a.eq(Mux(mode, add2.y, r1)), add1.b.eq(Mux(mode, cD, gk)),  # + D  |  sum g
-                self.dx.payload[k].eq(add1.y),
+                self.dx.payload[k].eq(float_convert(m, fmt, io, add1.y, name=f"dx_round{k}")),
             ]
         with m.If(tag_a1.valid & ~mode):
             m.d.sync += written1.bit_select(tag_a1.slot, 1).eq(1)

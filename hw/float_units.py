@@ -23,8 +23,9 @@ Units
 :class:`FloatDiv`, :class:`FloatSqrt`
     Iterative (one quotient / root bit per cycle, ``frac_bits + 2`` iterations plus 2 cycles);
     ``start`` pulse in, ``done`` pulse out, ``busy`` between.
-:func:`float_less`, :func:`int_to_float`
-    Combinational helpers (compare; unsigned integer to float with RNE).
+:func:`float_less`, :func:`int_to_float`, :func:`float_convert`
+    Combinational helpers (compare; unsigned integer to float with RNE; one format to another:
+    exact when widening, RNE with flush and saturation when narrowing).
 
 The pipelined units have a clock enable ``en`` (default 1): when it is low every stage holds, so
 a stalled stream pipeline can stop them.
@@ -34,15 +35,16 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.checks import check_instance
+from hw.float_convention import ADD_LATENCY, MUL_LATENCY
 from hw.formats import FloatFormat, float_format
 
-__all__ = ["FloatAdd", "FloatMul", "FloatDiv", "FloatSqrt", "float_less", "int_to_float", "round_pack"]
+__all__ = ["FloatAdd", "FloatMul", "FloatDiv", "FloatSqrt", "float_less", "int_to_float", "round_pack",
+           "float_convert"]
 
 
 def _fmt(fmt):
-    if not isinstance(fmt, (FloatFormat, str)):
-        raise ValueError(f"fmt must be a hw.formats.FloatFormat or a format name, not {fmt!r}")
-    return float_format(fmt)
+    return float_format(check_instance("fmt", fmt, FloatFormat, alternative="a format name"))
 
 
 def _lzc(m, value, width, name):
@@ -107,6 +109,35 @@ def int_to_float(m, fmt, value, width, name="i2f"):
     return round_pack(m, fmt, Const(0, 1), exp, mant, guard, sticky, value == 0, name=name)
 
 
+def float_convert(m, src, dst, value, name="cvt"):
+    """Packed ``src`` value -> packed ``dst`` value, combinational, under the convention above
+    (``sim.float_golden.fround(dst, value)``). Widening (``dst`` has at least ``src``'s exponent
+    and fraction bits) is exact: rebias, pad the fraction; a zero or subnormal gives ``+0``.
+    Narrowing rounds to nearest, ties to even, then flushes (biased exponent < 1) or saturates
+    (above ``exp_max``) like every other operation. ``src == dst`` is the value itself."""
+    src, dst = _fmt(src), _fmt(dst)
+    if src == dst:
+        return value
+    Fs, Es, Fd, Ed = src.frac_bits, src.exp_bits, dst.frac_bits, dst.exp_bits
+    sign, exp, frac = value[Fs + Es], value[Fs:Fs + Es], value[:Fs]
+    zero = exp == 0
+    if Es <= Ed and Fs <= Fd:
+        out = Signal(dst.width, name=f"{name}_out")
+        e = Signal(Ed, name=f"{name}_e")
+        m.d.comb += e.eq(exp + (dst.bias - src.bias))
+        m.d.comb += out.eq(Mux(zero, 0, Cat(Const(0, Fd - Fs), frac, e, sign)))
+        return out
+    e = Signal(signed(max(Es, Ed) + 2), name=f"{name}_e")
+    m.d.comb += e.eq(exp + (dst.bias - src.bias))
+    mant = Cat(frac, Const(1, 1))                  # Fs + 1 bits, hidden bit on top
+    if Fd >= Fs:
+        return round_pack(m, dst, sign, e, Cat(Const(0, Fd - Fs), mant), Const(0, 1), Const(0, 1), zero, name)
+    cut = Fs - Fd                                  # dropped fraction bits
+    guard = mant[cut - 1]
+    sticky = mant[:cut - 1].any() if cut > 1 else Const(0, 1)
+    return round_pack(m, dst, sign, e, mant[cut:], guard, sticky, zero, name)
+
+
 class FloatAdd(wiring.Component):
     """Pipelined float adder ``y = a + b``.
 
@@ -114,7 +145,7 @@ class FloatAdd(wiring.Component):
     stage. Guard/round/sticky alignment, so the result is correctly rounded (RNE). Commutative;
     ``x + (-x)`` is ``+0``."""
 
-    LATENCY = 4
+    LATENCY = ADD_LATENCY
 
     def __init__(self, fmt):
         self.fmt = _fmt(fmt)
@@ -198,7 +229,7 @@ class FloatMul(wiring.Component):
     """Pipelined float multiplier ``y = a * b``; latency ``LATENCY`` = 3 enabled cycles,
     one result per cycle, ``en`` low holds every stage."""
 
-    LATENCY = 3
+    LATENCY = MUL_LATENCY
 
     def __init__(self, fmt):
         self.fmt = _fmt(fmt)

@@ -28,10 +28,13 @@ import numbers
 from dataclasses import dataclass
 from fractions import Fraction
 
+from hw.checks import check_int
+
 __all__ = [
     "FloatFormat", "BFPFormat", "FLOAT_FORMATS", "float_format", "internal_format", "FLAG_NAMES",
-    "MIN_WIDTH", "MAX_WIDTH", "MAX_BLOCK", "BN_MAX_EXP_BITS", "BN_MAX_CHANNELS", "BN_MAX_COUNT",
-    "BN_MAX_CHUNKS", "INTERNAL_FRAC_BITS", "check_bn_args",
+    "MIN_WIDTH", "MAX_WIDTH", "MAX_BLOCK", "BN_MAX_EXP_BITS", "check_bn_format", "C_FRAC_BITS",
+    "BN_MAX_CHANNELS", "BN_MAX_COUNT", "BN_MAX_CHUNKS", "INTERNAL_FRAC_BITS", "check_bn_args",
+    "RUNNING_MEAN_RESET", "RUNNING_SIGMA_RESET", "running_reset_bits",
 ]
 
 #: Block flags, LSB first, in every BFP output stream.
@@ -44,19 +47,28 @@ MIN_WIDTH = 2
 MAX_WIDTH = 16
 MAX_BLOCK = 64
 
-#: Limits of the Range-BN cores (forward and backward) beyond the formats' own: the verified
-#: range (``tests/test_sweep.py`` visits both ends of each). BFP exponent fields of at most 6 bits
-#: keep the exact per-channel sums below 100 bits; the internal float is ``internal_format(M)``.
+#: Largest exponent field of an input format (and so of its BFP format) that the Range-BN units
+#: accept. Six bits keep the exact per-channel sums below 100 bits and keep ``1 / sigma_hat`` and
+#: every per-channel value far inside the internal float's range (``docs/numerics.md``, "Formats").
+#: The generator, the golden model, the NumPy twin and the PyTorch layer all refuse wider fields
+#: through :func:`check_bn_format`, with its one message.
 BN_MAX_EXP_BITS = 6
+
+#: The other limits of the Range-BN cores (forward and backward), the generator's: the verified
+#: range (``tests/test_sweep.py`` visits both ends of each); the internal float is
+#: ``internal_format(M)``.
 BN_MAX_CHANNELS = 4096
 BN_MAX_COUNT = 1 << 24
 BN_MAX_CHUNKS = 64
 INTERNAL_FRAC_BITS = (4, 23)
 
+#: Fraction bits of the fixed-point Range-BN constant C (the ``c_scale`` register: unsigned, C < 4).
+C_FRAC_BITS = 16
 
-def _is_int(value):
-    """A plain integer: ``bool`` is an ``int`` subclass but never a valid width."""
-    return isinstance(value, int) and not isinstance(value, bool)
+#: Running statistics of the forward core after reset: mean 0, sigma_hat 1 (as PyTorch's
+#: ``running_mean = 0``, ``running_var = 1``).
+RUNNING_MEAN_RESET = 0
+RUNNING_SIGMA_RESET = 1
 
 
 @dataclass(frozen=True)
@@ -68,10 +80,8 @@ class FloatFormat:
     frac_bits: int
 
     def __post_init__(self):
-        if not _is_int(self.exp_bits) or not 2 <= self.exp_bits <= 11:
-            raise ValueError(f"float exponent bits must be an integer in 2..11, not {self.exp_bits!r}")
-        if not _is_int(self.frac_bits) or not 1 <= self.frac_bits <= 52:
-            raise ValueError(f"float fraction bits must be an integer in 1..52, not {self.frac_bits!r}")
+        check_int("float exponent bits", self.exp_bits, 2, 11)
+        check_int("float fraction bits", self.frac_bits, 1, 52)
 
     @property
     def width(self):
@@ -168,37 +178,8 @@ FLOAT_FORMATS = {
 def internal_format(frac_bits):
     """The per-channel internal float of the Range-BN units: 8 exponent bits (bias 127) and
     ``frac_bits`` fraction bits. Holds mu, sigma_hat, 1/sigma_hat, a, b, gamma, beta, gradients."""
-    lo, hi = INTERNAL_FRAC_BITS
-    if not _is_int(frac_bits) or not lo <= frac_bits <= hi:
-        raise ValueError(f"internal float fraction bits must be an integer in {lo}..{hi}, not {frac_bits!r}")
+    check_int("internal float fraction bits", frac_bits, *INTERNAL_FRAC_BITS)
     return FloatFormat(f"e8m{frac_bits}", 8, frac_bits)
-
-
-def check_bn_args(bfp, internal, channels, max_count, max_chunks):
-    """Raise ``ValueError`` (one line naming the bad value and the allowed range) unless the
-    arguments of a Range-BN core are in its verified range: ``bfp`` a ``BFPFormat`` with an
-    exponent field of 2..``BN_MAX_EXP_BITS`` bits, ``internal`` an ``internal_format(M)``
-    (8 exponent bits, M in ``INTERNAL_FRAC_BITS``), ``channels`` in 1..``BN_MAX_CHANNELS``,
-    ``max_chunks`` a power of two in 1..``BN_MAX_CHUNKS``, ``max_count`` in
-    ``2 * max_chunks``..``BN_MAX_COUNT``."""
-    if not isinstance(bfp, BFPFormat):
-        raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
-    if bfp.exp_bits > BN_MAX_EXP_BITS:
-        raise ValueError(f"BFP exponent bits of a Range-BN core must be in 2..{BN_MAX_EXP_BITS}, "
-                         f"not {bfp.exp_bits!r}")
-    if not isinstance(internal, FloatFormat):
-        raise ValueError(f"internal must be a hw.formats.FloatFormat, not {internal!r}")
-    lo, hi = INTERNAL_FRAC_BITS
-    if internal.exp_bits != 8 or not lo <= internal.frac_bits <= hi:
-        raise ValueError(f"internal float must be e8m<M> with M in {lo}..{hi} "
-                         f"(hw.formats.internal_format), not {internal.name!r}")
-    if not _is_int(channels) or not 1 <= channels <= BN_MAX_CHANNELS:
-        raise ValueError(f"channels must be an integer in 1..{BN_MAX_CHANNELS}, not {channels!r}")
-    if not _is_int(max_chunks) or not 1 <= max_chunks <= BN_MAX_CHUNKS or max_chunks & (max_chunks - 1):
-        raise ValueError(f"max_chunks must be a power of two in 1..{BN_MAX_CHUNKS}, not {max_chunks!r}")
-    if not _is_int(max_count) or not 2 * max_chunks <= max_count <= BN_MAX_COUNT:
-        raise ValueError(f"max_count must be an integer in {2 * max_chunks}..{BN_MAX_COUNT} "
-                         f"(from 2 * max_chunks), not {max_count!r}")
 
 
 def float_format(name):
@@ -224,12 +205,9 @@ class BFPFormat:
     block: int
 
     def __post_init__(self):
-        if not _is_int(self.width) or not MIN_WIDTH <= self.width <= MAX_WIDTH:
-            raise ValueError(f"BFP width must be an integer in {MIN_WIDTH}..{MAX_WIDTH}, not {self.width!r}")
-        if not _is_int(self.exp_bits) or not 2 <= self.exp_bits <= 11:
-            raise ValueError(f"BFP exponent bits must be an integer in 2..11, not {self.exp_bits!r}")
-        if not _is_int(self.block) or not 1 <= self.block <= MAX_BLOCK:
-            raise ValueError(f"block size must be an integer in 1..{MAX_BLOCK}, not {self.block!r}")
+        check_int("BFP width", self.width, MIN_WIDTH, MAX_WIDTH)
+        check_int("BFP exponent bits", self.exp_bits, 2, 11)
+        check_int("block size", self.block, 1, MAX_BLOCK)
 
     @classmethod
     def for_float(cls, fmt, width, block):
@@ -282,6 +260,44 @@ class BFPFormat:
         })
 
 
+def check_bn_format(fmt, label=None):
+    """Refuse a format the Range-BN units do not accept: a :class:`FloatFormat` (or its name) or a
+    :class:`BFPFormat` whose exponent field is wider than ``BN_MAX_EXP_BITS``. Returns the format.
+
+    The message is the generator's (``python -m gen --in-format bf16``): it names the format, its
+    exponent bits and the allowed range. ``label`` replaces the format's name in it (the generator
+    passes the user's spelling)."""
+    if not isinstance(fmt, BFPFormat):
+        fmt = float_format(fmt)
+    if fmt.exp_bits > BN_MAX_EXP_BITS:
+        if label is None:
+            label = (repr(fmt.name) if isinstance(fmt, FloatFormat)
+                     else f"of the BFP format (W={fmt.width}, B={fmt.block})")
+        raise ValueError(f"in-format {label} has {fmt.exp_bits} exponent bits; "
+                         f"the Range-BN units accept 2..{BN_MAX_EXP_BITS} (fp10, fp16, fp15, e4m3, e5m2, e<E>m<M>)")
+    return fmt
+
+
+def check_bn_args(bfp, internal, channels, max_count, max_chunks):
+    """Raise ``ValueError`` (one line naming the bad value and the allowed range) unless the
+    arguments of a Range-BN core are in the range the generator accepts and the sweep verifies:
+    ``bfp`` a ``BFPFormat`` that :func:`check_bn_format` accepts, ``internal`` an
+    ``internal_format(M)`` (8 exponent bits, M in ``INTERNAL_FRAC_BITS``), ``channels`` in
+    1..``BN_MAX_CHANNELS``, ``max_chunks`` a power of two in 1..``BN_MAX_CHUNKS``, ``max_count``
+    in ``2 * max_chunks``..``BN_MAX_COUNT``."""
+    from hw.checks import check_instance
+    check_instance("bfp", bfp, BFPFormat)
+    check_bn_format(bfp)
+    check_instance("internal", internal, FloatFormat)
+    lo, hi = INTERNAL_FRAC_BITS
+    if internal.exp_bits != 8 or not lo <= internal.frac_bits <= hi:
+        raise ValueError(f"internal float must be e8m<M> with M in {lo}..{hi} "
+                         f"(hw.formats.internal_format), not {internal.name!r}")
+    check_int("channels", channels, 1, BN_MAX_CHANNELS)
+    check_int("max_chunks", max_chunks, 1, BN_MAX_CHUNKS, power_of_two=True)
+    check_int("max_count", max_count, 2 * max_chunks, BN_MAX_COUNT)
+
+
 def flags_layout():
     from amaranth.lib import data
     return data.StructLayout({name: 1 for name in FLAG_NAMES})
@@ -304,3 +320,8 @@ def _round_half_even(value):
     if rest > Fraction(1, 2) or (rest == Fraction(1, 2) and floor & 1):
         floor += 1
     return floor
+
+
+def running_reset_bits(internal):
+    """``(mean, sigma_hat)`` bit patterns in the internal float ``internal`` after reset."""
+    return internal.encode(RUNNING_MEAN_RESET), internal.encode(RUNNING_SIGMA_RESET)

@@ -4,17 +4,15 @@ Implements ``sim.golden_bn.forward`` (with ``check_count``, ``running_reset`` an
 ``update_running``) bit for bit. Stream records are those of ``hw.bn_layouts``.
 """
 
-from types import SimpleNamespace
-
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.bn_layouts import (chunks_log2_width, cmd_layout, count_width, params_layout, position_width,
                            saved_layout)
-from hw.formats import check_bn_args
+from hw.checks import check_instance, check_int
+from hw.formats import BFPFormat, FloatFormat, check_bn_args, running_reset_bits
 from hw.stats_unit import StatsUnit
-from sim.golden_bn import running_reset
 
 __all__ = ["ForwardCore"]
 
@@ -58,7 +56,7 @@ class ForwardCore(wiring.Component):
         its last ``stats`` record have left).
     ``count_error`` (out): sticky; set by a dropped command, cleared by the next good one.
 
-    Running statistics live in the core: reset to ``golden_bn.running_reset`` (mean 0, sigma 1),
+    Running statistics live in the core: reset to ``hw.formats.running_reset_bits`` (mean 0, sigma 1),
     moved with momentum ``2**-3`` by every training command (``golden_bn.update_running``), used
     by inference commands.
 
@@ -78,7 +76,12 @@ class ForwardCore(wiring.Component):
     """
 
     def __init__(self, bfp, internal, channels, max_count, max_chunks, *, momentum_shift=3, eps_log2=-16):
-        check_bn_args(bfp, internal, channels, max_count, max_chunks)
+        check_instance("bfp", bfp, BFPFormat)
+        check_instance("internal", internal, FloatFormat)
+        check_int("channels", channels, 1)
+        check_int("max_chunks", max_chunks, 1, 64, power_of_two=True)
+        check_int("max_count", max_count, 2 * max_chunks, lo_text=f"2 * max_chunks = {2 * max_chunks}")
+        check_bn_args(bfp, internal, channels, max_count, max_chunks)     # the generator's limits
         self.bfp = bfp
         self.internal = internal
         self.channels = channels
@@ -202,7 +205,7 @@ class ForwardCore(wiring.Component):
         # --- per-channel registers: coefficients and running statistics (rotating banks) ------
         coef_layout = data.StructLayout({"a": f.width, "b": f.width})
         run_layout = data.StructLayout({"mean": f.width, "sigma": f.width})
-        rm0, rs0 = running_reset(SimpleNamespace(internal=f))
+        rm0, rs0 = running_reset_bits(f)
         # One signal per channel slot keeps the emitted nets narrow (see hw.stats_unit).
         coef = [[Signal(coef_layout, name=f"coef{g}_lane{l}") for l in range(L)] for g in range(G)]
         run = [[Signal(run_layout, name=f"run{g}_lane{l}", init={"mean": rm0, "sigma": rs0})

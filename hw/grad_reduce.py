@@ -45,38 +45,16 @@ Ports
 Latency: ``LATENCY`` = 3 cycles from accepting a block to its sums being readable (``busy`` low).
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.arith import grad_widths, shift_left_to
 from hw.bn_layouts import pair_layout
+from hw.checks import check_instance, check_int
 from hw.formats import BFPFormat
 
-__all__ = ["GradReduce", "grad_widths", "RowStore", "shift_left"]
-
-
-def grad_widths(bfp, max_count):
-    """``(sum_g_width, sum_gx_width)``: signed widths of the exact per-channel sums that cannot
-    overflow for ``n <= max_count``."""
-    c, e = bfp.code_max, bfp.exp_max
-    return ((max_count * c << e).bit_length() + 1,
-            (max_count * c * c << (2 * e)).bit_length() + 1)
-
-
-def shift_left(m, value, amount, width, name):
-    """``value << amount`` (``value`` sign-extended when signed) truncated to ``width`` bits: a
-    logarithmic shifter of explicit stages (no implicit width growth in the emitted Verilog)."""
-    cur = Signal(signed(width) if value.shape().signed else width, name=f"{name}_s")
-    m.d.comb += cur.eq(value)
-    for j in range(len(amount)):
-        step = 1 << j
-        nxt = Signal.like(cur, name=f"{name}_s{j}")
-        shifted = Cat(Const(0, step), cur[:width - step]) if step < width else Const(0, width)
-        if cur.shape().signed:
-            shifted = shifted.as_signed()
-        m.d.comb += nxt.eq(Mux(amount[j], shifted, cur))
-        cur = nxt
-    return cur
+__all__ = ["GradReduce", "grad_widths", "RowStore"]
 
 
 class RowStore:
@@ -145,12 +123,9 @@ class GradReduce(wiring.Component):
     LATENCY = 3
 
     def __init__(self, bfp, channels, max_count):
-        if not isinstance(bfp, BFPFormat):
-            raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive integer, not {channels!r}")
-        if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 1:
-            raise ValueError(f"max_count must be a positive integer, not {max_count!r}")
+        check_instance("bfp", bfp, BFPFormat)
+        check_int("channels", channels, 1)
+        check_int("max_count", max_count, 1)
         self.bfp = bfp
         self.channels = channels
         self.max_count = max_count
@@ -225,8 +200,8 @@ class GradReduce(wiring.Component):
         m.d.sync += [s2_valid.eq(s1_valid), s2_group.eq(s1_group), s2_first.eq(s1_first)]
         for lane in range(B):
             m.d.sync += [
-                s2_dg[lane].eq(shift_left(m, s1_qg[lane], s1_eg, self.sum_g_width, f"dg{lane}")),
-                s2_dgx[lane].eq(shift_left(m, s1_prod[lane], s1_esum, self.sum_gx_width, f"dgx{lane}")),
+                s2_dg[lane].eq(shift_left_to(m, s1_qg[lane], s1_eg, self.sum_g_width, f"dg{lane}")),
+                s2_dgx[lane].eq(shift_left_to(m, s1_prod[lane], s1_esum, self.sum_gx_width, f"dgx{lane}")),
             ]
         m.d.comb += [
             acc.rd_en.eq(self.rd_en | s1_valid),

@@ -57,20 +57,12 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.arith import stats_widths
 from hw.bn_layouts import chunks_log2_width, count_width, position_width
+from hw.checks import check_instance, check_int
 from hw.formats import BFPFormat
 
 __all__ = ["StatsUnit", "stats_widths"]
-
-
-def stats_widths(bfp, max_count, max_chunks):
-    """``(value_width, sum_width, range_width)``: signed width of one ``q * 2**E`` in units u, of the
-    exact per-channel sum, and unsigned width of ``sum_k (max_k - min_k)``."""
-    peak = bfp.code_max << bfp.exp_max              # largest |q * 2**E|
-    value_width = peak.bit_length() + 1
-    sum_width = (max_count * peak).bit_length() + 1
-    range_width = (min(max_chunks, max_count // 2) * 2 * peak).bit_length()
-    return value_width, sum_width, range_width
 
 
 class StatsUnit(wiring.Component):
@@ -85,16 +77,10 @@ class StatsUnit(wiring.Component):
     READ_LATENCY = 2
 
     def __init__(self, bfp, channels, max_count, max_chunks):
-        if not isinstance(bfp, BFPFormat):
-            raise ValueError(f"bfp must be a hw.formats.BFPFormat, not {bfp!r}")
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive integer, not {channels!r}")
-        if isinstance(max_chunks, bool) or not isinstance(max_chunks, int) or max_chunks < 1 \
-                or max_chunks & (max_chunks - 1):
-            raise ValueError(f"max_chunks must be a power of two >= 1, not {max_chunks!r}")
-        if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 2 * max_chunks:
-            raise ValueError(f"max_count must be an integer >= 2 * max_chunks = {2 * max_chunks}, "
-                             f"not {max_count!r}")
+        check_instance("bfp", bfp, BFPFormat)
+        check_int("channels", channels, 1)
+        check_int("max_chunks", max_chunks, 1, power_of_two=True)
+        check_int("max_count", max_count, 2 * max_chunks, lo_text=f"2 * max_chunks = {2 * max_chunks}")
         self.bfp = bfp
         self.channels = channels
         self.max_count = max_count

@@ -13,6 +13,8 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
+from hw.checks import check_int
+
 __all__ = ["UARTRx", "UARTTx", "MIN_DIVISOR", "MAX_DIVISOR", "check_divisor"]
 
 #: Limits of the bit divisor (clock cycles per bit).
@@ -21,10 +23,7 @@ MAX_DIVISOR = 1 << 24
 
 
 def check_divisor(divisor):
-    if isinstance(divisor, bool) or not isinstance(divisor, int) or not MIN_DIVISOR <= divisor <= MAX_DIVISOR:
-        raise ValueError(f"UART divisor must be an integer in {MIN_DIVISOR}..{MAX_DIVISOR} "
-                         f"(clock cycles per bit), not {divisor!r}")
-    return divisor
+    return check_int("UART divisor", divisor, MIN_DIVISOR, MAX_DIVISOR, unit="(clock cycles per bit)")
 
 
 class UARTRx(wiring.Component):
@@ -53,9 +52,7 @@ class UARTRx(wiring.Component):
 
     def __init__(self, divisor, *, break_bits=20):
         self.divisor = check_divisor(divisor)
-        if isinstance(break_bits, bool) or not isinstance(break_bits, int) or not 11 <= break_bits <= 1024:
-            raise ValueError(f"break length must be an integer in 11..1024 bit times, not {break_bits!r}")
-        self.break_bits = break_bits
+        self.break_bits = check_int("break length", break_bits, 11, 1024, unit="bit times")
         super().__init__({
             "rx": In(1, init=1),
             "o": Out(stream.Signature(8)),

@@ -48,9 +48,12 @@ Why each step is exact
   that saturate stay saturated because round-to-odd is monotonic and never crosses a power of two,
   which also keeps ``floor(log2 |v|)`` (hence the shared exponent) unchanged.
 
-Outside the ranges where the float64 paths are proven exact (only input formats with more exponent
-bits than the generator accepts, E >= 10, and extreme values) the functions fall back to an exact
-Python-integer path, slower but the same bits; ``force_exact_path`` forces it (used by the tests).
+Input formats with more than ``hw.formats.BN_MAX_EXP_BITS`` exponent bits are refused, as the
+generator and the golden model refuse them (``check_bn_format``: the ``BNConfig`` and the
+functions that take an input format). Outside the ranges where the float64 paths are proven exact
+(extreme values) the functions fall back to an exact Python-integer path, slower but the same bits;
+``force_exact_path`` forces it (used by the tests). The format helpers (``encode_fields``,
+``encode_values``, ``round_float``, ``to_bits``) take any format.
 """
 
 import math
@@ -58,7 +61,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hw.formats import FloatFormat, float_format
+from hw.formats import RUNNING_MEAN_RESET, RUNNING_SIGMA_RESET, FloatFormat, check_bn_format, float_format
 from sim.golden import Block, quantize_block
 from sim import golden_bn
 from sim.golden_bn import BNConfig, C_FRAC_BITS, range_scale, check_count
@@ -308,7 +311,7 @@ def _rne_shift(mag, shift):
 def fields_to_blocks(cfg, fmt, sign, expo, frac):
     """The BFP alignment shifter (``sim.golden.float_to_bfp``) on field arrays of shape
     (n, channels): one block per position and group."""
-    fmt = float_format(fmt)
+    fmt = check_bn_format(fmt)
     bfp = cfg.bfp
     W, M = bfp.width, fmt.frac_bits
     if M > 52:
@@ -332,7 +335,7 @@ def fields_to_blocks(cfg, fmt, sign, expo, frac):
 
 def words_to_blocks(cfg, fmt, words):
     """Packed float words ``words[n][channels]`` (Python ints) -> :class:`Blocks`."""
-    fmt = float_format(fmt)
+    fmt = check_bn_format(fmt)
     w = np.array(words, dtype=object)
     sign = np.vectorize(lambda b: fmt.unpack(int(b))[0], otypes=[np.int64])(w)
     expo = np.vectorize(lambda b: fmt.unpack(int(b))[1], otypes=[np.int64])(w)
@@ -373,7 +376,7 @@ def _encode_values_fast(fmt, x):
 def quantize_input(cfg, fmt, x):
     """A float tensor ``x[n, channels]`` -> input float format (RNE, saturate, flush) -> BFP blocks,
     exactly as the golden ``float_to_bfp`` on the ``FloatFormat.encode`` words."""
-    fmt = float_format(fmt)
+    fmt = check_bn_format(fmt)
     if _fast_ok(cfg, fmt):
         # the encoded value is exact in float64; the alignment shifter is quantize_block on it
         v, special = _encode_values_fast(fmt, x)
@@ -677,7 +680,8 @@ def finalize(cfg, stats, gamma, beta, training=True, running_mean=None, running_
 
 def running_reset(cfg):
     """Running statistics after reset (``golden_bn.running_reset``): mean 0, sigma_hat 1."""
-    return np.zeros(cfg.channels), np.ones(cfg.channels)
+    return (np.full(cfg.channels, float(RUNNING_MEAN_RESET)),
+            np.full(cfg.channels, float(RUNNING_SIGMA_RESET)))
 
 
 def update_running(cfg, running, batch):

@@ -19,13 +19,22 @@ because 53 >= 2 * (frac_bits + 1) + 2 for every format up to fp32 (Figueroa, "Wh
 innocuous?", 1995), and float64's exponent range holds every exact result of two 8-bit-exponent
 operands.
 
+The batch-norm models take a compute format ``fmt`` and a storage format ``io_fmt`` of the
+per-element values (default ``fmt``), like ``hw.float_bn``: inputs are rounded to ``io_fmt`` and
+read exactly in ``fmt`` (``io_fmt`` is no wider), everything is computed in ``fmt``, and the
+per-element outputs are the ``fmt`` results rounded once more, to ``io_fmt`` (bf16 I/O with fp32
+compute: the fp32 result rounded to bf16, as a mixed-precision BN stores it).
+
 The batch-norm models mirror the hardware's order of operations (including the interleaved
 partial sums of the accumulators), so the RTL must match them bit for bit; :func:`bn_forward_ref`
 and :func:`bn_backward_ref` are the plain float64 formulas the tests use for the error bound.
+The rounding (``fround``, ``to_bits``), the adder and multiplier latencies and ``ring_depth`` come
+from ``hw.float_convention``, shared with the hardware.
 """
 
 import numpy as np
 
+from hw.float_convention import ADD_LATENCY, MUL_LATENCY, check_format as _check, fround, ring_depth, to_bits
 from hw.formats import float_format
 
 __all__ = [
@@ -34,48 +43,8 @@ __all__ = [
     "ADD_LATENCY", "MUL_LATENCY",
 ]
 
-#: Pipeline depths of ``hw.float_units.FloatAdd`` / ``FloatMul`` (the golden model needs them to
-#: reproduce the accumulators' interleaving).
-ADD_LATENCY = 4
-MUL_LATENCY = 3
-
-
-def _check(fmt):
-    fmt = float_format(fmt)
-    if fmt.frac_bits > 23 or fmt.exp_bits > 8:
-        raise ValueError(f"the float64 golden model supports formats up to fp32, not {fmt.name}")
-    return fmt
-
-
-def fround(fmt, x):
-    """Round float64 values to ``fmt`` under the project convention (see the module docstring).
-    Returns float64 values that are exactly representable in ``fmt``."""
-    fmt = _check(fmt)
-    x = np.asarray(x, dtype=np.float64)
-    m, e = np.frexp(x)                      # x = m * 2**e, 0.5 <= |m| < 1
-    p = fmt.frac_bits + 1
-    r = np.ldexp(np.rint(np.ldexp(m, p)), e - p)
-    m2, e2 = np.frexp(r)
-    biased = e2 - 1 + fmt.bias
-    largest = float(fmt.max_value())
-    out = np.where(biased < 1, 0.0, r)
-    out = np.where(biased > fmt.exp_max, np.copysign(largest, r), out)
-    out = np.where(out == 0, 0.0, out)      # +0 only
-    return out
-
-
-def to_bits(fmt, x):
-    """Bit patterns (int64 array) of values already representable in ``fmt``."""
-    fmt = _check(fmt)
-    x = np.asarray(x, dtype=np.float64)
-    sign = (np.signbit(x) & (x != 0)).astype(np.int64)
-    m, e = np.frexp(np.abs(x))                  # |x| = m * 2**e, 0.5 <= m < 1
-    exp = np.where(x == 0, 0, e - 1 + fmt.bias).astype(np.int64)
-    scaled = np.ldexp(m, fmt.frac_bits + 1)
-    assert np.all(scaled == np.rint(scaled)), "value not representable"
-    assert np.all((exp >= 0) & (exp <= fmt.exp_max)), "value out of range"
-    frac = np.where(x == 0, 0, scaled.astype(np.int64) - (1 << fmt.frac_bits))
-    return (sign << (fmt.exp_bits + fmt.frac_bits)) | (exp << fmt.frac_bits) | frac
+# ``fround``, ``to_bits``, ``ring_depth`` and the latencies are the hardware's facts
+# (``hw.float_convention``); they are re-exported here so the model reads as one module.
 
 
 def from_bits(fmt, bits):
@@ -120,14 +89,6 @@ def fsqrt(fmt, a):
     return fround(fmt, np.sqrt(np.maximum(a, 0.0)))
 
 
-def ring_depth(channels, block):
-    """Slots of each interleaved accumulator of ``hw.float_bn`` per lane: a multiple of the channel
-    groups ``G = ceil(channels / block)`` that is larger than the adder latency, so a slot's
-    previous sum has left the adder before the slot comes round again."""
-    groups = -(-channels // block)
-    return groups * -(-(ADD_LATENCY + 1) // groups)
-
-
 def _partial_sums(fmt, values, groups, depth):
     """``values``: (n, C) per position and channel (already rounded to the format). Returns
     (C,) sums formed like the hardware: vector ``t = pos * G + group`` goes to slot ``t % depth``;
@@ -150,13 +111,24 @@ def _partial_sums(fmt, values, groups, depth):
     return out
 
 
-def bn_forward(fmt, x, gamma, beta, block, eps=2.0 ** -16):
+def _io(fmt, io_fmt):
+    if io_fmt is None:
+        return fmt
+    io = _check(io_fmt)
+    if io.exp_bits > fmt.exp_bits or io.frac_bits > fmt.frac_bits:
+        raise ValueError(f"io format must be no wider than the compute format {fmt.name}, not {io.name}")
+    return io
+
+
+def bn_forward(fmt, x, gamma, beta, block, eps=2.0 ** -16, io_fmt=None):
     """Training-mode forward pass of ``hw.float_bn.FloatBNForward``, bit for bit.
 
-    ``x``: (n, C) values (rounded to ``fmt`` here); ``gamma``, ``beta``: (C,).
-    Returns ``(y, stats)`` with ``y`` (n, C) and ``stats`` a dict of (C,) arrays mu, inv, a, b."""
+    ``x``: (n, C) values (rounded to ``io_fmt`` here); ``gamma``, ``beta``: (C,), in ``fmt``.
+    Returns ``(y, stats)`` with ``y`` (n, C, in ``io_fmt``) and ``stats`` a dict of (C,) arrays
+    mu, inv, a, b (in ``fmt``)."""
     fmt = _check(fmt)
-    x = fround(fmt, x)
+    io = _io(fmt, io_fmt)
+    x = fround(io, x)
     gamma = fround(fmt, gamma)
     beta = fround(fmt, beta)
     n, C = x.shape
@@ -173,20 +145,22 @@ def bn_forward(fmt, x, gamma, beta, block, eps=2.0 ** -16):
     inv = fdiv(fmt, 1.0, sd)
     a = fmul(fmt, gamma, inv)
     b = fsub(fmt, beta, fmul(fmt, mu, a))
-    y = fadd(fmt, fmul(fmt, a[None, :], x), b[None, :])
+    y = fround(io, fadd(fmt, fmul(fmt, a[None, :], x), b[None, :]))
     return y, {"mu": mu, "inv": inv, "a": a, "b": b}
 
 
-def bn_backward(fmt, x, g, stats, block):
+def bn_backward(fmt, x, g, stats, block, io_fmt=None):
     """Backward pass of ``hw.float_bn.FloatBNBackward``, bit for bit.
 
-    ``stats``: the forward pass's ``mu``, ``inv`` and ``a`` (= gamma * inv). Returns
-    ``(dx, grads)``, grads a dict of (C,) arrays dgamma, dbeta.
+    ``x``, ``g``: (n, C), rounded to ``io_fmt``; ``stats``: the forward pass's ``mu``, ``inv``
+    and ``a`` (= gamma * inv), in ``fmt``. Returns ``(dx, grads)``, ``dx`` in ``io_fmt``, grads a
+    dict of (C,) arrays dgamma, dbeta in ``fmt``.
     dbeta = sum g; dgamma = sum g * xhat = inv * (sum g x - mu sum g);
     dx = A g + Cc x + D with A = a, Cc = -A inv dgamma / n, D = -A dbeta / n - Cc mu."""
     fmt = _check(fmt)
-    x = fround(fmt, x)
-    g = fround(fmt, g)
+    io = _io(fmt, io_fmt)
+    x = fround(io, x)
+    g = fround(io, g)
     mu, inv, a = (fround(fmt, stats[k]) for k in ("mu", "inv", "a"))
     n, C = x.shape
     groups = -(-C // block)
@@ -199,7 +173,7 @@ def bn_backward(fmt, x, g, stats, block):
     cc = -fmul(fmt, u, rn)
     v = fmul(fmt, fmul(fmt, a, Sg), rn)
     d = fsub(fmt, -v, fmul(fmt, cc, mu))
-    dx = fadd(fmt, fadd(fmt, fmul(fmt, a[None, :], g), fmul(fmt, cc[None, :], x)), d[None, :])
+    dx = fround(io, fadd(fmt, fadd(fmt, fmul(fmt, a[None, :], g), fmul(fmt, cc[None, :], x)), d[None, :]))
     return dx, {"dgamma": dgamma, "dbeta": Sg}
 
 

@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from hw.formats import BFPFormat, FloatFormat, internal_format
+from hw.formats import C_FRAC_BITS, BFPFormat, FloatFormat, check_bn_format, internal_format, running_reset_bits
 from sim.golden import Block, quantize_block
 
 __all__ = [
@@ -39,10 +39,6 @@ __all__ = [
     "forward_stats", "finalize", "normalize", "forward", "running_reset", "update_running",
     "backward_stats", "backward_finalize", "backward_dx", "backward",
 ]
-
-#: Fraction bits of the fixed-point range constant C.
-C_FRAC_BITS = 16
-
 
 def range_scale(m, cfix=1.0):
     """The Range-BN constant ``C(m) = cfix / sqrt(2 ln m)`` as an unsigned fixed-point integer with
@@ -60,7 +56,9 @@ def range_scale(m, cfix=1.0):
 class BNConfig:
     """Everything the golden model needs: formats, geometry and run-time settings.
 
-    ``bfp``: the BFP format of x, y, g and dx. ``internal``: the per-channel float (mu, sigma_hat,
+    ``bfp``: the BFP format of x, y, g and dx; its exponent field is at most
+    ``hw.formats.BN_MAX_EXP_BITS`` bits (``check_bn_format``: bf16 or fp32 data is refused, as the
+    generator refuses it). ``internal``: the per-channel float (mu, sigma_hat,
     1/sigma_hat, a, b, gamma, beta, gradients). ``chunks``: K (a power of two). ``c_scale``: C as
     returned by :func:`range_scale`. ``eps_log2``: eps = 2**eps_log2. ``momentum_shift``: running
     statistics move by ``2**-momentum_shift`` of the difference per batch.
@@ -74,6 +72,9 @@ class BNConfig:
     momentum_shift: int = 3
 
     def __post_init__(self):
+        if not isinstance(self.bfp, BFPFormat):
+            raise TypeError(f"bfp must be a hw.formats.BFPFormat, not {self.bfp!r}")
+        check_bn_format(self.bfp)       # what the generator refuses (BN_MAX_EXP_BITS), same message
         if not isinstance(self.channels, int) or self.channels < 1:
             raise ValueError(f"channels must be a positive integer, not {self.channels!r}")
         k = self.chunks
@@ -245,8 +246,9 @@ def finalize(cfg, stat, gamma, beta, training=True, running_mean=None, running_s
 
 
 def running_reset(cfg):
-    """Running statistics after reset: mean 0, sigma_hat 1 (as PyTorch's running_var = 1)."""
-    return cfg.internal.encode(0), cfg.internal.encode(1)
+    """Running statistics after reset: mean 0, sigma_hat 1 (as PyTorch's running_var = 1); the values
+    are the hardware's (``hw.formats.RUNNING_MEAN_RESET`` / ``RUNNING_SIGMA_RESET``)."""
+    return running_reset_bits(cfg.internal)
 
 
 def update_running(cfg, running, batch):

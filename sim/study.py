@@ -26,6 +26,9 @@ METHODS = {
     "lightnorm_w4": ("LightNorm W=4 (bit-exact)", "ln", {"mode": "exact", "width": 4}),
     "lightnorm_w6": ("LightNorm W=6 (bit-exact)", "ln", {"mode": "exact", "width": 6}),
     "lightnorm_w8": ("LightNorm W=8 (bit-exact)", "ln", {"mode": "exact", "width": 8}),
+    "lightnorm_w8_m8": ("LightNorm W=8, M=8 (bit-exact)", "ln", {"mode": "exact", "width": 8, "internal_frac_bits": 8}),
+    "lightnorm_w8_m6": ("LightNorm W=8, M=6 (bit-exact)", "ln", {"mode": "exact", "width": 8, "internal_frac_bits": 6}),
+    "lightnorm_w8_k8": ("LightNorm W=8, K=8 (bit-exact)", "ln", {"mode": "exact", "width": 8, "chunks": 8}),
     "bfp_only":     ("BFP only W=8 (standard BN statistics)", "ln", {"mode": "bfp_only", "width": 8}),
     "range_only":   ("Range only (fp10 inputs, no BFP)", "ln", {"mode": "range_only"}),
     "no_bn_fixup":  ("No BN, Fixup-style init", "fixup", {}),
@@ -106,7 +109,8 @@ def build_model(method, seed, channels=(16, 32, 32), block=16, in_format="fp10",
         norm = nn.BatchNorm2d
     elif kind == "ln":
         def norm(c):
-            return LightNormBatchNorm2d(c, block=block, in_format=in_format, chunks=chunks, **opts)
+            # a method's own options (its K or M) override the study's
+            return LightNormBatchNorm2d(c, **{"block": block, "in_format": in_format, "chunks": chunks, **opts})
     else:
         norm = lambda c: Affine()      # noqa: E731
     net = Net(norm, channels)

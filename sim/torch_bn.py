@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hw.formats import BFPFormat, float_format
+from hw.formats import BFPFormat, check_bn_format, float_format
 from sim import fast_bn as fb
 from sim import reference
 from sim.golden_bn import BNConfig, C_FRAC_BITS, range_scale
@@ -142,7 +142,7 @@ class LightNormBatchNorm2d(nn.Module):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         self.num_features = num_features
-        self.fmt = float_format(in_format)
+        self.fmt = check_bn_format(in_format)     # refuses what the generator refuses (bf16, fp32)
         if internal_frac_bits is None:
             internal_frac_bits = min(23, width + 4)
         self.cfg = BNConfig(bfp=BFPFormat.for_float(self.fmt, width, block), channels=num_features,

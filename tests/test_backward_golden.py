@@ -5,7 +5,8 @@ Run (prints the error table of docs/backward.md)::
 
     PYTHONPATH=. pytest -s tests/test_backward_golden.py
 
-Bounds tested here (derived in docs/backward.md):
+Figures tested here on fp10, centred data (docs/backward.md); the bound for every accepted input,
+per output, is ``sim.error_bounds.BOUNDS`` (docs/numerics.md, tests/test_error_bounds.py):
 
 * finite differences: ``|FD - analytic| <= FD_TOL * max(1, max |analytic|)`` per case, FD_TOL = 1e-6;
 * golden dx: ``<= DX_BOUND_ULPS`` ulps of its output BFP block (the ulp of the block's shared

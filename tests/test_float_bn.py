@@ -4,9 +4,14 @@ sim.float_golden.
 Float units: bit for bit against the float64-rounded golden model (random values, random bit
 patterns covering zero / subnormal / all-ones exponents, cancellation, overflow, underflow).
 
+Format conversion (``float_convert``, the mixed-precision baseline's widening and rounding):
+bit for bit against ``fround`` of the target format, widening and narrowing.
+
 BN cores: bit for bit against ``sim.float_golden.bn_forward`` / ``bn_backward`` (same order of
 operations, including the interleaved partial sums), and the golden model against plain float64
-batch norm within a bound derived from the format (see ``_tolerance``).
+batch norm within a bound derived from the format (see ``_tolerance``). Configurations are named
+``fp32``, ``bf16`` (one format) and ``bf16/fp32`` (bf16 per-element I/O, fp32 compute: the
+mixed-precision baseline).
 """
 
 import numpy as np
@@ -15,7 +20,7 @@ from amaranth.sim import Simulator
 
 from hw.formats import float_format
 from hw.float_bn import FloatBNBackward, FloatBNForward
-from hw.float_units import FloatAdd, FloatDiv, FloatMul, FloatSqrt
+from hw.float_units import FloatAdd, FloatDiv, FloatMul, FloatSqrt, float_convert
 from sim import float_golden as fg
 
 FORMATS = ["fp32", "bf16"]
@@ -113,7 +118,44 @@ def test_iterative_unit_bit_exact(name, op):
     assert len(bad) == 0, [(hex(A[i]), hex(B[i]), hex(got[i]), hex(want[i])) for i in bad[:5]]
 
 
+@pytest.mark.parametrize("src,dst", [("fp32", "bf16"), ("bf16", "fp32"), ("fp32", "e5m10"), ("e5m10", "fp32"),
+                                     ("fp32", "e8m4")])
+def test_float_convert_bit_exact(src, dst):
+    """Combinational conversion against ``fround`` (narrowing: RNE incl. ties, flush, saturation;
+    widening: exact, zero and subnormal inputs give +0)."""
+    from amaranth.hdl import Module, Signal
+    s, d = float_format(src), float_format(dst)
+    A, _ = _operands(s, 600, seed=11)
+    # Exact ties and near-ties of the narrowing: fraction bits below the cut set to 100..0 / 011..1.
+    if s.frac_bits > d.frac_bits:
+        cut = s.frac_bits - d.frac_bits
+        A[:60] = (A[:60] & ~((1 << cut) - 1)) | (1 << (cut - 1))
+        A[60:90] = (A[60:90] & ~((1 << cut) - 1)) | ((1 << (cut - 1)) - 1)
+    m = Module()
+    a = Signal(s.width)
+    y = float_convert(m, s, d, a)
+    got = []
+
+    async def tb(ctx):
+        for v in A:
+            ctx.set(a, int(v))
+            got.append(ctx.get(y))
+
+    sim = Simulator(m)
+    sim.add_testbench(tb)
+    sim.run()
+    want = fg.to_bits(d, fg.fround(d, fg.from_bits(s, A)))
+    bad = [i for i in range(len(A)) if got[i] != want[i]]
+    assert not bad, [(hex(A[i]), hex(got[i]), hex(want[i])) for i in bad[:5]]
+
+
 # -- BN cores ---------------------------------------------------------------------------------------
+
+def _formats(name):
+    """``"fp32"`` -> (fp32, fp32); ``"bf16/fp32"`` -> (compute fp32, io bf16)."""
+    io, _, compute = name.partition("/")
+    return float_format(compute or io), float_format(io)
+
 
 def _vectors(fmt, arr, block):
     """(n, C) values -> list of per-vector lane bit lists in stream order (t = pos * G + group)."""
@@ -154,7 +196,7 @@ def _sim_core(dut, cmd, passes, per_channel_in, in_name, rec_out, vec_out, stall
     """Drive ``cmd``, two passes of vectors on ``in_name`` (the second with random output
     back-pressure when ``stall_seed`` is set), per-channel records on ``per_channel_in``; collect
     the per-channel output records ``rec_out`` and output vectors ``vec_out``."""
-    fmt, block = dut.fmt, dut.block
+    fmt, io, block = dut.fmt, dut.io_fmt, dut.block
     got_recs, got_vecs = [], []
     n_out = len(passes[1])
     rng = np.random.default_rng(stall_seed) if stall_seed is not None else None
@@ -173,7 +215,7 @@ def _sim_core(dut, cmd, passes, per_channel_in, in_name, rec_out, vec_out, stall
                 if rng is not None and rng.random() < 0.2:
                     ctx.set(inp.valid, 0)
                     await ctx.tick()
-                ctx.set(inp.payload.as_value(), _pack(fmt, lanes) if isinstance(lanes, list) else lanes)
+                ctx.set(inp.payload.as_value(), _pack(io, lanes) if isinstance(lanes, list) else lanes)
                 ctx.set(inp.valid, 1)
                 await ctx.tick().until(inp.ready)
             ctx.set(inp.valid, 0)
@@ -200,7 +242,7 @@ def _sim_core(dut, cmd, passes, per_channel_in, in_name, rec_out, vec_out, stall
             ctx.set(vout.ready, ready)
             _, _, valid, payload = await ctx.tick().sample(vout.valid, vout.payload.as_value())
             if valid and ready:
-                got_vecs.append(_unpack(fmt, payload, block))
+                got_vecs.append(_unpack(io, payload, block))
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -216,7 +258,7 @@ def _fields(fmt, rec, names):
     return {n: int(rec[n].as_value()) for n in names}
 
 
-def _tolerance(fmt, n, scale):
+def _tolerance(fmt, n, scale, io=None):
     """Error bound of the baseline against float64 batch norm.
 
     With unit roundoff u = 2**-(frac_bits + 1): each of the L interleaved partial sums of n/L
@@ -225,54 +267,67 @@ def _tolerance(fmt, n, scale):
     variance E[x^2] - mu^2 loses a further (E[x^2] / var) in cancellation, and sqrt, reciprocal,
     a, b and the per-element multiply-add add a few u each. For standardized data (|mu| <= sigma,
     which the tests use) this is bounded by (2 n + 16) u relative to ``scale`` (the
-    magnitude of the outputs); the tests assert it."""
+    magnitude of the outputs); the tests assert it. With a narrower per-element format ``io``
+    the inputs are exact in both models and the outputs are rounded once more: + u_io * scale."""
     u = 2.0 ** -(fmt.frac_bits + 1)
-    return (2 * n + 16) * u * scale
+    u_io = 0.0 if io is None or io == fmt else 2.0 ** -(io.frac_bits + 1)
+    return ((2 * n + 16) * u + u_io) * scale
 
 
 def _bn_case(name, n, C, seed):
-    fmt = float_format(name)
+    fmt, io = _formats(name)
     rng = np.random.default_rng(seed)
-    x = fg.fround(fmt, rng.standard_normal((n, C)) * 2.0 + rng.uniform(-1, 1, C))
+    x = fg.fround(io, rng.standard_normal((n, C)) * 2.0 + rng.uniform(-1, 1, C))
     gamma = fg.fround(fmt, rng.uniform(0.5, 1.5, C))
     beta = fg.fround(fmt, rng.uniform(-0.5, 0.5, C))
-    g = fg.fround(fmt, rng.standard_normal((n, C)))
-    return fmt, x, gamma, beta, g
+    g = fg.fround(io, rng.standard_normal((n, C)))
+    return fmt, io, x, gamma, beta, g
 
 
-FWD_CASES = [("fp32", 4, 4, 6), ("bf16", 4, 8, 5), ("fp32", 3, 8, 4), ("bf16", 8, 8, 16)]
+FWD_CASES = [("fp32", 4, 4, 6), ("bf16", 4, 8, 5), ("fp32", 3, 8, 4), ("bf16", 8, 8, 16),
+             ("bf16/fp32", 4, 8, 5), ("bf16/fp32", 3, 5, 9)]
+
+
+@pytest.mark.filterwarnings("ignore:.*created but never used")
+def test_io_format_checked():
+    """A storage format wider than the compute format is refused with one line naming it."""
+    with pytest.raises(ValueError, match=r"io format must be no wider than the compute format bf16 .*not fp32"):
+        FloatBNForward("bf16", block=2, channels=2, max_count=4, io_fmt="fp32")
+    with pytest.raises(ValueError, match="io format must be no wider"):
+        fg.bn_forward("bf16", np.zeros((2, 2)), np.ones(2), np.zeros(2), 2, io_fmt="fp32")
 
 
 @pytest.mark.parametrize("name,block,channels,n", FWD_CASES)
 def test_forward_bit_exact(name, block, channels, n):
-    fmt, x, gamma, beta, _ = _bn_case(name, n, channels, seed=block * 100 + n)
-    dut = FloatBNForward(fmt, block=block, channels=channels, max_count=64)
-    vecs = _vectors(fmt, x, block)
+    fmt, io, x, gamma, beta, _ = _bn_case(name, n, channels, seed=block * 100 + n)
+    dut = FloatBNForward(fmt, block=block, channels=channels, max_count=64, io_fmt=io)
+    vecs = _vectors(io, x, block)
     params = [{"gamma": int(fg.to_bits(fmt, gamma[c])), "beta": int(fg.to_bits(fmt, beta[c]))}
               for c in range(channels)]
     recs, out = _sim_core(dut, n, [vecs, vecs], ("params", params), "x", "stats", "y", stall_seed=n)
-    y_want, st_want = fg.bn_forward(fmt, x, gamma, beta, block)
+    y_want, st_want = fg.bn_forward(fmt, x, gamma, beta, block, io_fmt=io)
     assert len(recs) == channels and len(out) == len(vecs)
     for key in ("mu", "inv", "a", "b"):
         got = np.array([r[key] for r in recs])
         assert list(got) == list(fg.to_bits(fmt, st_want[key])), key
-    y_got = _collect(out, n, channels, block, fmt)
-    assert (y_got == fg.to_bits(fmt, y_want)).all()
+    y_got = _collect(out, n, channels, block, io)
+    assert (y_got == fg.to_bits(io, y_want)).all()
     # Golden model against float64 batch norm.
     y_ref, _ = fg.bn_forward_ref(x, gamma, beta)
-    assert np.max(np.abs(y_want - y_ref)) <= _tolerance(fmt, n, np.max(np.abs(y_ref)))
+    assert np.max(np.abs(y_want - y_ref)) <= _tolerance(fmt, n, np.max(np.abs(y_ref)), io)
 
 
-BWD_CASES = [("fp32", 4, 4, 6), ("bf16", 4, 8, 5), ("fp32", 3, 8, 4), ("bf16", 8, 8, 16)]
+BWD_CASES = [("fp32", 4, 4, 6), ("bf16", 4, 8, 5), ("fp32", 3, 8, 4), ("bf16", 8, 8, 16),
+             ("bf16/fp32", 4, 8, 5), ("bf16/fp32", 3, 5, 9)]
 
 
 @pytest.mark.parametrize("name,block,channels,n", BWD_CASES)
 def test_backward_bit_exact(name, block, channels, n):
-    fmt, x, gamma, beta, g = _bn_case(name, n, channels, seed=block * 7 + n)
-    _, st = fg.bn_forward(fmt, x, gamma, beta, block)
-    dut = FloatBNBackward(fmt, block=block, channels=channels, max_count=64)
+    fmt, io, x, gamma, beta, g = _bn_case(name, n, channels, seed=block * 7 + n)
+    _, st = fg.bn_forward(fmt, x, gamma, beta, block, io_fmt=io)
+    dut = FloatBNBackward(fmt, block=block, channels=channels, max_count=64, io_fmt=io)
     G = -(-channels // block)
-    xb, gb = fg.to_bits(fmt, x), fg.to_bits(fmt, g)
+    xb, gb = fg.to_bits(io, x), fg.to_bits(io, g)
     vecs = []
     for pos in range(n):
         for grp in range(G):
@@ -281,18 +336,18 @@ def test_backward_bit_exact(name, block, channels, n):
                 c = grp * block + k
                 lanes.append({"x": int(xb[pos, c]) if c < channels else 0,
                               "g": int(gb[pos, c]) if c < channels else 0})
-            vecs.append(_pack_pairs(fmt, lanes))
+            vecs.append(_pack_pairs(io, lanes))
     stats = [{k: int(fg.to_bits(fmt, st[k][c])) for k in ("mu", "inv", "a")} for c in range(channels)]
     recs, out = _sim_core(dut, n, [vecs, vecs], ("stats", stats), "xg", "grads", "dx", stall_seed=n + 1)
-    dx_want, gr_want = fg.bn_backward(fmt, x, g, st, block)
+    dx_want, gr_want = fg.bn_backward(fmt, x, g, st, block, io_fmt=io)
     assert len(recs) == channels and len(out) == len(vecs)
     for key in ("dgamma", "dbeta"):
         got = np.array([r[key] for r in recs])
         assert list(got) == list(fg.to_bits(fmt, gr_want[key])), key
-    dx_got = _collect(out, n, channels, block, fmt)
-    assert (dx_got == fg.to_bits(fmt, dx_want)).all()
+    dx_got = _collect(out, n, channels, block, io)
+    assert (dx_got == fg.to_bits(io, dx_want)).all()
     dx_ref, gr_ref = fg.bn_backward_ref(x, g, gamma)
-    assert np.max(np.abs(dx_want - dx_ref)) <= _tolerance(fmt, n, np.max(np.abs(dx_ref)))
+    assert np.max(np.abs(dx_want - dx_ref)) <= _tolerance(fmt, n, np.max(np.abs(dx_ref)), io)
     for key in ("dgamma", "dbeta"):
         assert np.max(np.abs(gr_want[key] - gr_ref[key])) <= _tolerance(fmt, n, np.max(np.abs(g)) * n)
 

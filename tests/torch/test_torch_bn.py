@@ -12,7 +12,7 @@ from hw.formats import float_format
 from sim import fast_bn as fb
 from sim import golden_bn as gb
 from sim.golden import float_to_bfp
-from sim.torch_bn import LightNormBatchNorm2d, grad_shift
+from sim.torch_bn import MODES, LightNormBatchNorm2d, grad_shift
 
 
 def golden_stream(cfg, fmt, x):
@@ -203,3 +203,16 @@ def test_study_verify_exact_on_a_small_net():
         net(torch.rand(4, 1, 8, 8))
     assert verify_exact(net, torch.rand(2, 1, 8, 8)) > 0
     assert verify_exact(build_model("fp32_bn", 0), torch.rand(2, 1, 8, 8)) == 0
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp32", "e7m2"])
+@pytest.mark.parametrize("mode", MODES)
+def test_refuses_what_the_generator_refuses(name, mode):
+    """An input format with more than BN_MAX_EXP_BITS exponent bits is refused in every mode, with
+    the generator's one message (hw.formats.check_bn_format)."""
+    from gen.units import ParamError, Params
+    with pytest.raises(ParamError) as want:
+        Params(in_format=name)
+    with pytest.raises(ValueError) as got:
+        LightNormBatchNorm2d(4, in_format=name, mode=mode)
+    assert str(got.value) == str(want.value)

@@ -10,7 +10,8 @@ from dataclasses import dataclass, asdict, fields
 
 from gen.atomic import atomic_dir
 from gen.errors import ParamError
-from hw.formats import (BFPFormat, BN_MAX_EXP_BITS, MIN_WIDTH, MAX_WIDTH, MAX_BLOCK, check_bn_format,
+from hw.formats import (BFPFormat, BN_MAX_CHANNELS, BN_MAX_CHUNKS, BN_MAX_COUNT, BN_MAX_EXP_BITS,
+                        INTERNAL_FRAC_BITS, MIN_WIDTH, MAX_WIDTH, MAX_BLOCK, check_bn_format,
                         float_format, internal_format)
 
 __all__ = ["Params", "UNITS", "all_units", "build_unit", "generate", "ParamError"]
@@ -20,10 +21,10 @@ __all__ = ["Params", "UNITS", "all_units", "build_unit", "generate", "ParamError
 LIMITS = {
     "width": (MIN_WIDTH, MAX_WIDTH),
     "block": (1, MAX_BLOCK),
-    "chunks": (1, 64),
-    "channels": (1, 4096),
-    "max_count": (2, 1 << 24),
-    "internal_frac_bits": (4, 23),
+    "chunks": (1, BN_MAX_CHUNKS),
+    "channels": (1, BN_MAX_CHANNELS),
+    "max_count": (2, BN_MAX_COUNT),
+    "internal_frac_bits": INTERNAL_FRAC_BITS,
 }
 
 
@@ -52,10 +53,17 @@ class Params:
             raise ParamError(f"chunks must be a power of two in 1..64, not {self.chunks!r}")
         if self.max_count < 2 * self.chunks:
             raise ParamError(f"max-count must be at least 2 * chunks = {2 * self.chunks}, not {self.max_count!r}")
+        import re
+        custom = re.fullmatch(r"e(\d+)m(\d+)", str(self.in_format).lower())
+        if custom and not 2 <= int(custom[1]) <= BN_MAX_EXP_BITS:
+            raise ParamError(f"in-format {self.in_format!r} has {int(custom[1])} exponent bits; "
+                             f"the Range-BN units accept 2..{BN_MAX_EXP_BITS} (fp10, fp16, fp15, e4m3, e5m2, e<E>m<M>)")
         try:
             check_bn_format(self.in_format, label=repr(self.in_format))
         except ValueError as exc:
-            raise ParamError(str(exc)) from None
+            msg = str(exc)      # an e<E>m<M> with an impossible field: name the format too
+            raise ParamError(msg if msg.startswith(("unknown", "in-format")) else
+                             f"in-format {self.in_format!r}: {msg}") from None
 
     @property
     def float_format(self):

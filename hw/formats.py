@@ -33,6 +33,7 @@ from hw.checks import check_int
 __all__ = [
     "FloatFormat", "BFPFormat", "FLOAT_FORMATS", "float_format", "internal_format", "FLAG_NAMES",
     "MIN_WIDTH", "MAX_WIDTH", "MAX_BLOCK", "BN_MAX_EXP_BITS", "check_bn_format", "C_FRAC_BITS",
+    "BN_MAX_CHANNELS", "BN_MAX_COUNT", "BN_MAX_CHUNKS", "INTERNAL_FRAC_BITS", "check_bn_args",
     "RUNNING_MEAN_RESET", "RUNNING_SIGMA_RESET", "running_reset_bits",
 ]
 
@@ -52,6 +53,14 @@ MAX_BLOCK = 64
 #: The generator, the golden model, the NumPy twin and the PyTorch layer all refuse wider fields
 #: through :func:`check_bn_format`, with its one message.
 BN_MAX_EXP_BITS = 6
+
+#: The other limits of the Range-BN cores (forward and backward), the generator's: the verified
+#: range (``tests/test_sweep.py`` visits both ends of each); the internal float is
+#: ``internal_format(M)``.
+BN_MAX_CHANNELS = 4096
+BN_MAX_COUNT = 1 << 24
+BN_MAX_CHUNKS = 64
+INTERNAL_FRAC_BITS = (4, 23)
 
 #: Fraction bits of the fixed-point Range-BN constant C (the ``c_scale`` register: unsigned, C < 4).
 C_FRAC_BITS = 16
@@ -169,7 +178,7 @@ FLOAT_FORMATS = {
 def internal_format(frac_bits):
     """The per-channel internal float of the Range-BN units: 8 exponent bits (bias 127) and
     ``frac_bits`` fraction bits. Holds mu, sigma_hat, 1/sigma_hat, a, b, gamma, beta, gradients."""
-    check_int("internal float fraction bits", frac_bits, 4, 23)
+    check_int("internal float fraction bits", frac_bits, *INTERNAL_FRAC_BITS)
     return FloatFormat(f"e8m{frac_bits}", 8, frac_bits)
 
 
@@ -267,6 +276,26 @@ def check_bn_format(fmt, label=None):
         raise ValueError(f"in-format {label} has {fmt.exp_bits} exponent bits; "
                          f"the Range-BN units accept 2..{BN_MAX_EXP_BITS} (fp10, fp16, fp15, e4m3, e5m2, e<E>m<M>)")
     return fmt
+
+
+def check_bn_args(bfp, internal, channels, max_count, max_chunks):
+    """Raise ``ValueError`` (one line naming the bad value and the allowed range) unless the
+    arguments of a Range-BN core are in the range the generator accepts and the sweep verifies:
+    ``bfp`` a ``BFPFormat`` that :func:`check_bn_format` accepts, ``internal`` an
+    ``internal_format(M)`` (8 exponent bits, M in ``INTERNAL_FRAC_BITS``), ``channels`` in
+    1..``BN_MAX_CHANNELS``, ``max_chunks`` a power of two in 1..``BN_MAX_CHUNKS``, ``max_count``
+    in ``2 * max_chunks``..``BN_MAX_COUNT``."""
+    from hw.checks import check_instance
+    check_instance("bfp", bfp, BFPFormat)
+    check_bn_format(bfp)
+    check_instance("internal", internal, FloatFormat)
+    lo, hi = INTERNAL_FRAC_BITS
+    if internal.exp_bits != 8 or not lo <= internal.frac_bits <= hi:
+        raise ValueError(f"internal float must be e8m<M> with M in {lo}..{hi} "
+                         f"(hw.formats.internal_format), not {internal.name!r}")
+    check_int("channels", channels, 1, BN_MAX_CHANNELS)
+    check_int("max_chunks", max_chunks, 1, BN_MAX_CHUNKS, power_of_two=True)
+    check_int("max_count", max_count, 2 * max_chunks, BN_MAX_COUNT)
 
 
 def flags_layout():

@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 
 __all__ = [
-    "flatten", "pack", "unpack", "to_signed", "config",
+    "flatten", "pack", "unpack", "to_signed", "check_blocks", "check_count", "fit_count", "config",
     "start_clock_and_reset", "CycleCounter", "StreamBus", "StreamSource", "StreamSink",
     "StreamMonitor", "StreamBench", "Transfer",
     "run_cocotb", "verilator_path", "REPO_ROOT", "SIM_BUILD_ROOT",
@@ -117,6 +117,36 @@ def pack(shape, value):
     elif not lo <= value <= hi:
         raise ValueError(f"value {value} does not fit {s!r} (range {lo}..{hi})")
     return value & ((1 << s.width) - 1)
+
+
+def check_blocks(bfp, blocks, what):
+    """Raise ``ValueError`` naming ``what`` unless every block of ``blocks`` is a valid input block
+    of ``bfp``: ``bfp.block`` codes in ``[-code_max, code_max]`` and an exponent in
+    ``[0, exp_max]``. A directed stimulus built from a constant that only fits some widths or
+    formats would otherwise wrap silently when packed (code 4 in a 3-bit lane is -4)."""
+    for i, b in enumerate(blocks):
+        e, codes = b[0], b[1]
+        if len(codes) != bfp.block or not 0 <= e <= bfp.exp_max or \
+                any(not -bfp.code_max <= q <= bfp.code_max for q in codes):
+            raise ValueError(f"stimulus {what!r}: block {i} (exponent {e}, codes {list(codes)}) is not a "
+                             f"W={bfp.width} B={bfp.block} block (codes in -{bfp.code_max}..{bfp.code_max}, "
+                             f"exponent in 0..{bfp.exp_max})")
+
+
+def check_count(n, K, max_count, what):
+    """Raise ``ValueError`` naming ``what`` unless ``n`` is a count the hardware accepts with ``K``
+    chunks (a multiple of K, ``n / K >= 2``, ``n <= max_count``): a good command of a plan whose
+    count broke these rules would be dropped with ``count_error`` instead of being checked."""
+    if n % K or n < 2 * K or n > max_count:
+        raise ValueError(f"stimulus {what!r}: count {n} with K = {K} is not a good command "
+                         f"(a multiple of K in {2 * K}..{max_count})")
+
+
+def fit_count(n, K, max_count):
+    """The count a plan step asks for (``n``) made a good one: a multiple of ``K``, at least
+    ``2 K``, at most ``max_count`` (the generator guarantees ``max_count >= 2 K``)."""
+    n = max(2 * K, min(n, max_count))
+    return n - n % K
 
 
 def unpack(shape, bits):

@@ -19,6 +19,7 @@ import numpy as np
 
 from hw.formats import float_format
 from sim import golden_bn as gbn
+from sim.bench import fit_count
 from sim.golden import Block, float_to_bfp
 
 __all__ = ["BackwardPlan", "Step", "saved_record", "activations", "to_blocks", "random_blocks",
@@ -103,12 +104,13 @@ def edge_blocks(cfg, n, rng, offset=0):
     bfp, B = cfg.bfp, cfg.bfp.block
     m = max(1, n // cfg.chunks)
     cmax = bfp.code_max
+    emax = bfp.exp_max              # >= 3 (two exponent bits): exponents above it are clamped
     out = []
     for p in range(n):
         k = p // m
         for g in range(cfg.groups):
             kind = EDGE_KINDS[(g + offset) % len(EDGE_KINDS)]
-            e = 4
+            e = min(4, emax)
             if kind == "flat":
                 codes = [1 + (l % cmax) for l in range(B)]
                 e = min(bfp.exp_max, 15)
@@ -122,7 +124,7 @@ def edge_blocks(cfg, n, rng, offset=0):
                 codes = [1 + ((k + l) % cmax) for l in range(B)]
                 e = 3
             elif kind == "two":
-                e = 5 if p % 2 else 4
+                e = min(5, emax) if p % 2 else min(4, emax) - (emax < 5)
                 codes = [min(cmax, 1 if p % 2 else 2) * (1 if l % 2 else -1) for l in range(B)]
             elif kind == "sat":
                 e = bfp.exp_max
@@ -238,8 +240,11 @@ class BackwardPlan:
         """One command over the tensors ``x`` and ``g`` (block streams); the saved records come
         from the golden forward pass of ``x`` with ``gamma``, ``beta`` (random by default) and C
         ``c_scale`` (default ``range_scale(n / K)`` with CFIX 1 or 0.540208 at random)."""
-        from sim.bench import pack
+        from sim.bench import check_blocks, check_count, pack
+        check_blocks(self.bfp, x, f"{tag} (x)")
+        check_blocks(self.bfp, g, f"{tag} (g)")
         n = len(x) // self.cfg(K).groups
+        check_count(n, K, self.p.max_count, tag)
         if c_scale is None:
             c_scale = gbn.range_scale(n // K, float(self.rng.choice([1.0, 0.540208])))
         cfg = self.cfg(K, c_scale)
@@ -269,6 +274,7 @@ class BackwardPlan:
         return step
 
     def tensor(self, kind, n, K, **kw):
+        n = fit_count(n, K, self.p.max_count)
         cfg = self.cfg(K)
         if kind == "random":
             return random_blocks(cfg, n, self.rng, **kw)
@@ -391,8 +397,8 @@ class BackwardPlan:
                   tag="skewed g (dx carries)")
 
     def dx_residues(self):
-        """dx lanes that are pure rounding residues, one target lane at a time (every lane of every
-        group): x makes sigma and 1 / sigma powers of two (chunks alternate codes 0 and 1, C = 1), so
+        """dx lanes that are pure rounding residues, one target lane at a time (every lane that holds a
+        channel): x makes sigma and 1 / sigma powers of two (chunks alternate codes 0 and 1, C = 1), so
         ``a = gamma / sigma`` is exact; g is the constant code ``code_max``, so ``gbar = g`` and
         ``dx = a g + rnd(-a g)``: the rounding error of the product ``code_max * ma``. gamma's
         fraction is solved so that the error is one product LSB: the lane's window holds a lone 1
@@ -428,8 +434,9 @@ class BackwardPlan:
         base = Fraction((1 << M) + frac, 1 << M) * sigma     # a = gamma / sigma = 1.frac
         x = self._blocks(n, K, lambda pos, chans: (ex, [pos % 2] * len(chans)))
         g = self._blocks(n, K, lambda pos, chans: (eg, [q] * len(chans)))
-        for lane in range(B):
-            for partner in (None, (lane + 1) % B):
+        lanes = min(B, self.C)          # lanes past the channels are padding
+        for lane in range(lanes):
+            for partner in (None, (lane + 1) % lanes):
                 if partner == lane:
                     continue
                 gamma = []
@@ -483,7 +490,7 @@ class BackwardPlan:
         if K > 1:
             k2 = K // 4 if K >= 4 else 1
             for kk in sorted({1, k2, K // 2}):
-                n = kk * 6
+                n = fit_count(kk * 6, kk, p.max_count)
                 self.good(self.tensor("relu", n, kk), self.tensor("grad", n, kk), kk,
                           tag=f"run-time K = {kk} below max")
         n_po = min(p.max_count, 64 * K)

@@ -356,6 +356,9 @@ def _check_coverage(case, cov):
     assert cov["flush"] > 0 and cov["special"] > 0, cov
     first = max(1, M + 2 - W)
     last = M + 1 if case.bfp.block > 1 else min(M + 1, first)   # a lone lane is its own maximum
+    # A lane sits at most exp_max - 1 binades below the block maximum (exponents 1..exp_max), so
+    # its shift is at most that plus M + 2 - W: a 2-bit exponent field at W = 5, M = 1 has no tie.
+    last = min(last, case.fmt.exp_max - 1 + M + 2 - W)
     for sh in range(first, last + 1):                 # every shift amount a tie can occur at
         assert sh in ties, f"no tie at shift {sh}: {cov}"
         if sh <= M - 1:                               # truncated code can be even or odd

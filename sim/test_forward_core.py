@@ -14,6 +14,7 @@ import numpy as np
 from hw.formats import BFPFormat, float_format
 from sim.golden import Block, float_to_bfp
 from sim import golden_bn as gbn
+from sim.bench import fit_count
 
 __all__ = ["DISTRIBUTIONS", "activations", "to_blocks", "channel_params"]
 
@@ -112,6 +113,7 @@ def edge_blocks(cfg, n, rng):
     (repeated extreme values), two-valued, saturated codes at the largest exponent, zeros,
     alternating sign at tiny exponents. Every chunk repeats the pattern so ties span chunks."""
     bfp, B = cfg.bfp, cfg.bfp.block
+    cmax, e4 = bfp.code_max, min(4, bfp.exp_max)        # every width from 2, every exponent field
     rows = []
     kinds = ("flat", "ties", "two", "sat", "zero", "tiny", "random")
     for p in range(n):
@@ -119,11 +121,11 @@ def edge_blocks(cfg, n, rng):
         for c in range(cfg.channels):
             kind = kinds[c % len(kinds)]
             if kind == "flat":
-                v = (3, bfp.exp_max // 2)
+                v = (min(3, cmax), bfp.exp_max // 2)
             elif kind == "ties":
-                v = ((bfp.code_max, 4) if p % 3 == 0 else (-bfp.code_max, 4) if p % 3 == 1 else (1, 4))
+                v = ((cmax, e4) if p % 3 == 0 else (-cmax, e4) if p % 3 == 1 else (1, e4))
             elif kind == "two":
-                v = (1, 2) if p % 2 else (2, 1)      # equal values with different exponents
+                v = (1, 2) if p % 2 else (min(2, cmax), 1)  # equal values, different exponents (W >= 3)
             elif kind == "sat":
                 v = ((bfp.code_max if p % 2 else -bfp.code_max), bfp.exp_max)
             elif kind == "zero":
@@ -183,6 +185,14 @@ def permute_within_chunks(cfg, blocks, K, rng):
     return [blocks[p * G + g] for p in order for g in range(G)]
 
 
+def _whole_chunks(rows, K, max_count):
+    """``rows`` repeated cyclically to the smallest count >= ``len(rows)`` that is a multiple of
+    ``K`` and at least ``2 K`` (a valid n for any K, also when there are fewer rows than K), cut
+    to ``max_count``."""
+    n = fit_count(-(-len(rows) // K) * K, K, max_count)
+    return [rows[i % len(rows)] for i in range(n)]
+
+
 class Step(dict):
     """One command of the plan: ``cmd`` (dict), ``bad``, ``x`` (blocks in stream order, both passes),
     ``params`` (records), ``y`` / ``stats`` (expected), ``elements`` (y lanes checked), ``tag``."""
@@ -237,8 +247,11 @@ class Planner:
         """A good command over ``blocks``; ``load``: {channel: (mean bits, sigma bits)}; ``cfix``:
         the constant of C (default: 1 or Banner's 0.540208 at random); ``c_scale``: the command's
         C field itself (``range_scale`` of some ``cfix`` in (0, 4)), overriding ``cfix``."""
+        from sim.bench import check_blocks, check_count
+        check_blocks(self.bfp, blocks, tag)
         cfg0 = self.cfg(K)
         n = len(blocks) // cfg0.groups
+        check_count(n, K, self.p.max_count, tag)
         if c_scale is None:
             if cfix is None:
                 cfix = float(self.rng.choice([1.0, 0.540208]))
@@ -266,6 +279,7 @@ class Planner:
         return step
 
     def tensor(self, kind, n, K):
+        n = fit_count(n, K, self.p.max_count)
         cfg = self.cfg(K)
         if kind == "random":
             return random_blocks(cfg, n, self.rng)
@@ -280,11 +294,12 @@ class Planner:
         operand of the lane's window and ``a X0 + beta`` carries into the window's top bit, an exact
         power of two. A partner lane with y = beta' = 2**(W-1) T sets the block's code LSB to 2 T,
         so the target is an exact tie whose guard bit is that carry bit, with nothing below it
-        (rounds to even: 0). Every lane of every group is the target once."""
+        (rounds to even: 0). Every lane that holds a channel is the target once (padding lanes carry none)."""
         from fractions import Fraction
         K, f, bfp = self.Kmax, self.f, self.bfp
         B, M, W = bfp.block, f.frac_bits, bfp.width
-        if B < 2:
+        lanes = min(B, self.C)          # lanes that hold a channel in some group
+        if lanes < 2:
             return
         n, ex = 2 * K, max(0, bfp.exp_max - 2)
         x0 = 1 << max(0, W - 2)
@@ -310,8 +325,8 @@ class Planner:
         beta_t = f.encode(T - ax0)
         if f.decode(beta_t) != T - ax0:
             return
-        for lane in range(B):
-            partner = (lane + 1) % B
+        for lane in range(lanes):
+            partner = (lane + 1) % lanes
             gamma = [gamma_bits if c % B == lane else 0 for c in range(self.C)]
             beta = [beta_t if c % B == lane else f.encode(T * (1 << (W - 1))) if c % B == partner else 0
                     for c in range(self.C)]
@@ -343,15 +358,17 @@ class Planner:
         unexercised (fault injection survivors of the pipelined netlist, docs/verification.md):
 
         * C = c_scale at every power of two 2**0 .. 2**17 on channels whose range R is a power of
-          two: the product C R that finalize normalizes has its leading one at every bit of the
-          window with nothing below it (the leading-zero count of the LD step); plus random C.
+          two (alternating codes 0 and ``2**min(2, W-2)``): the product C R that finalize
+          normalizes has its leading one at every bit of the window with nothing below it (the
+          leading-zero count of the LD step); plus random C.
           The rest of the plan only uses ``range_scale`` of cfix 1 and 0.540208 (nine values).
         * y at the bottom of the BFP exponent range: y = x (inference, a = 1, b = 0) with x at
-          shared exponents 1..8, one lane of the group the block maximum at a time (the shared
+          shared exponents 1..min(8, exp_max), one lane of the group the block maximum at a time (the shared
           exponent's clamp to 1 against keys of exponents 2..4).
         * y = a x + b cancelling to a small exact residue in one lane at a time (the block
-          maximum): a x = 48 with x = 1.0 written as codes 4, 2, 1 at exponents 15, 16, 17 (the
-          product's field moves against b's), b = -48 + 2**k / 8, so the residue's leading one
+          maximum): a x = 48 with x = 1.0 written as codes ``2**(W-2) >> s`` at exponents
+          ``bias + s`` for every s the width and the exponent field allow (the product's field
+          moves against b's), b = -48 + 2**k / 8, so the residue's leading one
           walks over the low bits of the window (the leading-one position of the quantizer key).
         * internal-float overflow: gamma = the largest value on channels with a tiny range
           (a = gamma / sigma overflows), and in inference sigma loaded as 0, negative (sigma not
@@ -363,9 +380,10 @@ class Planner:
         rng = np.random.default_rng(12345)
         # --- C at every power of two, R a power of two ---------------------------------------
         n = 2 * K
+        r_code = 1 << min(2, bfp.width - 2)     # 4 from W = 4 on; a power of two at every width
         rows = []
         for p in range(n):
-            rows.append([(4 if p % 2 else 0, 1 + (3 * c) % (bfp.exp_max - 1)) for c in range(C)])
+            rows.append([(r_code if p % 2 else 0, 1 + (3 * c) % (bfp.exp_max - 1)) for c in range(C)])
         blocks = []
         for p in range(n):
             for g in range(G):
@@ -383,16 +401,17 @@ class Planner:
             cs = int(rng.integers(1, 1 << 18))
             self.good(self.tensor("random", 2 * K, K), K, c_scale=cs, tag=f"random c_scale = {cs}")
         # --- y at shared exponents 1..8, one lane the block maximum ----------------------------
-        rows = [(e, q) for q in (bfp.code_max, 1 << (bfp.width - 2)) for e in range(1, 9)]
-        rows = rows[:len(rows) - len(rows) % K]
-        for lane in range(B):
+        rows = _whole_chunks([(e, q) for q in (bfp.code_max, 1 << (bfp.width - 2))
+                              for e in range(1, min(8, bfp.exp_max) + 1)], K, self.p.max_count)
+        for lane in range(min(B, C)):    # lanes past the channels are padding
             self._inference_exact(self._lane_blocks(K, {lane}, rows), K, gamma=[f.encode(1.0)] * C,
-                                  beta=[0] * C, tag=f"y at shared exponents 1..8 in lane {lane}")
+                                  beta=[0] * C, tag=f"y at shared exponents 1..{rows[-1][0]} in lane {lane}")
         # --- small exact residues of a x + b, one lane the block maximum -----------------------
         x0 = 1 << (bfp.width - 2)
-        reps = [(bfp.bias + s, x0 >> s) for s in range(bfp.width - 1)]      # x = 1.0 three ways
-        rows = (reps * K)[:max(2 * K, len(reps) + (-len(reps)) % K)]
-        for lane in range(B):
+        reps = [(bfp.bias + s, x0 >> s)                                     # x = 1.0 several ways
+                for s in range(min(bfp.width - 1, bfp.exp_max - bfp.bias + 1))]
+        rows = _whole_chunks(reps, K, self.p.max_count)
+        for lane in range(min(B, C)):    # lanes past the channels are padding
             for k in range(0, 8, 3):
                 gam = [f.encode(48.0) if c % B == lane else 0 for c in range(C)]
                 bet = [f.encode(-48.0 + 2.0 ** k / 8) if c % B == lane else 0 for c in range(C)]
@@ -406,7 +425,7 @@ class Planner:
         # it: 52 = 6.5 LSBs of 8 rounds to even 48, the exact value 52 + 2**-7 rounds up to 56;
         # in the subtracting case -60 + 2**-7 rounds to -56, -60 would round to -64).
         x1 = [(bfp.bias, x0), (bfp.bias, -x0)]
-        for lane in range(B):
+        for lane in range(min(B, C)):    # lanes past the channels are padding
             for sign, g_val, e_b in ((1, 50.0, 1), (1, 51.0, 0), (-1, 62.0, 1), (-1, 61.0, 0)):
                 b_val = 2.0 ** e_b * (1 + 2.0 ** -f.frac_bits)
                 rows = [x1[0] if sign > 0 else x1[1]] * (2 * K)
@@ -416,7 +435,8 @@ class Planner:
                                       tag=f"jammed b tie in lane {lane}: {sign * g_val} + {b_val}")
         # --- internal-float overflow ----------------------------------------------------------
         gmax = f.pack(0, f.exp_max, (1 << f.frac_bits) - 1)
-        tiny = [Block(1, [(1 if (p + l) % 2 else -1) * (1 + (p * 3 + l) % 3) for l in range(B)], _NO_FLAGS)
+        tiny = [Block(1, [(1 if (p + l) % 2 else -1) * min(bfp.code_max, 1 + (p * 3 + l) % 3)
+                          for l in range(B)], _NO_FLAGS)
                 for p in range(2 * K) for _g in range(G)]
         self.good(tiny, K, gamma=[gmax] * C, beta=[f.encode(0.5)] * C, tag="overflow: gamma = max, tiny range")
         sig = [f.encode(0.0), f.encode(-1.0), f.encode(2.0 ** -100), f.encode(1.0), f.encode(2.0 ** -120)]
@@ -445,11 +465,14 @@ class Planner:
         self.good(self.tensor("edge", 2 * K, K), K, training=False, tag="inference after a dropped command")
         n_edge = min(p.max_count, max(2 * K, 16 * K))
         self.good(self.tensor("edge", n_edge, K), K, tag="edge data")
+        mc = p.max_count
         self.good(flat_lanes(self.cfg(K), 2 * K, K), K, tag="every channel flat, distinct constants")
-        self.good(flat_lanes(self.cfg(K), 4 * K, K, step=True), K, tag="flat per chunk, distinct constants")
+        self.good(flat_lanes(self.cfg(K), fit_count(4 * K, K, mc), K, step=True), K,
+                  tag="flat per chunk, distinct constants")
         k = K // 2      # the read port has one max == min compare per possible last chunk
         while k >= 1:
-            self.good(flat_lanes(self.cfg(k), 4 * k, k, step=True), k, tag=f"flat per chunk, K = {k}")
+            self.good(flat_lanes(self.cfg(k), fit_count(4 * k, k, mc), k, step=True), k,
+                      tag=f"flat per chunk, K = {k}")
             k //= 2
         # huge gamma: a = gamma / sigma_hat overflows the internal float on narrow-range channels
         f = self.f

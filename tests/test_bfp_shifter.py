@@ -52,9 +52,9 @@ def _run(cfg, dut, name):
     return summary
 
 
-def _check(summary, dut):
+def _check(summary, dut, random_blocks=RANDOM_BLOCKS):
     assert summary["mismatches"] == 0, summary["line"]
-    assert summary["blocks"] >= RANDOM_BLOCKS
+    assert summary["blocks"] >= random_blocks
     assert summary["latency"] == [dut.latency]
     assert summary["throughput"] == 1.0
     assert summary["throughput_cycles"] == summary["throughput_blocks"] + dut.latency

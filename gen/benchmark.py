@@ -66,8 +66,9 @@ METRICS = (("ecp5", "lut_sites"), ("ecp5", "luts"), ("ecp5", "ffs"), ("ecp5", "d
 
 def _get(result, unit, target, key):
     r = result["units"].get(unit, {}).get("targets", {}).get(target, {})
-    if key == "lut_dsp_equiv" and key not in r and r.get("lut_sites") is not None:
-        return r["lut_sites"] + DSP_LUT_EQUIV * r.get("dsp", 0)   # area.json written before the key
+    if key == "lut_dsp_equiv" and r.get("lut_sites") is not None:
+        # always from this k: a reused area.json may predate the key or hold another k's value
+        return r["lut_sites"] + DSP_LUT_EQUIV * r.get("dsp", 0)
     if r.get("status") not in (None, "ok", "does not fit"):
         return None
     return r.get(key)

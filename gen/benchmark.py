@@ -426,7 +426,7 @@ METHOD = """### Method and caveats
   `dx = A g + C x + D` (two multiplies and two adds per lane). It has no running statistics or
   inference mode (the LightNorm forward core does), which favours the baseline.
 - Baseline correctness: `tests/test_float_bn.py` checks the float units bit for bit against
-  `sim/float_golden.py` (float64 rounded once to the format: exact for fp32 and bf16 since
+  `sim/model/float_golden.py` (float64 rounded once to the format: exact for fp32 and bf16 since
   53 >= 2p + 2), and both cores bit for bit against the golden model's forward/backward (same order
   of operations), with random gaps and back-pressure; the golden model is within
   (2n + 16) u x max|output| of float64 batch norm (u = 2^-(p), p = fraction bits + 1, n = count).

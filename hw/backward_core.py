@@ -1,6 +1,6 @@
 """The Range-BN backward core: gradient reductions, per-channel finalize, dx pass.
 
-Implements ``sim.golden_bn.backward`` (with ``check_count``) bit for bit, including the exact
+Implements ``sim.model.golden_bn.backward`` (with ``check_count``) bit for bit, including the exact
 Range-BN gradient's argmax/argmin correction. Stream records are those of ``hw.bn_layouts``.
 """
 
@@ -105,7 +105,7 @@ class BackwardCore(wiring.Component):
       ahead; one selects ``b``). ``g.ready`` is the affine pipeline's
       ``i.ready`` (``dx.ready | ~dx.valid``): the whole dx pipeline advances together.
     * Parameters-only mode saves the whole dx pass: ``n * groups`` cycles of ``g`` input plus the
-      pipeline drain (``latency`` and a few hand-over cycles; ``sim/measure_backward.py`` measures
+      pipeline drain (``latency`` and a few hand-over cycles; ``sim/verify/measure_backward.py`` measures
       it), and the second read of g. It writes no chunk entries, which would also save
       ``K - initiation interval`` cycles per channel if K exceeded the finalize engine's
       initiation interval (it never does with ``hw.finalize``: 151 + 7 M cycles).

@@ -2,8 +2,8 @@
 
 :class:`BFPAffine` is the per-element datapath of the Range-BN cores: the forward normalize pass
 (``y = a x + b`` with ``a = gamma / sigma_hat``, ``b = beta - mu a``) and the backward dx pass
-(``dx = a g + b_sel``). It implements ``sim.golden_bn._fma_block`` bit for bit: every lane's
-exact value ``a_l * x_l + b_l`` goes through one :func:`sim.golden.quantize_block`.
+(``dx = a g + b_sel``). It implements ``sim.model.golden_bn._fma_block`` bit for bit: every lane's
+exact value ``a_l * x_l + b_l`` goes through one :func:`sim.model.golden.quantize_block`.
 
 Per-lane arithmetic (a fused multiply-add with a round-to-odd window)
 ---------------------------------------------------------------------
@@ -69,7 +69,7 @@ def affine_window(bfp, internal):
 
 class BFPAffine(wiring.Component):
     """Pipelined ``y_l = rnd(a_l * x_l + b_l)`` over the lanes of a BFP block (one rounding per
-    block, ``sim.golden.quantize_block``).
+    block, ``sim.model.golden.quantize_block``).
 
     Parameters
     ----------

@@ -5,13 +5,13 @@ Two units live here:
 :class:`BlockQuantizer`
     The reusable core. Its input is a block of *exact elements* ``(sign, mag, exp)`` with value
     ``(-1)**sign * mag * 2**(exp + exp_offset)``; its output is one flagged BFP block. It implements
-    :func:`sim.golden.quantize_block` bit for bit. The Range-BN units (``y = a*x + b``, ``dx``) feed
+    :func:`sim.model.golden.quantize_block` bit for bit. The Range-BN units (``y = a*x + b``, ``dx``) feed
     it their wide (rounded-to-odd) results, so the magnitude width, the exponent width and
     signedness and the exponent offset are parameters.
 
 :class:`BFPShifter`
     Packed floats in, BFP block out: a combinational float decoder in front of a
-    :class:`BlockQuantizer`. Implements :func:`sim.golden.float_to_bfp` bit for bit.
+    :class:`BlockQuantizer`. Implements :func:`sim.model.golden.float_to_bfp` bit for bit.
 
 Both are pipelined stream components (``i`` in, ``o`` out) that sustain one block per cycle.
 """
@@ -259,7 +259,7 @@ class _Stage:
 
 
 class BlockQuantizer(wiring.Component):
-    """Round a block of exact elements into one BFP block (``sim.golden.quantize_block``).
+    """Round a block of exact elements into one BFP block (``sim.model.golden.quantize_block``).
 
     Parameters
     ----------

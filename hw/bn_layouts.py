@@ -50,7 +50,7 @@ def chunks_log2_width(max_chunks):
 
 def cmd_layout(max_count, max_chunks):
     """Forward pass command. ``count``: n, positions per channel; ``chunks_log2``: log2 K (K <= the
-    generator's largest K); ``c_scale``: C from ``sim.golden_bn.range_scale(n // K, cfix)``;
+    generator's largest K); ``c_scale``: C from ``sim.model.golden_bn.range_scale(n // K, cfix)``;
     ``training``: 1 = batch statistics (two x passes), 0 = running statistics (one x pass)."""
     return data.StructLayout({
         "count": count_width(max_count),

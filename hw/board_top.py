@@ -38,7 +38,7 @@ input, and sends ``I``.
 Flow control is the host's job: the unit consumes input only while its outputs are being read,
 so a host reads (``R``) every output a ``W`` will produce, issues the ``R`` first, and keeps each
 ``W`` small enough (a few hundred bytes) that neither its receive FIFO nor the host's buffer
-overflows. ``sim/host.py`` does this.
+overflows. ``sim/apps/host.py`` does this.
 """
 
 from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, ResetInserter, Signal, Value

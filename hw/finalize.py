@@ -1,8 +1,8 @@
 """Per-channel finalize engines of the Range-BN cores: a tiny micro-coded sequencer over one
 "load, multiply, add, divide, round" datapath.
 
-:class:`ForwardFinalize` implements ``sim.golden_bn.finalize`` + ``update_running`` and
-:class:`BackwardFinalize` implements ``sim.golden_bn.backward_finalize``, bit for bit, flags
+:class:`ForwardFinalize` implements ``sim.model.golden_bn.finalize`` + ``update_running`` and
+:class:`BackwardFinalize` implements ``sim.model.golden_bn.backward_finalize``, bit for bit, flags
 included (``overflow`` = 1 exactly when the golden ``flags`` set is non-empty). Both are the same
 engine (:class:`_FinalizeEngine`) running a different micro-program.
 
@@ -718,7 +718,7 @@ class _FinalizeEngine(wiring.Component):
 
 
 class ForwardFinalize(_FinalizeEngine):
-    """Forward per-channel finalize: ``sim.golden_bn.finalize`` + ``update_running``.
+    """Forward per-channel finalize: ``sim.model.golden_bn.finalize`` + ``update_running``.
 
     Parameters
     ----------
@@ -878,7 +878,7 @@ class ForwardFinalize(_FinalizeEngine):
 
 
 class BackwardFinalize(_FinalizeEngine):
-    """Backward per-channel finalize: ``sim.golden_bn.backward_finalize``.
+    """Backward per-channel finalize: ``sim.model.golden_bn.backward_finalize``.
 
     Parameters: ``bfp``, ``internal``, ``max_count``, ``max_chunks`` as :class:`ForwardFinalize`.
 

@@ -1,6 +1,6 @@
 """Conventional floating-point batch normalization: the baseline the LightNorm cores are measured
 against (issue 5). Forward and backward, any ``hw.formats.FloatFormat`` (fp32 and bf16 are the
-ones reported). Bit-exact golden model: ``sim.float_golden.bn_forward`` / ``bn_backward``.
+ones reported). Bit-exact golden model: ``sim.model.float_golden.bn_forward`` / ``bn_backward``.
 
 Two formats: the *compute* format ``fmt`` (every multiply, add, accumulator, the per-channel
 finalize, and the per-channel records ``params``/``stats``/``grads``) and the *storage* format

@@ -1,12 +1,12 @@
 """The float baseline's arithmetic convention and pipeline facts, plain NumPy (no Amaranth).
 
 Shared by the hardware (``hw.float_units``, ``hw.float_bn``: latencies, accumulator ring depth,
-constants such as eps) and the golden model ``sim.float_golden``, which imports them from here.
+constants such as eps) and the golden model ``sim.model.float_golden``, which imports them from here.
 
 The convention: every operation is exact and rounded once, to nearest with ties to even, to
 ``frac_bits + 1`` significant bits with an unbounded exponent; a result whose biased exponent is
 below 1 after rounding is flushed to ``+0``; one above ``exp_max`` saturates to the largest finite
-magnitude (no Inf or NaN); every zero is ``+0`` (``hw/float_units.py`` and ``sim/float_golden.py``
+magnitude (no Inf or NaN); every zero is ``+0`` (``hw/float_units.py`` and ``sim/model/float_golden.py``
 say why float64 computes it exactly for formats up to fp32).
 """
 
@@ -17,7 +17,7 @@ from hw.formats import float_format
 __all__ = ["ADD_LATENCY", "MUL_LATENCY", "check_format", "fround", "to_bits", "ring_depth"]
 
 #: Pipeline depths of ``hw.float_units.FloatAdd`` / ``FloatMul`` (their ``LATENCY``); the golden
-#: model ``sim.float_golden`` needs them to reproduce the accumulators' interleaving.
+#: model ``sim.model.float_golden`` needs them to reproduce the accumulators' interleaving.
 ADD_LATENCY = 4
 MUL_LATENCY = 3
 

@@ -1,7 +1,7 @@
 """Small floating-point units for the conventional batch-norm baseline (``hw.float_bn``).
 
 Every unit is parameterized by a ``hw.formats.FloatFormat`` (fp32, bf16, ...). Arithmetic
-convention, shared with ``sim.float_golden``:
+convention, shared with ``sim.model.float_golden``:
 
 * round to nearest, ties to even, once per operation;
 * subnormal operands read as zero; a result that is tiny *after* rounding (biased exponent < 1)
@@ -111,7 +111,7 @@ def int_to_float(m, fmt, value, width, name="i2f"):
 
 def float_convert(m, src, dst, value, name="cvt"):
     """Packed ``src`` value -> packed ``dst`` value, combinational, under the convention above
-    (``sim.float_golden.fround(dst, value)``). Widening (``dst`` has at least ``src``'s exponent
+    (``sim.model.float_golden.fround(dst, value)``). Widening (``dst`` has at least ``src``'s exponent
     and fraction bits) is exact: rebias, pad the fraction; a zero or subnormal gives ``+0``.
     Narrowing rounds to nearest, ties to even, then flushes (biased exponent < 1) or saturates
     (above ``exp_max``) like every other operation. ``src == dst`` is the value itself."""

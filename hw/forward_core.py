@@ -1,6 +1,6 @@
 """The Range-BN forward core: statistics pass, per-channel finalize, normalize pass.
 
-Implements ``sim.golden_bn.forward`` (with ``check_count``, ``running_reset`` and
+Implements ``sim.model.golden_bn.forward`` (with ``check_count``, ``running_reset`` and
 ``update_running``) bit for bit. Stream records are those of ``hw.bn_layouts``.
 """
 
@@ -37,7 +37,7 @@ class ForwardCore(wiring.Component):
     Ports
     -----
     ``cmd`` (in stream, ``cmd_layout``): ``count`` n, ``chunks_log2``, ``c_scale`` (C, from
-        ``sim.golden_bn.range_scale``), ``training``. Accepted only while idle. A command with
+        ``sim.model.golden_bn.range_scale``), ``training``. Accepted only while idle. A command with
         ``n % K != 0``, ``n / K < 2``, ``n > max_count`` or ``K > max_chunks`` is consumed and dropped
         and raises ``count_error`` (as ``golden_bn.check_count``); a good one clears it.
     ``x`` (in stream, ``bfp.block_layout()``): training: ``n * groups`` blocks for the statistics

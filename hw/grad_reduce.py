@@ -1,4 +1,4 @@
-"""Gradient reductions of the Range-BN backward core (``sim.golden_bn.backward_stats`` bit for bit).
+"""Gradient reductions of the Range-BN backward core (``sim.model.golden_bn.backward_stats`` bit for bit).
 
 Per channel, over one reduction pass of paired x / g blocks (LightNorm grouping: a block is ``B``
 channels at one position, ``groups = ceil(channels / B)`` blocks per position, group fastest):

@@ -1,4 +1,4 @@
-"""The statistics unit of the Range-BN forward core (``sim.golden_bn.forward_stats`` bit for bit).
+"""The statistics unit of the Range-BN forward core (``sim.model.golden_bn.forward_stats`` bit for bit).
 
 It consumes the BFP blocks of one statistics pass (LightNorm grouping: a block is ``B`` channels at
 one position, ``groups = ceil(channels / B)`` blocks per position, group fastest) and keeps, per

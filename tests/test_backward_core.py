@@ -1,4 +1,4 @@
-"""BackwardCore (Verilator + cocotb) bit for bit against ``sim.golden_bn.backward``.
+"""BackwardCore (Verilator + cocotb) bit for bit against ``sim.model.golden_bn.backward``.
 
 Default run: widths {4, 8, 12} x B {4, 16} x K {1, 8}, channels varying per configuration (partial
 last groups, one channel, whole groups, a single partial group), >= 100k elements (n * channels
@@ -8,11 +8,11 @@ over all commands) per configuration, random input gaps and output back-pressure
 ``--in-format``). The plan of a configuration (bad counts, n = 2K, edge data with flat channels,
 ties, max == min chunks and saturated codes, internal-float overflow, dx saturation, run-time K
 below the maximum, parameters-only commands, Gaussian / ReLU / Laplace / offset / random BFP data)
-is ``sim.test_backward_core.BackwardPlan``. Each run prints elements and mismatches (``-s``) and
+is ``sim.bench.backward_core.BackwardPlan``. Each run prints elements and mismatches (``-s``) and
 writes them to ``build/sim/backward-results/<id>.json``.
 
 The stream order and timing (one block per cycle, finalize cycles per channel, cycles saved by the
-parameters-only mode) are checked by ``test_backward_throughput`` (``sim/measure_backward.py``).
+parameters-only mode) are checked by ``test_backward_throughput`` (``sim/verify/measure_backward.py``).
 """
 
 import json
@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from sim.bench import REPO_ROOT, run_cocotb
+from sim.bench.common import REPO_ROOT, run_cocotb
 
 ELEMENTS = 100_000
 LONG_ELEMENTS = 1_000_000
@@ -60,7 +60,7 @@ def run_backward(p, elements, seed, idle=0.3, backpressure=0.3):
     conf = {"params": p.as_dict(), "seed": seed, "elements": elements, "idle": idle,
             "backpressure": backpressure, "result_file": str(result_file)}
     import resource
-    from sim.test_backward_core import build_core
+    from sim.bench.backward_core import build_core
 
     def cpu():
         own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
@@ -70,7 +70,7 @@ def run_backward(p, elements, seed, idle=0.3, backpressure=0.3):
     build_dir = build_core(verilog, f"backward-{_label(p)}")
     t_build, c_build = time.time() - t0, cpu() - c0
     try:
-        run_cocotb(verilog, "ln_backward_core", "sim.test_backward_core", name=f"backward-{_label(p)}",
+        run_cocotb(verilog, "ln_backward_core", "sim.bench.backward_core", name=f"backward-{_label(p)}",
                    build_dir=build_dir, config=conf, testcase="backward_regression")
     finally:
         result = json.loads(result_file.read_text()) if result_file.exists() else None
@@ -105,7 +105,7 @@ def test_backward_throughput(unit_config):
     """No gaps, no back-pressure: one pair per cycle in the reduction pass, one block per cycle in
     the dx pass, the documented finalize cycles per channel and dx latency, and the cycles the
     parameters-only mode saves."""
-    from sim.measure_backward import measure
+    from sim.verify.measure_backward import measure
     p = _params(unit_config)
     r = measure(p)
     print(f"\n{_label(p)}: {json.dumps(r)}")
@@ -139,7 +139,7 @@ def test_backward_core_lint(entry, tmp_path):
     emitter classes."""
     import os
     import subprocess
-    from sim.bench import verilator_path
+    from sim.bench.common import verilator_path
     verilog = tmp_path / "ln_backward_core.v"
     verilog.write_text(_verilog(_params(entry)))
     env = dict(os.environ)

@@ -6,7 +6,7 @@ Run (prints the error table of docs/backward.md)::
     PYTHONPATH=. pytest -s tests/test_backward_golden.py
 
 Figures tested here on fp10, centred data (docs/backward.md); the bound for every accepted input,
-per output, is ``sim.error_bounds.BOUNDS`` (docs/numerics.md, tests/test_error_bounds.py):
+per output, is ``sim.verify.error_bounds.BOUNDS`` (docs/numerics.md, tests/test_error_bounds.py):
 
 * finite differences: ``|FD - analytic| <= FD_TOL * max(1, max |analytic|)`` per case, FD_TOL = 1e-6;
 * golden dx: ``<= DX_BOUND_ULPS`` ulps of its output BFP block (the ulp of the block's shared
@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 from hw.formats import BFPFormat, float_format
-from sim import golden_bn as gb
-from sim.golden import encode_array
-from sim.reference import range_bn_backward, range_bn_backward_no_correction, range_bn_forward
+from sim.model import golden_bn as gb
+from sim.model.golden import encode_array
+from sim.model.reference import range_bn_backward, range_bn_backward_no_correction, range_bn_forward
 
 WIDTHS = (4, 6, 8, 10, 12, 16)
 FD_TOL = 1e-6

@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""BFPAffine against the golden model (``sim.golden_bn._fma_block``), bit for bit, with random
+"""BFPAffine against the golden model (``sim.model.golden_bn._fma_block``), bit for bit, with random
 input gaps and output back-pressure; plus the sustained one-block-per-cycle check."""
 
 import random
@@ -10,8 +10,8 @@ from amaranth.sim import Simulator
 
 from hw.bfp_affine import BFPAffine, affine_window
 from hw.formats import BFPFormat, internal_format
-from sim.golden import Block
-from sim import golden_bn as gbn
+from sim.model.golden import Block
+from sim.model import golden_bn as gbn
 
 
 # --- reference -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from gen.verilog import emit
 from hw.bfp_shifter import BFPShifter, BlockQuantizer
 from hw.formats import BFPFormat, float_format
-from sim.bench import run_cocotb
+from sim.bench.common import run_cocotb
 
 DEFAULT_MATRIX = [
     {"width": w, "block": b, "in_format": f}
@@ -45,7 +45,7 @@ RANDOM_BLOCKS = 1000
 
 
 def _run(cfg, dut, name):
-    result = run_cocotb(emit(dut, name), name, "sim.test_bfp_shifter", name=name, config=cfg)
+    result = run_cocotb(emit(dut, name), name, "sim.bench.bfp_shifter", name=name, config=cfg)
     summary = json.loads((result["test_dir"] / "summary.json").read_text())
     (result["build_dir"] / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
     print(summary["line"], f"(latency {summary['latency']}, throughput {summary['throughput']})")
@@ -118,7 +118,7 @@ def test_bfp_shifter_validation():
 
 
 def test_pack_unpack_round_trip():
-    from sim.bench import flatten, pack, unpack
+    from sim.bench.common import flatten, pack, unpack
     q = BlockQuantizer(BFPFormat(6, 4, 3), 9, 5, exp_signed=True)
     value = {"lanes": [{"mag": 511, "exp": -16, "sign": 1}, {"mag": 0, "exp": 15, "sign": 0},
                        {"mag": 5, "exp": -1, "sign": 1}],

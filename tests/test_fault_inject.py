@@ -1,4 +1,4 @@
-"""The survivor classification of ``sim.fault_inject`` (no simulator: Yosys only, a few seconds).
+"""The survivor classification of ``sim.verify.fault_inject`` (no simulator: Yosys only, a few seconds).
 
 ``comb_equivalent`` must prove a rewrite that changes nothing, and must not prove a mutant that
 changes a register's reset value (visible only in the next state) or an output.
@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from sim import fault_inject as fi
+from sim.verify import fault_inject as fi
 
 
 @pytest.fixture(scope="module")

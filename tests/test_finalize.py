@@ -16,7 +16,7 @@ from amaranth.sim import Simulator
 
 from hw.finalize import BackwardFinalize, ForwardFinalize, run_model, sum_width, sum_gx_width
 from hw.formats import BFPFormat, float_format, internal_format
-from sim import golden_bn as gbn
+from sim.model import golden_bn as gbn
 
 # ``_engines`` builds both engines; a test that simulates only one leaves the other unelaborated.
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")

@@ -1,5 +1,5 @@
 """The conventional float BN baseline (hw.float_bn) and its float units (hw.float_units) against
-sim.float_golden.
+sim.model.float_golden.
 
 Float units: bit for bit against the float64-rounded golden model (random values, random bit
 patterns covering zero / subnormal / all-ones exponents, cancellation, overflow, underflow).
@@ -7,7 +7,7 @@ patterns covering zero / subnormal / all-ones exponents, cancellation, overflow,
 Format conversion (``float_convert``, the mixed-precision baseline's widening and rounding):
 bit for bit against ``fround`` of the target format, widening and narrowing.
 
-BN cores: bit for bit against ``sim.float_golden.bn_forward`` / ``bn_backward`` (same order of
+BN cores: bit for bit against ``sim.model.float_golden.bn_forward`` / ``bn_backward`` (same order of
 operations, including the interleaved partial sums), and the golden model against plain float64
 batch norm within a bound derived from the format (see ``_tolerance``). Configurations are named
 ``fp32``, ``bf16`` (one format) and ``bf16/fp32`` (bf16 per-element I/O, fp32 compute: the
@@ -21,7 +21,7 @@ from amaranth.sim import Simulator
 from hw.formats import float_format
 from hw.float_bn import FloatBNBackward, FloatBNForward
 from hw.float_units import FloatAdd, FloatDiv, FloatMul, FloatSqrt, float_convert
-from sim import float_golden as fg
+from sim.model import float_golden as fg
 
 FORMATS = ["fp32", "bf16"]
 

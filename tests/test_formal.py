@@ -1,7 +1,7 @@
-"""Formal checks of the emitted Verilog (``sim/formal.py``): the BFP shifter proved equal to an
+"""Formal checks of the emitted Verilog (``sim/verify/formal.py``): the BFP shifter proved equal to an
 independent specification for all inputs at small sizes, stream protocol properties of every unit.
 
-Default run: the suite in ``sim.formal.DEFAULT_SUITE`` (a minute or two on two cores). Bigger
+Default run: the suite in ``sim.verify.formal.DEFAULT_SUITE`` (a minute or two on two cores). Bigger
 proofs: ``pytest --long tests/test_formal.py``.
 """
 
@@ -12,8 +12,8 @@ import re
 import pytest
 
 from hw.formats import BFPFormat, float_format
-from sim import formal
-from sim.golden import float_to_bfp
+from sim.verify import formal
+from sim.model.golden import float_to_bfp
 
 
 
@@ -41,7 +41,7 @@ def _blocks(fmt, block, limit, seed=1):
     ("e2m1", 5, 3), ("fp10", 4, 2), ("fp10", 8, 2), ("e3m2", 16, 2), ("e4m3", 6, 1),
 ])
 def test_specification_matches_golden(fmt_name, width, block):
-    """The formal specification is itself checked against ``sim.golden.float_to_bfp``:
+    """The formal specification is itself checked against ``sim.model.golden.float_to_bfp``:
     exhaustively up to 4096 blocks, else on 3000 random blocks biased to edge exponents."""
     fmt = float_format(fmt_name)
     bfp = BFPFormat.for_float(fmt, width, block)
@@ -68,7 +68,7 @@ def test_formal(unit, width, block, in_format, check, depth):
 def _break_rounding(text):
     """Turn the first addition of the emitted Verilog into a subtraction (a rounding or exponent
     adder): the equivalence proof must fail."""
-    from sim.fault_inject import apply, mutants
+    from sim.verify.fault_inject import apply, mutants
     adds = [m for m in mutants(text) if m.description == "binary + -> -"]
     assert adds, "no addition found in the emitted Verilog"
     return apply(text, adds[0])
@@ -94,11 +94,11 @@ def test_harness_is_not_vacuous():
 
 
 def test_fault_injection_machinery(tmp_path):
-    """sim/fault_inject.py on the shifter (no simulation): every kind of fault is generated, a
+    """sim/verify/fault_inject.py on the shifter (no simulation): every kind of fault is generated, a
     mutant changes exactly one line, and a schema of 30 sampled mutants passes Verilator lint
     with the original design selected by default."""
     import random as _random
-    from sim.fault_inject import UNIT_BENCHES, apply, emit, lint, mutants, schema
+    from sim.verify.fault_inject import UNIT_BENCHES, apply, emit, lint, mutants, schema
     text, _comp = emit(UNIT_BENCHES["ln_bfp_shifter"])
     ms = mutants(text)
     assert {m.kind for m in ms} >= {"op-swap", "const-bit", "drop-term", "invert-select", "reduce-swap",

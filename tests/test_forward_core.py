@@ -1,4 +1,4 @@
-"""ForwardCore (Verilator + cocotb) bit for bit against ``sim.golden_bn.forward``.
+"""ForwardCore (Verilator + cocotb) bit for bit against ``sim.model.golden_bn.forward``.
 
 Default run: widths {4, 8, 12} x B {4, 16} x K {1, 8}, channels varying per configuration (partial
 last groups, a single channel, whole groups), >= 100k checked y elements per configuration, random
@@ -6,7 +6,7 @@ input gaps and output back-pressure. ``--long``: >= 10**6 elements per configura
 A single configuration: ``pytest tests/test_forward_core.py --width 6 --block 5 --chunks 2 --channels 7``
 (also ``--in-format``). The plan of every configuration (bad counts, n = 2K, edge data, overflow,
 saturation, permuted order, running-statistics loads, training and inference over Gaussian, ReLU,
-Laplace, Student-t, offset and random BFP data) is ``sim.test_forward_core.Planner``.
+Laplace, Student-t, offset and random BFP data) is ``sim.bench.forward_core.Planner``.
 """
 
 import json
@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from sim.bench import SIM_BUILD_ROOT
+from sim.bench.common import SIM_BUILD_ROOT
 
 WIDTHS = (4, 8, 12)
 BLOCKS = (4, 16)
@@ -37,7 +37,7 @@ DEFAULT_MATRIX = [DEFAULT_MATRIX[i] for i in (0, 11, 5, 6, 3, 8, 1, 10, 4, 7, 2,
 
 
 def run_forward_bench(params_kw, elements, seed=1, gap=0.2, backpressure=0.2):
-    """Emit the core's Verilog, run ``sim.test_forward_core`` on it (Verilator, build cached per
+    """Emit the core's Verilog, run ``sim.bench.forward_core`` on it (Verilator, build cached per
     Verilog text) and return the bench's summary dict."""
     from gen.units import Params
     from gen.verilog import emit
@@ -53,10 +53,10 @@ def run_forward_bench(params_kw, elements, seed=1, gap=0.2, backpressure=0.2):
     text = emit(ForwardCore.from_params(p), "ln_forward_core")
     conf = {"params": p.as_dict(), "seed": seed, "elements": elements, "result": str(result),
             "gap": gap, "backpressure": backpressure}
-    from sim.bench import run_cocotb
-    from sim.test_backward_core import MODEL_OPT
+    from sim.bench.common import run_cocotb
+    from sim.bench.backward_core import MODEL_OPT
     try:
-        run_cocotb(text, "ln_forward_core", "sim.test_forward_core", name=name, config=conf,
+        run_cocotb(text, "ln_forward_core", "sim.bench.forward_core", name=name, config=conf,
                    make_vars=MODEL_OPT)
         fails = []
     except AssertionError as exc:

@@ -1,4 +1,4 @@
-"""Golden forward y against float64 Range BN (``sim.reference.range_bn_forward``, same C = cfg.c(n),
+"""Golden forward y against float64 Range BN (``sim.model.reference.range_bn_forward``, same C = cfg.c(n),
 K and eps), in ulps of the output BFP block (ulp = 2**lsb_exponent(block exponent)).
 
 Stated bound (docs/forward.md), per element, with M = internal fraction bits and u = 2**-(M+1):
@@ -24,9 +24,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hw.formats import BFPFormat, float_format                        # noqa: E402
-from sim import golden_bn as gbn                                      # noqa: E402
-from sim.reference import range_bn_forward                            # noqa: E402
-from sim.test_forward_core import DISTRIBUTIONS, activations, channel_params, to_blocks  # noqa: E402
+from sim.model import golden_bn as gbn                                      # noqa: E402
+from sim.model.reference import range_bn_forward                            # noqa: E402
+from sim.bench.forward_core import DISTRIBUTIONS, activations, channel_params, to_blocks  # noqa: E402
 
 WIDTHS = (4, 6, 8, 10, 12, 16)
 IN_FORMAT = "fp10"

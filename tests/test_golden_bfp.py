@@ -1,4 +1,4 @@
-"""The golden BFP model (``sim.golden.float_to_bfp`` / ``quantize_block``) against an exact
+"""The golden BFP model (``sim.model.golden.float_to_bfp`` / ``quantize_block``) against an exact
 rational reference written here independently with ``fractions.Fraction``; plus the number
 formats' encode/decode and validation.
 
@@ -15,7 +15,7 @@ from fractions import Fraction
 import pytest
 
 from hw.formats import BFPFormat, FloatFormat, FLOAT_FORMATS, float_format
-from sim.golden import float_to_bfp, quantize_block
+from sim.model.golden import float_to_bfp, quantize_block
 
 FP10 = float_format("fp10")
 

@@ -69,14 +69,14 @@ def test_hw_imports_nothing_from_sim_or_gen():
 
 
 @pytest.mark.parametrize("planted", [
-    "from sim.golden_bn import C_FRAC_BITS",
-    "import sim.float_golden",
+    "from sim.model.golden_bn import C_FRAC_BITS",
+    "import sim.model.float_golden",
     "import gen",
     "import numpy, gen.units as u",
     "def f():\n    from gen.area import main\n    return main",
     "from .. import sim",
     "from ..gen import units",
-    "import importlib\nm = importlib.import_module('sim.golden')",
+    "import importlib\nm = importlib.import_module('sim.model.golden')",
     "m = __import__('gen.units')",
 ])
 def test_check_catches_a_planted_import(planted):
@@ -88,7 +88,7 @@ def test_check_catches_a_planted_import(planted):
     "from . import formats",
     "import simplejson, generic",
     "from simulation import x",
-    "'''implements ``sim.golden_bn.forward``'''",
+    "'''implements ``sim.model.golden_bn.forward``'''",
     "from amaranth.sim import Simulator",
 ])
 def test_check_passes_innocent_code(innocent):
@@ -100,9 +100,9 @@ def test_check_fails_on_a_temp_copy_of_hw_with_a_planted_import(tmp_path):
     shutil.copytree(HW, copy, ignore=shutil.ignore_patterns("__pycache__"))
     assert layer_violations(copy) == []
     target = copy / "finalize.py"
-    target.write_text(target.read_text() + "\n\ndef _late():\n    from sim.golden_bn import finalize\n")
+    target.write_text(target.read_text() + "\n\ndef _late():\n    from sim.model.golden_bn import finalize\n")
     bad = layer_violations(copy)
-    assert len(bad) == 1 and bad[0].startswith("finalize.py:") and "sim.golden_bn" in bad[0], bad
+    assert len(bad) == 1 and bad[0].startswith("finalize.py:") and "sim.model.golden_bn" in bad[0], bad
 
 
 BLOCKER = textwrap.dedent("""

@@ -1,5 +1,5 @@
 """Reset in the middle of a stream, back-to-back passes and configuration changes between passes
-(cocotb benches in ``sim/test_reset.py``): no stale state survives a reset, and a fresh pass
+(cocotb benches in ``sim/bench/reset.py``): no stale state survives a reset, and a fresh pass
 after a reset matches the golden model of that pass alone.
 
 Default: the BFP shifter at two sizes, the forward and backward cores at one small configuration.
@@ -11,8 +11,8 @@ import json
 import pytest
 
 from gen.units import Params
-from sim.bench import run_cocotb
-from sim.formal import emit_unit
+from sim.bench.common import run_cocotb
+from sim.verify.formal import emit_unit
 
 
 def _run(unit, module_unit, params, trials, seed, tmp_path):
@@ -20,7 +20,7 @@ def _run(unit, module_unit, params, trials, seed, tmp_path):
     summary = tmp_path / "summary.json"
     cfg = {"unit": module_unit, "params": params, "trials": trials, "seed": seed, "summary": str(summary)}
     try:
-        run_cocotb(text, unit, "sim.test_reset", name=f"reset-{unit}", config=cfg)
+        run_cocotb(text, unit, "sim.bench.reset", name=f"reset-{unit}", config=cfg)
     finally:
         if summary.exists():
             print(json.loads(summary.read_text()))
@@ -63,7 +63,7 @@ def test_forward_reset_long(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# The opt-in long regression (sim/long_regression.py) lives here too: pytest --long
+# The opt-in long regression (sim/verify/long_regression.py) lives here too: pytest --long
 # --------------------------------------------------------------------------------------------
 
 def test_long_regression_stimulus_and_classes():
@@ -72,8 +72,8 @@ def test_long_regression_stimulus_and_classes():
     classes agree with the golden model (a tie rounded up gives an odd truncated value + 1)."""
     import numpy as np
     from hw.formats import BFPFormat, float_format
-    from sim.golden import float_to_bfp
-    from sim.long_regression import CONFIGS, classify, generate, possible_classes
+    from sim.model.golden import float_to_bfp
+    from sim.verify.long_regression import CONFIGS, classify, generate, possible_classes
     for fmt_name, width, block in CONFIGS:
         fmt = float_format(fmt_name)
         bfp = BFPFormat.for_float(fmt, width, block)
@@ -97,8 +97,8 @@ def test_long_regression_stimulus_and_classes():
 
 @pytest.mark.long
 def test_long_regression(tmp_path):
-    """>= 10**7 random elements through the emitted shifter over sim.long_regression.CONFIGS."""
-    from sim.long_regression import OUT, run
+    """>= 10**7 random elements through the emitted shifter over sim.verify.long_regression.CONFIGS."""
+    from sim.verify.long_regression import OUT, run
     rec = run(10 ** 7, out=OUT)
     assert rec["elements"] >= 10 ** 7
     assert rec["mismatches"] == 0, [c.get("notes") for c in rec["configurations"]]

@@ -17,7 +17,7 @@ points kept out of the default run for their build time (:data:`LONG_FORWARD`,
 
 The plan builders are also run without a simulator for every point
 (``test_plans_fit_the_configuration``): every directed block must be a block of the configuration
-and every good command's count a count the hardware accepts (``sim.bench.check_blocks``,
+and every good command's count a count the hardware accepts (``sim.bench.common.check_blocks``,
 ``check_count``); that check is how the width-3 failure of the issue was traced to the bench (a
 literal code 4 in a 3-bit lane packs as -4).
 """
@@ -158,8 +158,8 @@ def test_plans_fit_the_configuration(unit, entry):
     block and count in it is valid for its configuration (the builders raise a ValueError naming
     the step otherwise)."""
     from gen.units import Params
-    from sim.test_backward_core import BackwardPlan
-    from sim.test_forward_core import Planner
+    from sim.bench.backward_core import BackwardPlan
+    from sim.bench.forward_core import Planner
     steps = (Planner if unit == "forward" else BackwardPlan)(Params(**entry), 1).build(0)
     assert sum(not s["bad"] for s in steps) > 10
 

@@ -1,4 +1,4 @@
-"""LightNormBatchNorm2d (sim/torch_bn.py): bit-exact against the golden model through torch,
+"""LightNormBatchNorm2d (sim/apps/torch_bn.py): bit-exact against the golden model through torch,
 parameters-only backward, running statistics, the ablation modes. Opt-in:
 ``pip install -e .[torch] && pytest tests/torch``."""
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from hw.formats import float_format
-from sim import fast_bn as fb
-from sim import golden_bn as gb
-from sim.golden import float_to_bfp
-from sim.torch_bn import MODES, LightNormBatchNorm2d, grad_shift
+from sim.model import fast_bn as fb
+from sim.model import golden_bn as gb
+from sim.model.golden import float_to_bfp
+from sim.apps.torch_bn import MODES, LightNormBatchNorm2d, grad_shift
 
 
 def golden_stream(cfg, fmt, x):
@@ -102,7 +102,7 @@ def test_params_only_when_input_needs_no_grad():
 
 
 def test_float_mode_gradcheck():
-    """The float mode is sim/reference.py: its backward is the exact gradient of its forward."""
+    """The float mode is sim/model/reference.py: its backward is the exact gradient of its forward."""
     torch.manual_seed(1)
     bn = LightNormBatchNorm2d(3, chunks=2, mode="float").double()
     x = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
@@ -196,7 +196,7 @@ def test_check_against_golden(width, block, C, chunks):
 
 
 def test_study_verify_exact_on_a_small_net():
-    from sim.study import build_model, verify_exact
+    from sim.apps.study import build_model, verify_exact
     net = build_model("lightnorm_w6", 0, channels=(4, 5, 3), block=3, chunks=2)
     net.train()
     for _ in range(2):

@@ -3,7 +3,7 @@ write (``tests/test_forward_core.py`` -> ``build/sim/results/forward_core-*.json
 ``tests/test_backward_core.py`` -> ``build/sim/backward-results/W*-*.json``):
 
     pytest -n 2 tests/test_forward_core.py tests/test_backward_core.py
-    PYTHONPATH=. python sim/regression_report.py [--build build/sim]
+    PYTHONPATH=. python sim/verify/regression_report.py [--build build/sim]
 
 One row per configuration and element target (the newest summary wins). Nothing here is measured:
 the numbers are the bench's own counts.

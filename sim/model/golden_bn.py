@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from hw.formats import C_FRAC_BITS, BFPFormat, FloatFormat, check_bn_format, internal_format, running_reset_bits
-from sim.golden import Block, quantize_block
+from sim.model.golden import Block, quantize_block
 
 __all__ = [
     "C_FRAC_BITS", "range_scale", "BNConfig", "ChannelStats", "ChannelParams",

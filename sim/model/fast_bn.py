@@ -1,7 +1,7 @@
-"""Vectorized NumPy twin of :mod:`sim.golden_bn`: the same arithmetic, bit for bit, fast enough to
+"""Vectorized NumPy twin of :mod:`sim.model.golden_bn`: the same arithmetic, bit for bit, fast enough to
 train a small CNN on a CPU.
 
-``sim/golden_bn.py`` is the specification (plain Python integers and ``Fraction``); this module
+``sim/model/golden_bn.py`` is the specification (plain Python integers and ``Fraction``); this module
 computes every output bit it computes -- BFP codes, shared exponents, block flags, per-channel
 statistics, every internal float and its overflow flags, dgamma, dbeta, dx -- with NumPy arrays.
 ``tests/test_fast_bn.py`` checks it against the golden model over random configurations.
@@ -9,7 +9,7 @@ statistics, every internal float and its overflow flags, dgamma, dbeta, dx -- wi
 Data layout
 -----------
 Tensors are ``x[n, channels]`` (positions by channels, ``n = N*H*W`` in N, H, W order), as in
-``sim/reference.py``. A :class:`Blocks` holds the BFP stream of such a tensor in LightNorm's
+``sim/model/reference.py``. A :class:`Blocks` holds the BFP stream of such a tensor in LightNorm's
 grouping: ``codes[p, g, l]`` is lane ``l`` of the block of group ``g`` at position ``p`` (channel
 ``g*B + l``; lanes past the last channel are padding and hold 0), ``exps[p, g]`` its shared exponent
 and ``sat/special/flush[p, g]`` its flags. ``Blocks.to_golden()`` gives the golden stream (position
@@ -62,9 +62,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hw.formats import RUNNING_MEAN_RESET, RUNNING_SIGMA_RESET, FloatFormat, check_bn_format, float_format
-from sim.golden import Block, quantize_block
-from sim import golden_bn
-from sim.golden_bn import BNConfig, C_FRAC_BITS, range_scale, check_count
+from sim.model.golden import Block, quantize_block
+from sim.model import golden_bn
+from sim.model.golden_bn import BNConfig, C_FRAC_BITS, range_scale, check_count
 
 __all__ = [
     "BNConfig", "Blocks", "Stats", "Params", "GradParams",
@@ -296,7 +296,7 @@ def _pad_lanes(cfg, a, fill=0):
 
 
 def _rne_shift(mag, shift):
-    """Vectorized ``sim.golden.rne_shift`` on int64 (mag < 2^53), result saturation-safe: a left
+    """Vectorized ``sim.model.golden.rne_shift`` on int64 (mag < 2^53), result saturation-safe: a left
     shift is clamped so the result stays above any code maximum but fits int64."""
     sr = np.clip(shift, 1, 62)
     q = mag >> sr
@@ -309,7 +309,7 @@ def _rne_shift(mag, shift):
 
 
 def fields_to_blocks(cfg, fmt, sign, expo, frac):
-    """The BFP alignment shifter (``sim.golden.float_to_bfp``) on field arrays of shape
+    """The BFP alignment shifter (``sim.model.golden.float_to_bfp``) on field arrays of shape
     (n, channels): one block per position and group."""
     fmt = check_bn_format(fmt)
     bfp = cfg.bfp

@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""cocotb regression of ``hw.bfp_shifter`` against ``sim.golden`` (run through
+"""cocotb regression of ``hw.bfp_shifter`` against ``sim.model.golden`` (run through
 ``tests/test_bfp_shifter.py``, which passes the configuration in ``LN_CONFIG``).
 
 Configuration keys: ``unit`` (``"shifter"`` or ``"quantizer"``), ``width``, ``block``,
@@ -18,8 +18,8 @@ import cocotb
 
 from hw.bfp_shifter import BFPShifter, BlockQuantizer
 from hw.formats import BFPFormat, FLAG_NAMES, float_format
-from sim.bench import StreamBench, config
-from sim.golden import Block, float_to_bfp, quantize_block
+from sim.bench.common import StreamBench, config
+from sim.model.golden import Block, float_to_bfp, quantize_block
 
 _SUMMARY = {}
 

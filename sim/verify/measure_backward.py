@@ -1,6 +1,6 @@
 """Throughput and latency of the backward core, measured in simulation (Verilator + cocotb).
 
-    PYTHONPATH=. python sim/measure_backward.py [--width 8 --block 16 --chunks 8 --channels 16 --count 256]
+    PYTHONPATH=. python sim/verify/measure_backward.py [--width 8 --block 16 --chunks 8 --channels 16 --count 256]
 
 With no input gaps and no back-pressure one command runs twice over the same data, once normally
 and once in parameters-only mode, and the stream monitors' transfer cycles give:
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 try:
     import cocotb
@@ -34,7 +34,7 @@ except ImportError:
 
 
 def _plan(p, n, seed=5):
-    from sim.test_backward_core import BackwardPlan
+    from sim.bench.backward_core import BackwardPlan
     plan = BackwardPlan(p, seed)
     K = p.chunks
     x = plan.tensor("gauss", n, K)
@@ -48,7 +48,7 @@ if cocotb is not None:
     @cocotb.test()
     async def backward_throughput(dut):
         from gen.units import Params
-        from sim import bench
+        from sim.bench import common as bench
         conf = bench.config()
         p = Params(**conf["params"])
         steps = _plan(p, conf["n"])
@@ -121,7 +121,7 @@ def measure(p, n=None):
     the documented values (``*_doc``) from ``BackwardCore``."""
     from gen.verilog import emit
     from hw.backward_core import unit
-    from sim.bench import REPO_ROOT, run_cocotb
+    from sim.bench.common import REPO_ROOT, run_cocotb
     n = n or max(64, 8 * p.chunks)
     n -= n % p.chunks
     core = unit(p)
@@ -131,9 +131,9 @@ def measure(p, n=None):
     result_file = out / f"throughput-{label}-{n}.json"
     if result_file.exists():
         result_file.unlink()
-    from sim.test_backward_core import build_core
+    from sim.bench.backward_core import build_core
     verilog = emit(core, "ln_backward_core")
-    run_cocotb(verilog, "ln_backward_core", "sim.measure_backward", build_dir=build_core(verilog, f"backward-{label}"),
+    run_cocotb(verilog, "ln_backward_core", "sim.verify.measure_backward", build_dir=build_core(verilog, f"backward-{label}"),
                name=f"backward-{label}", config={"params": p.as_dict(), "n": n, "result_file": str(result_file)},
                testcase="backward_throughput")
     res = json.loads(result_file.read_text())

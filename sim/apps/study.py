@@ -1,9 +1,9 @@
 """Training-accuracy study: a small CNN on scikit-learn's digits (8x8, shipped with the package, no
 download) with FP32 BN, float Range BN, LightNorm at W = 4, 6, 8 (the bit-exact hardware arithmetic
-through ``sim.fast_bn``), the ablations BFP-only and range-only, and no BN (Fixup-style init).
+through ``sim.model.fast_bn``), the ablations BFP-only and range-only, and no BN (Fixup-style init).
 
-    python -m sim.study                 # everything, 3 seeds, into build/study
-    python -m sim.study --quick         # 2 epochs, 1 seed: a smoke run
+    python -m sim.apps.study                 # everything, 3 seeds, into build/study
+    python -m sim.apps.study --quick         # 2 epochs, 1 seed: a smoke run
 
 Writes ``results.json`` (every number), ``results.md`` (the table) and ``accuracy.png`` (test
 accuracy against epoch, mean and min/max band over seeds) into ``--out``. Needs the ``torch`` extra.
@@ -101,7 +101,7 @@ def build_model(method, seed, channels=(16, 32, 32), block=16, in_format="fp10",
     """The CNN for ``method`` with parameters initialised from ``seed``."""
     import torch
     from torch import nn
-    from sim.torch_bn import LightNormBatchNorm2d
+    from sim.apps.torch_bn import LightNormBatchNorm2d
     Affine, Net = _torch_defs()
     _, kind, opts = METHODS[method]
     torch.manual_seed(seed)
@@ -173,7 +173,7 @@ def verify_exact(net, x):
     compare the layer with the golden model bit for bit (``check_against_golden``). Returns the
     number of values compared (0 if the net has no exact layer)."""
     import torch
-    from sim.torch_bn import LightNormBatchNorm2d
+    from sim.apps.torch_bn import LightNormBatchNorm2d
     layers = [m for m in net.modules() if isinstance(m, LightNormBatchNorm2d) and m.mode == "exact"]
     inputs = {}
     hooks = [m.register_forward_pre_hook(lambda mod, inp: inputs.__setitem__(id(mod), inp[0].detach()))
@@ -281,7 +281,7 @@ def replot(out):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m sim.study", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m sim.apps.study", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="build/study", help="output directory (default build/study)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
     ap.add_argument("--seeds", type=int, default=DEFAULTS["seeds"])

@@ -2,14 +2,14 @@
 
 The first half builds the command plan of one configuration: x and g tensors (BFP block streams in
 LightNorm's grouping), the forward statistics of x from the *golden* forward pass
-(``sim.golden_bn.forward`` -> ``ChannelStats`` / ``ChannelParams`` -> ``saved_layout`` records, so
+(``sim.model.golden_bn.forward`` -> ``ChannelStats`` / ``ChannelParams`` -> ``saved_layout`` records, so
 this bench does not depend on the forward core) and the expected outputs of
-``sim.golden_bn.backward`` (grads records and dx blocks, flags included), all packed into integers.
-The cocotb half (below ``# --- cocotb``) drives ``BackwardCore`` with the rules of ``sim.bench``'s
+``sim.model.golden_bn.backward`` (grads records and dx blocks, flags included), all packed into integers.
+The cocotb half (below ``# --- cocotb``) drives ``BackwardCore`` with the rules of ``sim.bench.common``'s
 sources (random idle cycles), sinks (random back-pressure) and stream monitors, implemented for
 speed in one coroutine (:class:`StreamDriver`), and compares bit for bit.
 
-Run it through ``tests/test_backward_core.py`` (pytest) or ``sim/measure_backward.py``.
+Run it through ``tests/test_backward_core.py`` (pytest) or ``sim/verify/measure_backward.py``.
 """
 
 import collections
@@ -18,9 +18,9 @@ import random
 import numpy as np
 
 from hw.formats import float_format
-from sim import golden_bn as gbn
-from sim.bench import fit_count
-from sim.golden import Block, float_to_bfp
+from sim.model import golden_bn as gbn
+from sim.bench.common import fit_count
+from sim.model.golden import Block, float_to_bfp
 
 __all__ = ["BackwardPlan", "Step", "saved_record", "activations", "to_blocks", "random_blocks",
            "edge_blocks", "EDGE_KINDS", "build_core"]
@@ -52,7 +52,7 @@ def activations(kind, n, channels, rng):
 
 def to_blocks(cfg, fmt, x):
     """Float64 ``x[n, channels]`` -> packed ``fmt`` words -> the BFP block stream."""
-    from sim.fast_bn import encode_fields       # vectorized FloatFormat.encode (same bits)
+    from sim.model.fast_bn import encode_fields       # vectorized FloatFormat.encode (same bits)
     fmt = float_format(fmt)
     B, C = cfg.bfp.block, cfg.channels
     sign, expo, frac = encode_fields(fmt, x)
@@ -202,7 +202,7 @@ class BackwardPlan:
         return sum(s["elements"] for s in self.steps if not s["cmd"]["params_only"])
 
     # packing (blocks are many: offsets from the layouts once, then plain integer shifts; the
-    # records are few and go through sim.bench.pack)
+    # records are few and go through sim.bench.common.pack)
     def _block(self, block):
         lay = self._block_offsets
         if lay is None:
@@ -231,7 +231,7 @@ class BackwardPlan:
         return word
 
     def bad(self, count, chunks_log2, tag):
-        from sim.bench import pack
+        from sim.bench.common import pack
         cmd = {"count": count, "chunks_log2": chunks_log2, "c_scale": 0, "params_only": 0}
         self.steps.append(Step(cmd=cmd, word=pack(self.cmd_layout, cmd), bad=True, tag=tag, elements=0,
                                stats=[], xg=[], g=[], grads=[], dx=[]))
@@ -240,7 +240,7 @@ class BackwardPlan:
         """One command over the tensors ``x`` and ``g`` (block streams); the saved records come
         from the golden forward pass of ``x`` with ``gamma``, ``beta`` (random by default) and C
         ``c_scale`` (default ``range_scale(n / K)`` with CFIX 1 or 0.540208 at random)."""
-        from sim.bench import check_blocks, check_count, pack
+        from sim.bench.common import check_blocks, check_count, pack
         check_blocks(self.bfp, x, f"{tag} (x)")
         check_blocks(self.bfp, g, f"{tag} (g)")
         n = len(x) // self.cfg(K).groups
@@ -412,7 +412,7 @@ class BackwardPlan:
 
         Positions where the chunk's argmax/argmin select b_max/b_min are ordinary values."""
         from fractions import Fraction
-        from sim.golden_bn import C_FRAC_BITS
+        from sim.model.golden_bn import C_FRAC_BITS
         K, f = self.Kmax, self.f
         bfp, B, M = self.bfp, self.bfp.block, self.f.frac_bits
         q = bfp.code_max
@@ -515,16 +515,16 @@ class BackwardPlan:
 
 # --- building -----------------------------------------------------------------------------------
 
-#: C++ optimisation of the Verilator model. ``sim.bench`` builds at -O0 (fast to compile, and the
+#: C++ optimisation of the Verilator model. ``sim.bench.common`` builds at -O0 (fast to compile, and the
 #: Python bench sets the pace for small units); this core is large enough that -O0 evaluates about
 #: 700 cycles/s against 8,000 at -O1 (W = 8, B = 4, K = 8), so its benches build at -O1.
 MODEL_OPT = {"OPT_FAST": "-O1", "OPT_SLOW": "-O0"}
 
 
 def build_core(verilog, label, toplevel="ln_backward_core"):
-    """Build ``verilog`` at ``MODEL_OPT`` (``sim.bench.build``, cached per text) and return the
+    """Build ``verilog`` at ``MODEL_OPT`` (``sim.bench.common.build``, cached per text) and return the
     build directory, ready for ``run_cocotb(..., build_dir=...)``."""
-    from sim import bench
+    from sim.bench import common as bench
     return bench.build(verilog, toplevel, name=label, make_vars=MODEL_OPT)
 
 
@@ -544,11 +544,11 @@ def _params(conf):
 
 class StreamDriver:
     """All streams of the core in one coroutine: two simulator wake-ups per cycle instead of two
-    per source, sink and monitor (``sim.bench.StreamSource`` / ``StreamSink`` / ``StreamMonitor``
+    per source, sink and monitor (``sim.bench.common.StreamSource`` / ``StreamSink`` / ``StreamMonitor``
     implement the same rules one coroutine each; with a dozen of them the Python side, not the
     model, limited this bench to ~900 cycles/s).
 
-    Rules (as ``sim.bench``): a source inserts an idle cycle before an item with probability
+    Rules (as ``sim.bench.common``): a source inserts an idle cycle before an item with probability
     ``idle``, then holds ``valid`` and ``payload`` until the transfer (``valid`` never depends on
     ``ready``); a sink drives ``ready`` low with probability ``backpressure`` each cycle,
     independent of ``valid``; every stream is monitored: once ``valid & ~ready``, ``valid`` must
@@ -559,7 +559,7 @@ class StreamDriver:
     """
 
     def __init__(self, dut, sources, sinks, *, idle=0.0, backpressure=0.0, seed=0):
-        from sim import bench
+        from sim.bench import common as bench
         self.dut = dut
         self.rng = random.Random(seed)
         self.idle, self.backpressure = idle, backpressure
@@ -634,7 +634,7 @@ class StreamDriver:
 
 async def _run_plan(dut, conf, steps, idle, backpressure, seed):
     """Drive ``steps`` through the core; returns a result dict (counts, mismatches, cycles)."""
-    from sim import bench
+    from sim.bench import common as bench
     await bench.start_clock_and_reset(dut)
     drv = StreamDriver(dut, ("cmd", "stats", "xg", "g"), ("grads", "dx"), idle=idle,
                        backpressure=backpressure, seed=seed)
@@ -689,7 +689,7 @@ async def _run_plan(dut, conf, steps, idle, backpressure, seed):
 
     # compare, per command
     p = _params(conf)
-    from sim.bench import unpack
+    from sim.bench.common import unpack
     from hw.bn_layouts import grads_layout
     report, gi, di, first = [], 0, 0, []
     for index, step in enumerate(steps):
@@ -740,7 +740,7 @@ if cocotb is not None:
     @cocotb.test()
     async def backward_regression(dut):
         """The plan of the configuration, bit for bit against ``golden_bn.backward``."""
-        from sim import bench
+        from sim.bench import common as bench
         conf = bench.config()
         p = _params(conf)
         steps = BackwardPlan(p, conf["seed"]).build(conf["elements"])

@@ -3,11 +3,11 @@
 What is checked
 ---------------
 *Equivalence of the BFP alignment shifter to an independent specification.*
-:class:`FloatToBFPSpec` is a combinational Amaranth model of :func:`sim.golden.float_to_bfp`
+:class:`FloatToBFPSpec` is a combinational Amaranth model of :func:`sim.model.golden.float_to_bfp`
 written from ``docs/numerics.md`` without looking at the hardware's structure: a case per
 exponent difference, rounding by comparing the dropped remainder with one half (not guard and
 sticky bits), saturation by comparison. The *emitted* Verilog of ``ln_bfp_shifter`` (exactly what
-``python -m gen`` writes) is wrapped by a small SystemVerilog harness (``sim/formal/harness.sv.in``)
+``python -m gen`` writes) is wrapped by a small SystemVerilog harness (``sim/verify/formal/harness.sv.in``)
 that instantiates the design and the specification side by side:
 
 ``equiv``
@@ -29,9 +29,9 @@ environment is assumed to obey the same rule on every input stream. Per-unit cou
 
 Usage::
 
-    python -m sim.formal                         # default suite (a couple of minutes)
-    python -m sim.formal --long                  # bigger sizes
-    python -m sim.formal --unit ln_bfp_shifter --in-format e3m2 --width 4 --block 3 --check equiv
+    python -m sim.verify.formal                         # default suite (a couple of minutes)
+    python -m sim.verify.formal --long                  # bigger sizes
+    python -m sim.verify.formal --unit ln_bfp_shifter --in-format e3m2 --width 4 --block 3 --check equiv
 
 ``sby`` working directories go under a temporary directory (``--keep DIR`` keeps them).
 """
@@ -146,7 +146,7 @@ class FloatToBFPSpec(Elaboratable):
 def spec_eval(fmt, bfp, words):
     """Evaluate :class:`FloatToBFPSpec` in Amaranth's simulator on a list of blocks (each a list
     of ``bfp.block`` packed words). Returns ``(exponent, [signed codes], flags dict)`` per block;
-    used by the tests to check the specification itself against ``sim.golden``."""
+    used by the tests to check the specification itself against ``sim.model.golden``."""
     from amaranth.sim import Simulator
     fmt = float_format(fmt)
     spec = FloatToBFPSpec(fmt, bfp)
@@ -477,7 +477,7 @@ def suite_params(unit, width, block, in_format):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m sim.formal", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m sim.verify.formal", description=__doc__.split("\n\n")[0])
     ap.add_argument("--long", action="store_true", help="run the long suite too")
     ap.add_argument("--unit", help="one unit instead of the suites")
     ap.add_argument("--check", choices=sorted(MODES), default="protocol")

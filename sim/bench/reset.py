@@ -167,9 +167,9 @@ if cocotb is not None:
         """Trials: stream random blocks for a random number of cycles (gaps, back-pressure), reset
         for 1..3 cycles (inputs valid or not during reset, the output stalled or not), check that
         ``o.valid`` is low right after the reset, then stream a fresh set of blocks back to back
-        and compare every output with ``sim.golden.float_to_bfp`` of the fresh blocks only."""
-        from sim.bench import config, unpack
-        from sim.golden import float_to_bfp
+        and compare every output with ``sim.model.golden.float_to_bfp`` of the fresh blocks only."""
+        from sim.bench.common import config, unpack
+        from sim.model.golden import float_to_bfp
         cfg = config()
         if cfg.get("unit") != "shifter":
             return
@@ -243,8 +243,8 @@ FWD_SINKS = ("y", "stats")
 
 
 def _fwd_expected(p, steps):
-    from sim.test_forward_core import block_word
-    from sim.bench import pack
+    from sim.bench.forward_core import block_word
+    from sim.bench.common import pack
     from hw.bn_layouts import saved_layout
     sav_l = saved_layout(p.internal, p.max_count, p.chunks)
     y = [block_word(p.bfp, b, flagged=True) for s in steps for b in s["y"]]
@@ -253,11 +253,11 @@ def _fwd_expected(p, steps):
 
 
 async def _fwd_run(st, p, steps, *, stop=None, limit_per_step=None):
-    """Drive ``steps`` (``sim.test_forward_core.Planner`` steps) one command after another: the
+    """Drive ``steps`` (``sim.bench.forward_core.Planner`` steps) one command after another: the
     command is offered as soon as the core is idle, with x and params queued up front.
     ``stop(st, step_index)`` -> True aborts (returns the index of the interrupted step)."""
-    from sim.test_forward_core import block_word
-    from sim.bench import pack
+    from sim.bench.forward_core import block_word
+    from sim.bench.common import pack
     from hw.bn_layouts import cmd_layout, params_layout
     cmd_l = cmd_layout(p.max_count, p.chunks)
     prm_l = params_layout(p.internal)
@@ -302,8 +302,8 @@ if cocotb is not None:
         then a fresh plan from a fresh golden state (running statistics back to their reset
         values) must match bit for bit, with no stale y or stats record."""
         from gen.units import Params
-        from sim.bench import config
-        from sim.test_forward_core import Planner
+        from sim.bench.common import config
+        from sim.bench.forward_core import Planner
         cfg = config()
         if cfg.get("unit") != "forward":
             return
@@ -394,7 +394,7 @@ BWD_SINKS = ("grads", "dx")
 
 
 async def _bwd_run(st, p, steps, *, stop=None):
-    """Drive ``sim.test_backward_core.BackwardPlan`` steps one command after another (the next
+    """Drive ``sim.bench.backward_core.BackwardPlan`` steps one command after another (the next
     command is offered when the core is idle again); ``stop(st)`` -> True aborts."""
     for i, s in enumerate(steps):
         st.queues["cmd"].append(s["word"])
@@ -439,8 +439,8 @@ if cocotb is not None:
         2. Reset in the reduction pass, in finalize, in the dx pass (dx stalled or not) and right
         after a command; then a fresh plan must match bit for bit with no stale output."""
         from gen.units import Params
-        from sim.bench import config
-        from sim.test_backward_core import BackwardPlan
+        from sim.bench.common import config
+        from sim.bench.backward_core import BackwardPlan
         cfg = config()
         if cfg.get("unit") != "backward":
             return

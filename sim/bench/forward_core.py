@@ -1,7 +1,7 @@
 """Stimulus for the forward core (plain Python, importable without a simulator) and its cocotb bench.
 
 The first half builds realistic activation tensors, turns them into the BFP block stream of
-LightNorm's grouping and runs the golden model (``sim.golden_bn.forward``); ``tests/`` uses it for
+LightNorm's grouping and runs the golden model (``sim.model.golden_bn.forward``); ``tests/`` uses it for
 the error table too. The cocotb half (below ``# --- cocotb``) drives ``ForwardCore``.
 """
 
@@ -12,9 +12,9 @@ import random
 import numpy as np
 
 from hw.formats import BFPFormat, float_format
-from sim.golden import Block, float_to_bfp
-from sim import golden_bn as gbn
-from sim.bench import fit_count
+from sim.model.golden import Block, float_to_bfp
+from sim.model import golden_bn as gbn
+from sim.bench.common import fit_count
 
 __all__ = ["DISTRIBUTIONS", "activations", "to_blocks", "channel_params"]
 
@@ -247,7 +247,7 @@ class Planner:
         """A good command over ``blocks``; ``load``: {channel: (mean bits, sigma bits)}; ``cfix``:
         the constant of C (default: 1 or Banner's 0.540208 at random); ``c_scale``: the command's
         C field itself (``range_scale`` of some ``cfix`` in (0, 4)), overriding ``cfix``."""
-        from sim.bench import check_blocks, check_count
+        from sim.bench.common import check_blocks, check_count
         check_blocks(self.bfp, blocks, tag)
         cfg0 = self.cfg(K)
         n = len(blocks) // cfg0.groups
@@ -552,7 +552,7 @@ class Planner:
 
 def block_word(bfp, block, flagged=False):
     """Payload integer of a block (``bfp.block_layout()``, or the flagged layout of ``y``)."""
-    from sim.bench import pack
+    from sim.bench.common import pack
     value = {"exponent": block[0], "codes": [bfp.to_bits(q) for q in block[1]]}
     if flagged:
         value["flags"] = {k: int(bool(block[2][k])) for k in ("sat", "special", "flush")}
@@ -571,14 +571,14 @@ except ImportError:         # the plain-Python half above stays importable witho
 if cocotb is not None:
     @cocotb.test()
     async def forward_core_vs_golden(dut):
-        """Drives the plan of the configuration (``sim.bench.config()``) and compares every y block
+        """Drives the plan of the configuration (``sim.bench.common.config()``) and compares every y block
         and every stats record with the golden model; writes a summary JSON."""
         import json
         import time
         from cocotb.triggers import FallingEdge, RisingEdge
         from gen.units import Params
         from hw.bn_layouts import cmd_layout, params_layout, saved_layout
-        from sim.bench import config, pack, start_clock_and_reset, unpack
+        from sim.bench.common import config, pack, start_clock_and_reset, unpack
 
         conf = config()
         p = Params(**conf["params"])
@@ -671,7 +671,7 @@ if cocotb is not None:
         # One coroutine drives and samples every stream with one trigger per cycle: just after a
         # rising edge the handles still read the values the design had *at* that edge (the
         # transfers that just happened), and what is written then is seen from the next edge on.
-        # The separate sim.bench StreamSource / StreamSink / StreamMonitor objects (two triggers
+        # The separate sim.bench.common StreamSource / StreamSink / StreamMonitor objects (two triggers
         # each per cycle) cost several times more per cycle.
         x_q = collections.deque(block_word(bfp, b) for s in steps for b in s["x"])
         p_q = collections.deque(pack(prm_l, r) for s in steps for r in s["params"])

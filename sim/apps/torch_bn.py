@@ -1,5 +1,5 @@
 """``LightNormBatchNorm2d``: a drop-in for ``torch.nn.BatchNorm2d`` whose forward and backward are the
-hardware's arithmetic, bit for bit (through :mod:`sim.fast_bn`, checked against the golden model).
+hardware's arithmetic, bit for bit (through :mod:`sim.model.fast_bn`, checked against the golden model).
 
 Torch is an optional extra (``pip install -e .[torch]``); nothing else in the project imports this.
 
@@ -10,7 +10,7 @@ Modes
     channels in N, H, W order (chunk k of the Range-BN range is positions ``[k n/K, (k+1) n/K)``);
     every element is rounded to the input float format (``FloatFormat.encode``: RNE, saturate,
     flush), converted to BFP blocks of ``block`` channels at one position, then statistics, finalize
-    and ``y = a x + b`` rounded into BFP exactly as ``sim/golden_bn.py`` defines them. gamma and beta
+    and ``y = a x + b`` rounded into BFP exactly as ``sim/model/golden_bn.py`` defines them. gamma and beta
     (float32 master copies, trained by the optimizer) are rounded to the internal float at every
     call; the module returns the exact values of the output BFP codes. Backward: the incoming
     gradient goes through the same input converter into BFP, then the hardware's reductions,
@@ -20,10 +20,10 @@ Modes
     parameters-only mode (``params_only=True``: no dx pass).
 ``"float"``
     Range BN in float64 with the same K, C (the same fixed-point constant) and eps:
-    ``sim/reference.py``'s forward and exact backward, no quantization anywhere.
+    ``sim/model/reference.py``'s forward and exact backward, no quantization anywhere.
 ``"range_only"``
     Range BN without BFP: x and the incoming gradient are rounded to the input float format (as the
-    hardware's converter does), then float64 Range BN (``sim/reference.py``); y and dx are not
+    hardware's converter does), then float64 Range BN (``sim/model/reference.py``); y and dx are not
     quantized. Compared with ``"exact"`` this isolates what block floating point and the internal
     float cost; compared with ``"float"`` what the input format costs.
 ``"bfp_only"``
@@ -64,9 +64,9 @@ import torch
 from torch import nn
 
 from hw.formats import BFPFormat, check_bn_format, float_format
-from sim import fast_bn as fb
-from sim import reference
-from sim.golden_bn import BNConfig, C_FRAC_BITS, range_scale
+from sim.model import fast_bn as fb
+from sim.model import reference
+from sim.model.golden_bn import BNConfig, C_FRAC_BITS, range_scale
 
 __all__ = ["LightNormBatchNorm2d", "MODES", "grad_shift"]
 
@@ -203,13 +203,13 @@ class LightNormBatchNorm2d(nn.Module):
     def check_against_golden(self, x, g=None, seed=0):
         """Run this layer (exact mode) on ``x`` in training mode (on a copy: the module's running
         statistics are not touched) and in eval mode, and compare every output value with
-        ``sim/golden_bn.py`` run on the same data: y (training and eval), the running statistics,
+        ``sim/model/golden_bn.py`` run on the same data: y (training and eval), the running statistics,
         and, with ``g`` (default: random), dx, dgamma and dbeta. Raises ``AssertionError`` on any
         difference; returns the number of values compared. Slow (pure Python golden model): use
         a small ``x``."""
         import copy
-        from sim import golden_bn as gb
-        from sim.golden import float_to_bfp
+        from sim.model import golden_bn as gb
+        from sim.model.golden import float_to_bfp
         if self.mode != "exact":
             raise ValueError("only the exact mode is bit-exact")
         x = x.detach().to(torch.float64)
@@ -326,7 +326,7 @@ class LightNormBatchNorm2d(nn.Module):
         dx = np.ldexp(fb.block_values(cfg, dxb), -s) if dxb is not None else None
         return dx, np.ldexp(gp.dgamma, -s), np.ldexp(gp.dbeta, -s)
 
-    # float Range BN (sim/reference.py), optionally on input-format-rounded data ----------------
+    # float Range BN (sim/model/reference.py), optionally on input-format-rounded data ----------------
 
     def _fwd_float(self, x, gamma, beta, quantize=False):
         n = x.shape[0]

@@ -1,11 +1,11 @@
 """Opt-in long regression: >= 10**7 random elements through the emitted BFP shifter (Verilator +
-cocotb), every output block compared with ``sim.golden.float_to_bfp``, plus a JSON record of
+cocotb), every output block compared with ``sim.model.golden.float_to_bfp``, plus a JSON record of
 which edge-case classes were hit and how often.
 
 Usage::
 
-    python -m sim.long_regression                          # 10**7 elements over CONFIGS
-    python -m sim.long_regression --elements 200000        # scaled-down run
+    python -m sim.verify.long_regression                          # 10**7 elements over CONFIGS
+    python -m sim.verify.long_regression --elements 200000        # scaled-down run
     pytest --long tests/test_reset.py -k long_regression   # the same from pytest (10**7)
 
 The record goes to ``build/long_regression/shifter.json`` (``--out``): per configuration the
@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 OUT = REPO_ROOT / "build" / "long_regression" / "shifter.json"
 
 #: (input format, width, block) of the long regression; elements are split evenly.
@@ -203,7 +203,7 @@ except ImportError:
 
 
 def _expected_bits(fmt, bfp, words):
-    from sim.golden import float_to_bfp
+    from sim.model.golden import float_to_bfp
     b = float_to_bfp(fmt, bfp, words)
     bits = b.exponent
     pos = bfp.exp_bits
@@ -224,7 +224,7 @@ if cocotb is not None:
         from cocotb.clock import Clock
         from cocotb.triggers import FallingEdge, RisingEdge
         from hw.formats import BFPFormat, float_format
-        from sim.bench import config
+        from sim.bench.common import config
         cfg = config()
         fmt = float_format(cfg["fmt"])
         bfp = BFPFormat.for_float(fmt, cfg["width"], cfg["block"])
@@ -306,7 +306,7 @@ def run(elements=10 ** 7, configs=None, seed=1, out=OUT, log=print):
     from gen.verilog import emit
     from hw.bfp_shifter import BFPShifter
     from hw.formats import BFPFormat, float_format
-    from sim.bench import run_cocotb
+    from sim.bench.common import run_cocotb
     configs = configs or CONFIGS
     per = elements // len(configs)
     results, t_all = [], time.time()
@@ -323,7 +323,7 @@ def run(elements=10 ** 7, configs=None, seed=1, out=OUT, log=print):
         t0 = time.time()
         error = None
         try:
-            run_cocotb(text, "ln_bfp_shifter", "sim.long_regression",
+            run_cocotb(text, "ln_bfp_shifter", "sim.verify.long_regression",
                        name=f"long-shifter-{fmt_name}-w{width}-b{block}", config=cfg)
         except AssertionError as exc:
             error = str(exc)[:500]
@@ -357,14 +357,14 @@ def run(elements=10 ** 7, configs=None, seed=1, out=OUT, log=print):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m sim.long_regression", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m sim.verify.long_regression", description=__doc__.split("\n\n")[0])
     ap.add_argument("--elements", type=int, default=10 ** 7, help="total elements (default 10**7)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     if args.elements < 1:
         ap.error(f"--elements must be a positive integer, not {args.elements}")
-    from sim.bench import verilator_path
+    from sim.bench.common import verilator_path
     vp = verilator_path()
     if vp:
         os.environ["PATH"] = str(vp) + os.pathsep + os.environ.get("PATH", "")

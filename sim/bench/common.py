@@ -41,7 +41,7 @@ __all__ = [
     "run_cocotb", "verilator_path", "REPO_ROOT", "SIM_BUILD_ROOT",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SIM_BUILD_ROOT = REPO_ROOT / "build" / "sim"
 CONFIG_ENV = "LN_CONFIG"
 
@@ -168,7 +168,7 @@ def config():
     """The test configuration :func:`run_cocotb` passed (the ``LN_CONFIG`` JSON), as a dict."""
     text = os.environ.get(CONFIG_ENV)
     if not text:
-        raise RuntimeError(f"{CONFIG_ENV} is not set; run this cocotb module through sim.bench.run_cocotb")
+        raise RuntimeError(f"{CONFIG_ENV} is not set; run this cocotb module through sim.bench.common.run_cocotb")
     return json.loads(text)
 
 

@@ -782,7 +782,7 @@ class BlockQuantizer(wiring.Component):
 
 
 class BFPShifter(wiring.Component):
-    """Convert a block of packed floats into one flagged BFP block (``sim.golden.float_to_bfp``).
+    """Convert a block of packed floats into one flagged BFP block (``sim.model.golden.float_to_bfp``).
 
     Parameters
     ----------

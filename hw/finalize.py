@@ -69,7 +69,7 @@ with the leading-zero count of the normalization.
 Sizes (:meth:`_FinalizeEngine.sizes`): ``NO`` = the widest value moved into OPR (the range, or
 ``sum g x`` and ``sum g * mu``); ``k`` = max(``M + 3``, ``C_WIDTH``); ``NW`` = max(``NO + k``, every
 ``add`` term + 2, every dividend + 1, ``M + 3``). For the default generator configuration (fp10,
-W = 8, M = 12, n <= 4096, K <= 8) ``NW`` is 72 forward and 108 backward; the widest supported
+W = 8, M = 12, n <= 4096, K = 1; the same with K <= 8) ``NW`` is 72 forward and 108 backward; the widest supported
 (fp15, W = 16, n <= 2**24, M = 23) 208 backward.
 
 Forward program (training; inference and flat channels differ only in predicated ``set``\\s)::

@@ -10,8 +10,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.bn_layouts import (backward_cmd_layout, chunks_log2_width, count_width, grads_layout,
                            pair_layout, position_width, backward_saved_layout)
-from hw.checks import check_instance, check_int
-from hw.formats import BFPFormat, FloatFormat, check_bn_args
+from hw.formats import check_bn_args
 from hw.grad_reduce import GradReduce, RowStore
 
 __all__ = ["BackwardCore", "unit"]
@@ -113,11 +112,6 @@ class BackwardCore(wiring.Component):
     """
 
     def __init__(self, bfp, internal, channels, max_count, max_chunks):
-        check_instance("bfp", bfp, BFPFormat)
-        check_instance("internal", internal, FloatFormat)
-        check_int("channels", channels, 1)
-        check_int("max_chunks", max_chunks, 1, 64, power_of_two=True)
-        check_int("max_count", max_count, 2 * max_chunks, lo_text=f"2 * max_chunks = {2 * max_chunks}")
         check_bn_args(bfp, internal, channels, max_count, max_chunks)     # the generator's limits
         self.bfp = bfp
         self.internal = internal

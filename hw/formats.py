@@ -287,14 +287,18 @@ def check_bn_args(bfp, internal, channels, max_count, max_chunks):
     in ``2 * max_chunks``..``BN_MAX_COUNT``."""
     from hw.checks import check_instance
     check_instance("bfp", bfp, BFPFormat)
-    check_bn_format(bfp)
     check_instance("internal", internal, FloatFormat)
+    # The lower bounds first, in their own words (what a core needs at all), then the generator's
+    # ranges.
+    check_int("channels", channels, 1)
+    check_int("max_chunks", max_chunks, 1, BN_MAX_CHUNKS, power_of_two=True)
+    check_int("max_count", max_count, 2 * max_chunks, lo_text=f"2 * max_chunks = {2 * max_chunks}")
+    check_bn_format(bfp)
     lo, hi = INTERNAL_FRAC_BITS
     if internal.exp_bits != 8 or not lo <= internal.frac_bits <= hi:
         raise ValueError(f"internal float must be e8m<M> with M in {lo}..{hi} "
                          f"(hw.formats.internal_format), not {internal.name!r}")
     check_int("channels", channels, 1, BN_MAX_CHANNELS)
-    check_int("max_chunks", max_chunks, 1, BN_MAX_CHUNKS, power_of_two=True)
     check_int("max_count", max_count, 2 * max_chunks, BN_MAX_COUNT)
 
 

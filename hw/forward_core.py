@@ -10,8 +10,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.bn_layouts import (chunks_log2_width, cmd_layout, count_width, params_layout, position_width,
                            saved_layout)
-from hw.checks import check_instance, check_int
-from hw.formats import BFPFormat, FloatFormat, check_bn_args, running_reset_bits
+from hw.formats import check_bn_args, running_reset_bits
 from hw.stats_unit import StatsUnit
 
 __all__ = ["ForwardCore"]
@@ -76,11 +75,6 @@ class ForwardCore(wiring.Component):
     """
 
     def __init__(self, bfp, internal, channels, max_count, max_chunks, *, momentum_shift=3, eps_log2=-16):
-        check_instance("bfp", bfp, BFPFormat)
-        check_instance("internal", internal, FloatFormat)
-        check_int("channels", channels, 1)
-        check_int("max_chunks", max_chunks, 1, 64, power_of_two=True)
-        check_int("max_count", max_count, 2 * max_chunks, lo_text=f"2 * max_chunks = {2 * max_chunks}")
         check_bn_args(bfp, internal, channels, max_count, max_chunks)     # the generator's limits
         self.bfp = bfp
         self.internal = internal

@@ -34,6 +34,7 @@ __all__ = [
     "FloatFormat", "BFPFormat", "FLOAT_FORMATS", "float_format", "internal_format", "FLAG_NAMES",
     "MIN_WIDTH", "MAX_WIDTH", "MAX_BLOCK", "BN_MAX_EXP_BITS", "check_bn_format", "C_FRAC_BITS",
     "BN_MAX_CHANNELS", "BN_MAX_COUNT", "BN_MAX_CHUNKS", "INTERNAL_FRAC_BITS", "check_bn_args",
+    "STATS_MODES", "STATS_GUARD", "STATS_GUARD_DEFAULT", "check_stats",
     "RUNNING_MEAN_RESET", "RUNNING_SIGMA_RESET", "running_reset_bits",
 ]
 
@@ -61,6 +62,15 @@ BN_MAX_CHANNELS = 4096
 BN_MAX_COUNT = 1 << 24
 BN_MAX_CHUNKS = 64
 INTERNAL_FRAC_BITS = (4, 23)
+#: Precision of the Range-BN statistics (the generator's ``--stats``): ``exact`` keeps every channel
+#: sum (``sum x``, ``sum g``, ``sum g x``) as an exact integer; ``low`` keeps each in a windowed
+#: accumulator whose LSB follows the group's largest block exponent so far, ``stats_guard`` bits
+#: below it (docs/numerics.md, "Low-precision statistics"). Max, min and their positions are exact
+#: in both.
+STATS_MODES = ("exact", "low")
+#: Allowed guard bits G of the windowed accumulators (``--stats-guard``).
+STATS_GUARD = (0, 16)
+STATS_GUARD_DEFAULT = 4
 
 #: Fraction bits of the fixed-point Range-BN constant C (the ``c_scale`` register: unsigned, C < 4).
 C_FRAC_BITS = 16
@@ -300,6 +310,15 @@ def check_bn_args(bfp, internal, channels, max_count, max_chunks):
                          f"(hw.formats.internal_format), not {internal.name!r}")
     check_int("channels", channels, 1, BN_MAX_CHANNELS)
     check_int("max_count", max_count, 2 * max_chunks, BN_MAX_COUNT)
+
+
+def check_stats(stats, stats_guard):
+    """Raise ``ValueError`` (one line) unless ``stats`` is one of ``STATS_MODES`` and
+    ``stats_guard`` an integer in ``STATS_GUARD``; the generator, the cores, the golden model and
+    the PyTorch layer all check with this."""
+    if stats not in STATS_MODES:
+        raise ValueError(f"stats must be one of {', '.join(STATS_MODES)}, not {stats!r}")
+    check_int("stats_guard", stats_guard, *STATS_GUARD)
 
 
 def flags_layout():

@@ -8,7 +8,7 @@ Imports only ``gen.units``, so every command module can import it without import
 import argparse
 import sys
 
-from gen.units import LIMITS, Params
+from gen.units import LIMITS, STATS_MODES, Params
 
 __all__ = ["Parser", "add_param_arguments", "params_from_args"]
 
@@ -35,6 +35,15 @@ def _integer(name):
     return convert
 
 
+def _choice(name, allowed):
+    """An argparse type: one of ``allowed``, or an error naming the value and the allowed words."""
+    def convert(text):
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(f"{name} must be one of {', '.join(allowed)}, not {text!r}")
+        return text
+    return convert
+
+
 def add_param_arguments(parser):
     """The generator parameters, shared by every subcommand."""
     d = Params()
@@ -57,8 +66,15 @@ def add_param_arguments(parser):
     parser.add_argument("--internal-frac-bits", type=_integer("internal_frac_bits"), default=None,
                         help="fraction bits of the internal per-channel float (mu, 1/sigma, a, b, gamma, beta; "
                              f"{lim['internal_frac_bits'][0]}..{lim['internal_frac_bits'][1]}; default min(23, width + 4))")
+    parser.add_argument("--stats", type=_choice("stats", STATS_MODES), default=d.stats,
+                        help="precision of the channel sums: exact (integers over the whole exponent range) or "
+                             f"low (windowed accumulators, --stats-guard bits below the largest exponent; default {d.stats})")
+    parser.add_argument("--stats-guard", type=_integer("stats_guard"), default=d.stats_guard,
+                        help=f"guard bits G of the low statistics' windowed accumulators "
+                             f"({lim['stats_guard'][0]}..{lim['stats_guard'][1]}; default {d.stats_guard}; ignored with --stats exact)")
 
 
 def params_from_args(args):
     return Params(width=args.width, block=args.block, in_format=args.in_format, chunks=args.chunks,
-                  channels=args.channels, max_count=args.max_count, internal_frac_bits=args.internal_frac_bits)
+                  channels=args.channels, max_count=args.max_count, internal_frac_bits=args.internal_frac_bits,
+                  stats=args.stats, stats_guard=args.stats_guard)

@@ -9,10 +9,10 @@ that a statistics datapath can use, and prints their LUT sites and flip-flops:
   running exponent ``F`` (the largest block exponent so far) and hold ``Wa`` bits with their LSB at
   ``max(0, F - G)``; per block either the accumulator or the addend is shifted right (never both:
   one shifter per lane, the shift amount shared by the lanes) and the rounding bit enters as the
-  adder's carry-in.
+  adder's carry-in. It is ``hw.arith.window_control`` / ``window_accumulate``, what the ``low``
+  statistics of the cores use.
 
-Both sides have the same register stages, so the difference is the per-lane logic. The windowed
-form is a sizing probe only (it is not checked against a model). The classic ``abc`` mapping is
+Both sides have the same register stages, so the difference is the per-lane logic. The classic ``abc`` mapping is
 used for both (ABC9 exits on the exact form, as on the backward core's reduction).
 
 Measured (W = 8, B = 16, fp10 exponents, max_count 4096, G = 4), this command::
@@ -34,6 +34,8 @@ from pathlib import Path
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
+
+from hw.arith import window_accumulate, window_control
 
 __all__ = ["ExactLanes", "WindowedLanes", "main"]
 
@@ -73,29 +75,20 @@ class WindowedLanes(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        wa, g, ew = self.wa, self.guard, self.ew
-        f = Signal(ew + 1)
+        f = Signal(self.ew + 1)
         v = Signal.like(self.v)
         up = Signal()                       # the accumulators are rescaled (a larger exponent came)
-        d = Signal(range(wa + 1))           # the shift, shared by the lanes
-        new_f = Mux(self.e > f, self.e, f)
-        lsb_old = Mux(f > g, f - g, 0)
-        lsb_new = Mux(new_f > g, new_f - g, 0)
-        amount = Mux(lsb_new > lsb_old, lsb_new - lsb_old, lsb_new - self.e + g)
-        m.d.sync += [v.eq(self.v), up.eq(lsb_new > lsb_old), d.eq(Mux(amount > wa, wa, amount))]
+        d = Signal(self.wa.bit_length())    # the shift, shared by the lanes
+        new_f, lsb_new, up_c, d_c = window_control(m, f, self.e, self.guard, self.wa, "win")
+        m.d.sync += [v.eq(self.v), up.eq(up_c), d.eq(d_c)]
         with m.If(self.go):
             m.d.sync += f.eq(new_f)
         m.d.comb += self.lsb.eq(lsb_new)
         for lane in range(self.lanes):
-            acc = Signal(signed(wa), name=f"acc{lane}")
-            scaled = Signal(signed(wa), name=f"scaled{lane}")
-            m.d.comb += scaled.eq(v[lane] << g)
-            x = Signal(signed(wa + 1), name=f"x{lane}")
-            m.d.comb += x.eq(Cat(Const(0, 1), Mux(up, acc, scaled)).as_signed())
-            y = Signal(signed(wa + 1), name=f"y{lane}")
-            m.d.comb += y.eq(x >> d)
+            acc = Signal(signed(self.wa), name=f"acc{lane}")
+            new = window_accumulate(m, acc, v[lane], up, d, self.guard, f"new{lane}")
             with m.If(self.go):
-                m.d.sync += acc.eq(Mux(up, scaled, acc) + y[1:] + y[0])
+                m.d.sync += acc.eq(new[:self.wa])
             m.d.comb += self.o[lane].eq(acc)
         return m
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, asdict, fields
 
 from gen.atomic import atomic_dir
 from gen.errors import ParamError
-from hw.formats import (BFPFormat, BN_MAX_CHANNELS, BN_MAX_CHUNKS, BN_MAX_COUNT, BN_MAX_EXP_BITS,
+from hw.formats import (STATS_GUARD, STATS_GUARD_DEFAULT, STATS_MODES, BFPFormat, BN_MAX_CHANNELS, BN_MAX_CHUNKS, BN_MAX_COUNT, BN_MAX_EXP_BITS,
                         INTERNAL_FRAC_BITS, MIN_WIDTH, MAX_WIDTH, MAX_BLOCK, check_bn_format,
                         float_format, internal_format)
 
@@ -25,6 +25,7 @@ LIMITS = {
     "channels": (1, BN_MAX_CHANNELS),
     "max_count": (2, BN_MAX_COUNT),
     "internal_frac_bits": INTERNAL_FRAC_BITS,
+    "stats_guard": STATS_GUARD,
 }
 
 
@@ -41,6 +42,10 @@ class Params:
     channels: int = 16
     max_count: int = 4096
     internal_frac_bits: int = None      # None: min(23, width + 4)
+    #: Statistics precision (hw.formats.STATS_MODES): ``exact`` integer channel sums, or ``low``
+    #: windowed accumulators with ``stats_guard`` guard bits (docs/numerics.md).
+    stats: str = "exact"
+    stats_guard: int = STATS_GUARD_DEFAULT
 
     def __post_init__(self):
         for name, (lo, hi) in LIMITS.items():
@@ -49,6 +54,8 @@ class Params:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ParamError(f"{name.replace('_', '-')} must be an integer in {lo}..{hi}, not {value!r}")
+        if self.stats not in STATS_MODES:
+            raise ParamError(f"stats must be one of {', '.join(STATS_MODES)}, not {self.stats!r}")
         if self.chunks & (self.chunks - 1):
             raise ParamError(f"chunks must be a power of two in 1..64, not {self.chunks!r}")
         if self.max_count < 2 * self.chunks:

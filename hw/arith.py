@@ -13,7 +13,8 @@ from hw.bn_layouts import count_width
 __all__ = [
     "as_sig", "zext", "sext", "widen", "s_add", "add_const", "fold_u", "fold_s", "cond_neg", "gt_const",
     "eq_const", "select", "shift_right_jam", "shift_left", "shift_left_to", "count_leading_zeros",
-    "stats_widths", "grad_widths", "sum_width", "sum_gx_width",
+    "shift_right_arith", "window_lsb", "window_control", "window_accumulate",
+    "stats_widths", "grad_widths", "sum_width", "sum_gx_width", "windowed_width", "window_lsb_width",
 ]
 
 
@@ -250,6 +251,96 @@ def shift_left_to(m, value, amount, width, name):
     return cur
 
 
+def shift_right_arith(m, value, amount, name):
+    """``value >> amount`` of a signed ``value`` (arithmetic: the sign fills in), ``len(value)``
+    bits; amounts of ``len(value)`` or more leave only sign bits. Logarithmic shifter."""
+    width = len(value)
+    cur = Signal(signed(width), name=f"{name}_s")
+    m.d.comb += cur.eq(value)
+    for j in range(len(amount)):
+        step = 1 << j
+        fill = cur[-1].replicate(min(step, width))
+        shifted = (Cat(cur[step:], fill) if step < width else fill).as_signed()
+        nxt = Signal(signed(width), name=f"{name}_s{j}")
+        m.d.comb += nxt.eq(Mux(amount[j], shifted, cur))
+        cur = nxt
+    return cur
+
+
+# --- windowed accumulators (the ``low`` statistics, docs/numerics.md) ------------------------------
+#
+# A group of accumulators (the lanes of one BFP group) shares a running exponent ``F``, the largest
+# element exponent so far, and holds ``A`` with its LSB at ``L = max(0, F - G)``; an element
+# ``v * 2**E`` updates ``F' = max(F, E)``, ``L' = max(0, F' - G)`` and
+# ``A' = rhu(A 2**(L - L')) + rhu(v 2**(E - L'))`` (``rhu(z) = floor(z + 1/2)``). One of the two
+# terms is always exact: ``L' > L`` only when ``E = F'`` is a new maximum above ``G``, and then
+# ``E - L' = G``. So each lane needs one right shifter, whose input (``A`` or ``v 2**G``) and amount
+# (``L' - L`` or ``L' + G - E``) are chosen by the group: :func:`window_control` once per group,
+# :func:`window_accumulate` per lane. ``rhu(t 2**-d)`` of an integer ``t`` is ``floor(2 t 2**-d)``
+# halved with its dropped bit added back: ``y = (2 t) >> d``, ``rhu = (y >> 1) + (y & 1)``; a
+# shift of ``len(A)`` or more gives 0 either way, so the amount is clamped there.
+
+
+def window_lsb(m, f, guard, name):
+    """``max(0, f - guard)`` of an unsigned running exponent ``f``, ``len(f)`` bits."""
+    fw = len(f)
+    if guard == 0:
+        return f
+    if guard >= (1 << fw) - 1:
+        return Const(0, fw)
+    t = add_const(m, zext(f, fw + 1).as_signed(), -guard, f"{name}_t")     # f - G
+    # f - G >= -G > -2**fw: bits fw and up are all copies of the sign
+    return as_sig(m, Mux(t[fw:].all(), Const(0, fw), t[:fw]), name)
+
+
+def window_control(m, f, e, guard, acc_width, name):
+    """Group control of a windowed accumulator: ``(f_new, lsb_new, up, d)`` for the group's running
+    exponent ``f`` (unsigned) and an element exponent ``e`` (unsigned, at most ``len(f)`` bits):
+    ``f_new = max(f, e)``, ``lsb_new = max(0, f_new - guard)`` (``len(f)`` bits), ``up``: the LSB
+    rises (the accumulators are rescaled), ``d``: the shift, clamped to ``acc_width``."""
+    fw = len(f)
+    e_w = as_sig(m, widen(e, fw), f"{name}_e")
+    f_new = as_sig(m, Mux(e_w > f, e_w, f), f"{name}_f")
+
+    lsb_old, lsb_new = window_lsb(m, f, guard, f"{name}_lo"), window_lsb(m, f_new, guard, f"{name}_ln")
+    up = Signal(name=f"{name}_up")
+    m.d.comb += up.eq(lsb_new > lsb_old)
+    # up: L' - L; else L' + G - E (>= 0 since E <= F'); both are below 2**fw + G.
+    rise = as_sig(m, s_add(zext(lsb_new, fw + 1).as_signed(), zext(lsb_old, fw + 1).as_signed(), sub=True),
+                  f"{name}_rise")
+    below = add_const(m, s_add(zext(lsb_new, fw + 1).as_signed(), zext(e_w, fw + 1).as_signed(), sub=True),
+                      guard, f"{name}_below")
+    aw = max(len(rise), len(below))
+    amount = Signal(aw - 1, name=f"{name}_amt")        # non-negative: the sign bit is dropped
+    m.d.comb += amount.eq(Mux(up, sext(rise, aw), sext(below, aw))[:aw - 1])
+    dw = acc_width.bit_length()
+    d = Signal(dw, name=f"{name}_dist")
+    if (1 << (aw - 1)) - 1 <= acc_width:
+        m.d.comb += d.eq(zext(amount, dw))
+    else:
+        m.d.comb += d.eq(Mux(gt_const(m, amount, acc_width, f"{name}_clamp"), Const(acc_width, dw),
+                             amount[:dw]))
+    return f_new, lsb_new, up, d
+
+
+def window_accumulate(m, acc, v, up, d, guard, name):
+    """One lane of a windowed accumulator (see :func:`window_control`): the exact
+    ``rhu(A 2**(L - L')) + rhu(v 2**(E - L'))`` as a signed value one bit wider than ``acc``
+    (``acc``: signed ``A``; ``v``: the signed element, ``len(v) + guard <= len(acc)``)."""
+    wa = len(acc)
+    assert len(v) + guard <= wa, (len(v), guard, wa)
+    scaled = Signal(signed(wa), name=f"{name}_v")
+    m.d.comb += scaled.eq(Cat(Const(0, guard), sext(v, wa - guard)) if guard else sext(v, wa))
+    x = Signal(signed(wa + 1), name=f"{name}_x")
+    m.d.comb += x.eq(Cat(Const(0, 1), Mux(up, acc, scaled)))
+    y = shift_right_arith(m, x, d, f"{name}_y")
+    kept = Signal(signed(wa + 1), name=f"{name}_k")
+    m.d.comb += kept.eq(sext(as_sig(m, Mux(up, scaled, acc), f"{name}_m"), wa + 1))
+    out = Signal(signed(wa + 1), name=name)
+    m.d.comb += out.eq(kept + sext(y[1:], wa + 1) + y[0])
+    return out
+
+
 # --- widths of the exact per-channel sums ----------------------------------------------------------
 #
 # Two kinds. The accumulators (``stats_widths`` for the statistics unit, ``grad_widths`` for the
@@ -267,6 +358,19 @@ def stats_widths(bfp, max_count, max_chunks):
     sum_width = (max_count * peak).bit_length() + 1
     range_width = (min(max_chunks, max_count // 2) * 2 * peak).bit_length()
     return value_width, sum_width, range_width
+
+
+def windowed_width(value_max, guard, max_count):
+    """Signed width of a windowed accumulator (``window_accumulate``) over at most ``max_count``
+    elements of magnitude at most ``value_max``: every addend is at most ``value_max 2**guard``
+    (``E - L' <= guard``) and a rescale never increases ``|A|`` (``|rhu(A/2**d)| <= |A|`` for an
+    integer ``A``, ``d >= 1``), so ``|A| <= max_count value_max 2**guard``."""
+    return (max_count * value_max << guard).bit_length() + 1
+
+
+def window_lsb_width(exp_max):
+    """Width of a windowed accumulator's LSB exponent ``L <= exp_max`` (and of its running ``F``)."""
+    return max(1, exp_max.bit_length())
 
 
 def grad_widths(bfp, max_count):

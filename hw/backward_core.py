@@ -10,7 +10,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.bn_layouts import (backward_cmd_layout, chunks_log2_width, count_width, grads_layout,
                            pair_layout, position_width, backward_saved_layout)
-from hw.formats import check_bn_args
+from hw.formats import STATS_GUARD_DEFAULT, check_bn_args, check_stats
 from hw.grad_reduce import GradReduce, RowStore
 
 __all__ = ["BackwardCore", "unit"]
@@ -25,7 +25,8 @@ class _Port:
 
 def unit(p):
     """The core for generator parameters ``p`` (``gen.units.Params``): ``max_chunks = p.chunks``."""
-    return BackwardCore(p.bfp, p.internal, p.channels, p.max_count, p.chunks)
+    return BackwardCore(p.bfp, p.internal, p.channels, p.max_count, p.chunks, stats=p.stats,
+                        stats_guard=p.stats_guard)
 
 
 class BackwardCore(wiring.Component):
@@ -111,8 +112,11 @@ class BackwardCore(wiring.Component):
       ``busy`` falls the cycle after the last ``grads`` record leaves.
     """
 
-    def __init__(self, bfp, internal, channels, max_count, max_chunks):
+    def __init__(self, bfp, internal, channels, max_count, max_chunks, stats="exact",
+                 stats_guard=STATS_GUARD_DEFAULT):
         check_bn_args(bfp, internal, channels, max_count, max_chunks)     # the generator's limits
+        check_stats(stats, stats_guard)
+        self.stats_mode, self.stats_guard = stats, stats_guard
         self.bfp = bfp
         self.internal = internal
         self.channels = channels
@@ -120,7 +124,7 @@ class BackwardCore(wiring.Component):
         self.max_chunks = max_chunks
         self.groups = -(-channels // bfp.block)
 
-        self._reduce = GradReduce(bfp, channels, max_count)
+        self._reduce = GradReduce(bfp, channels, max_count, stats, stats_guard)
         self._finalize = self._make_finalize()
         self._affine = self._make_affine()
         self.finalize_latency = getattr(self._finalize, "latency", None)
@@ -140,7 +144,8 @@ class BackwardCore(wiring.Component):
     # The two arithmetic units come from hw.finalize / hw.bfp_affine.
     def _make_finalize(self):
         from hw.finalize import BackwardFinalize
-        return BackwardFinalize(self.bfp, self.internal, self.max_count, self.max_chunks)
+        return BackwardFinalize(self.bfp, self.internal, self.max_count, self.max_chunks,
+                                stats=self.stats_mode, stats_guard=self.stats_guard)
 
     def _make_affine(self):
         from hw.bfp_affine import BFPAffine
@@ -174,6 +179,7 @@ class BackwardCore(wiring.Component):
             "parameters": {
                 "channels": self.channels, "groups": self.groups, "block": B,
                 "max_count": self.max_count, "max_chunks": self.max_chunks,
+                "stats": self.stats_mode, "stats_guard": self.stats_guard,
                 "sum_g_width": self._reduce.sum_g_width,
                 "sum_gx_width": self._reduce.sum_gx_width,
                 "position_width": position_width(self.max_count),
@@ -456,6 +462,7 @@ class BackwardCore(wiring.Component):
         m.d.comb += [
             fi.sum_g.eq(row.sum_g[in_lane]),
             fi.sum_gx.eq(row.sum_gx[in_lane]),
+            *([fi.sum_g_lsb.eq(red.rd_lsb_g), fi.sum_gx_lsb.eq(red.rd_lsb_gx)] if self.stats_mode == "low" else []),
             fi.count.eq(n), fi.chunks_log2.eq(cl2), fi.c_scale.eq(c_scale),
             fi.mu.eq(st.mu), fi.inv.eq(st.inv), fi.a.eq(st.a),
         ]

@@ -137,10 +137,11 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.arith import (add_const, as_sig, cond_neg, count_leading_zeros, fold_s, fold_u, s_add, select,
-                      shift_left, shift_right_jam, sum_gx_width, sum_width, widen, zext as zext_to)
+                      shift_left, shift_right_jam, stats_widths, sum_gx_width, sum_width, widen, window_lsb_width,
+                      windowed_width, zext as zext_to)
 from hw.bn_layouts import C_WIDTH, chunks_log2_width, count_width
 from hw.checks import check_instance, check_int
-from hw.formats import C_FRAC_BITS, BFPFormat, FloatFormat
+from hw.formats import C_FRAC_BITS, STATS_GUARD_DEFAULT, BFPFormat, FloatFormat, check_stats
 
 __all__ = ["ForwardFinalize", "BackwardFinalize", "run_model", "sum_width", "sum_gx_width"]
 
@@ -155,11 +156,13 @@ class Ld:
     """ACC <- source * 2**exp, normalized. ``src``: ``"int:<field>"`` (an integer input field,
     exponent = ``exp``), ``"flt:<name>"`` (a float register or input field, exponent = the float's
     LSB exponent + ``exp``), ``"one"`` (1 * 2**exp), ``"q"`` (the quotient in MQ, sets STK),
-    ``"acc"`` (ACC itself, keeps STK). ``kl``: subtract ``chunks_log2`` from the exponent."""
+    ``"acc"`` (ACC itself, keeps STK). ``kl``: subtract ``chunks_log2`` from the exponent. ``xe``:
+    add the unsigned input field of that name (a windowed sum's LSB exponent, ``low`` statistics)."""
     src: str
     exp: int = 0
     kl: bool = False
     neg: bool = False
+    xe: str = None
 
 
 @dataclass(frozen=True)
@@ -281,7 +284,7 @@ class _FinalizeEngine(wiring.Component):
     def _exp_width(self):
         f = self.internal
         bound = (2 * (f.bias + f.frac_bits + f.exp_max) + 4 * abs(self.unit_exp) + 4 * self.nw
-                 + C_FRAC_BITS + 2 * 64 + abs(getattr(self, "eps_log2", 0)) + 64)
+                 + C_FRAC_BITS + 2 * 64 + abs(getattr(self, "eps_log2", 0)) + 64 + 4 * self.bfp.exp_max)
         return bound.bit_length() + 1
 
     def _input_fields(self):
@@ -492,6 +495,12 @@ class _FinalizeEngine(wiring.Component):
         e1 = as_sig(m, s_add(src_exp, c_ld_exp), "ld_e1")
         kl_term = Mux(c_ld_kl, kl, Const(0, len(kl)))
         e2 = as_sig(m, s_add(e1, widen(kl_term, EW + 1).as_signed(), sub=True), "ld_e2")
+        xe_names = sorted({st.acc.xe for st in prog if isinstance(st.acc, Ld) and st.acc.xe})
+        if xe_names:
+            xw = max(len(getattr(inp, n)) for n in xe_names)
+            xe_term = select([(on(steps_where(lambda st, n=n: isinstance(st.acc, Ld) and st.acc.xe == n)),
+                               getattr(inp, n)) for n in xe_names], xw)
+            e2 = as_sig(m, s_add(e2, widen(xe_term, xw + 1).as_signed()), "ld_e2x")
         # LD pipeline (LD_CYCLES = 4; free-running registers, the step's inputs hold still):
         # 1 source and exponent, 2 leading-zero count, 3 shift by the count's high bits, 4 by its
         # three low bits into ACC.
@@ -766,14 +775,22 @@ class ForwardFinalize(_FinalizeEngine):
         "new_running_mean": "running_mean", "new_running_sigma": "running_sigma",
     }
 
-    def __init__(self, bfp, internal, max_count, max_chunks, *, eps_log2=-16, momentum_shift=3):
+    def __init__(self, bfp, internal, max_count, max_chunks, *, eps_log2=-16, momentum_shift=3,
+                 stats="exact", stats_guard=STATS_GUARD_DEFAULT):
         check_int("eps_log2", eps_log2, -200, 200)
         check_int("momentum_shift", momentum_shift, 0, 16)
         self._check_args(bfp, internal, max_count, max_chunks)
+        check_stats(stats, stats_guard)
         self.eps_log2 = eps_log2
         self.momentum_shift = momentum_shift
+        self.stats_mode, self.stats_guard = stats, stats_guard
         self.sum_width = sum_width(bfp, max_count)
         self.range_width = self.sum_width
+        self.lsb_width = 0
+        if stats == "low":      # the windowed sum and its LSB exponent (hw.stats_unit)
+            self.sum_width = windowed_width(1 << (bfp.width - 1), stats_guard, max_count)
+            self.lsb_width = window_lsb_width(bfp.exp_max)
+            self.range_width = stats_widths(bfp, max_count, max_chunks)[2]
         self.INT_FIELDS = {
             "sum": (self.sum_width, True), "range": (self.range_width, False),
             "count": (count_width(max_count), False),
@@ -784,6 +801,7 @@ class ForwardFinalize(_FinalizeEngine):
         f = self.internal
         return {
             "sum": signed(self.sum_width),
+            **({"sum_lsb": self.lsb_width} if self.lsb_width else {}),
             "range": unsigned(self.range_width),
             "count": self.count_width,
             "chunks_log2": self.kl_width,
@@ -804,7 +822,7 @@ class ForwardFinalize(_FinalizeEngine):
         P = [
             # mu = rnd(S u / n)
             Step(acc=Ld("int:count")),
-            Step(opr=True, acc=Ld("int:sum", exp=ue)),
+            Step(opr=True, acc=Ld("int:sum", exp=ue, xe="sum_lsb" if self.lsb_width else None)),
             Step(acc="div"),
             Step(acc=Ld("q")),
             # sigma = rnd(C R u / K + eps)
@@ -902,10 +920,19 @@ class BackwardFinalize(_FinalizeEngine):
     OUTPUT_BITS = ("overflow",)
     SET_SOURCES = {}
 
-    def __init__(self, bfp, internal, max_count, max_chunks):
+    def __init__(self, bfp, internal, max_count, max_chunks, *, stats="exact",
+                 stats_guard=STATS_GUARD_DEFAULT):
         self._check_args(bfp, internal, max_count, max_chunks)
+        check_stats(stats, stats_guard)
+        self.stats_mode, self.stats_guard = stats, stats_guard
         self.sum_width = sum_width(bfp, max_count)
         self.sum_gx_width = sum_gx_width(bfp, max_count)
+        self.lsb_width = self.lsb_gx_width = 0
+        if stats == "low":      # the windowed sums and their LSB exponents (hw.grad_reduce)
+            W, e = bfp.width, bfp.exp_max
+            self.sum_width = windowed_width(1 << (W - 1), stats_guard, max_count)
+            self.sum_gx_width = windowed_width(1 << (2 * W - 2), stats_guard, max_count)
+            self.lsb_width, self.lsb_gx_width = window_lsb_width(e), window_lsb_width(2 * e)
         self.INT_FIELDS = {
             "sum_g": (self.sum_width, True), "sum_gx": (self.sum_gx_width, True),
             "count": (count_width(max_count), False),
@@ -917,6 +944,7 @@ class BackwardFinalize(_FinalizeEngine):
         return {
             "sum_g": signed(self.sum_width),
             "sum_gx": signed(self.sum_gx_width),
+            **({"sum_g_lsb": self.lsb_width, "sum_gx_lsb": self.lsb_gx_width} if self.lsb_width else {}),
             "count": self.count_width,
             "chunks_log2": self.kl_width,
             "c_scale": C_WIDTH,
@@ -933,14 +961,15 @@ class BackwardFinalize(_FinalizeEngine):
     def _program(self):
         ue, M = self.unit_exp, self.internal.frac_bits
         mb = M + 1
+        xg, xgx = ("sum_g_lsb", "sum_gx_lsb") if self.lsb_width else (None, None)
         return [
             # gbar = rnd(sum_g u / n)
             Step(acc=Ld("int:count")),
-            Step(opr=True, acc=Ld("int:sum_g", exp=ue)),
+            Step(opr=True, acc=Ld("int:sum_g", exp=ue, xe=xg)),
             Step(acc="div"),
             Step(acc=Ld("q")),
             # dbeta = rnd(sum_g u); Y = inv mu sum_g u
-            Step(rnd=("gbar", "always"), acc=Ld("int:sum_g", exp=ue)),
+            Step(rnd=("gbar", "always"), acc=Ld("int:sum_g", exp=ue, xe=xg)),
             Step(rnd=("dbeta", "always"), opr=True, mq=Mq("flt:mu")),
             Step(acc=("mul", mb)),
             Step(acc=Ld("acc")),
@@ -948,7 +977,7 @@ class BackwardFinalize(_FinalizeEngine):
             Step(acc=("mul", mb)),
             Step(acc=Ld("acc")),
             # X = inv sum_gx u**2; dgamma = rnd(X - Y)
-            Step(hold="neg", acc=Ld("int:sum_gx", exp=2 * ue)),
+            Step(hold="neg", acc=Ld("int:sum_gx", exp=2 * ue, xe=xgx)),
             Step(opr=True, mq=Mq("flt:inv")),
             Step(acc=("mul", mb)),
             Step(acc=Ld("acc")),
@@ -1060,7 +1089,7 @@ def run_model(engine, record, trace=None):
                 sgn, mag, e = st["acc_s"], st["acc"], st["acc_e"]
                 stk = st["stk"]
             assert mag < 1 << NW
-            e += engine.ld_const[index] - (record["chunks_log2"] if ld.kl else 0)
+            e += engine.ld_const[index] - (record["chunks_log2"] if ld.kl else 0) + (record[ld.xe] if ld.xe else 0)
             if mag:
                 lz = NW - mag.bit_length()
                 mag <<= lz

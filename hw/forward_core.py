@@ -10,7 +10,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.bn_layouts import (chunks_log2_width, cmd_layout, count_width, params_layout, position_width,
                            saved_layout)
-from hw.formats import check_bn_args, running_reset_bits
+from hw.formats import STATS_GUARD_DEFAULT, check_bn_args, check_stats, running_reset_bits
 from hw.stats_unit import StatsUnit
 
 __all__ = ["ForwardCore"]
@@ -74,8 +74,11 @@ class ForwardCore(wiring.Component):
       follows ``y.ready`` through the pipeline's own back-pressure).
     """
 
-    def __init__(self, bfp, internal, channels, max_count, max_chunks, *, momentum_shift=3, eps_log2=-16):
+    def __init__(self, bfp, internal, channels, max_count, max_chunks, *, momentum_shift=3, eps_log2=-16,
+                 stats="exact", stats_guard=STATS_GUARD_DEFAULT):
         check_bn_args(bfp, internal, channels, max_count, max_chunks)     # the generator's limits
+        check_stats(stats, stats_guard)
+        self.stats_mode, self.stats_guard = stats, stats_guard
         self.bfp = bfp
         self.internal = internal
         self.channels = channels
@@ -85,7 +88,7 @@ class ForwardCore(wiring.Component):
         self.eps_log2 = eps_log2
         self.groups = -(-channels // bfp.block)
 
-        self._stats_unit = StatsUnit(bfp, channels, max_count, max_chunks)
+        self._stats_unit = StatsUnit(bfp, channels, max_count, max_chunks, stats, stats_guard)
         self._finalize = self._make_finalize()
         self._affine = self._make_affine()
         self.lanes = self._stats_unit.lanes
@@ -106,13 +109,15 @@ class ForwardCore(wiring.Component):
     def from_params(cls, p):
         """Build from ``gen.units.Params`` (width, block, in_format, chunks, channels, max_count,
         internal_frac_bits)."""
-        return cls(p.bfp, p.internal, p.channels, p.max_count, p.chunks)
+        return cls(p.bfp, p.internal, p.channels, p.max_count, p.chunks, stats=p.stats,
+                   stats_guard=p.stats_guard)
 
     # The two arithmetic units come from hw.finalize / hw.bfp_affine.
     def _make_finalize(self):
         from hw.finalize import ForwardFinalize
         return ForwardFinalize(self.bfp, self.internal, self.max_count, self.max_chunks,
-                               eps_log2=self.eps_log2, momentum_shift=self.momentum_shift)
+                               eps_log2=self.eps_log2, momentum_shift=self.momentum_shift,
+                               stats=self.stats_mode, stats_guard=self.stats_guard)
 
     def _make_affine(self):
         from hw.bfp_affine import BFPAffine
@@ -133,6 +138,7 @@ class ForwardCore(wiring.Component):
                 "channels": self.channels, "groups": self.groups, "block": B,
                 "max_count": self.max_count, "max_chunks": self.max_chunks,
                 "momentum_shift": self.momentum_shift, "eps_log2": self.eps_log2,
+                "stats": self.stats_mode, "stats_guard": self.stats_guard,
                 "stats_state_bits": self._stats_unit.state_bits,
                 "value_width": self._stats_unit.value_width,
                 "sum_width": self._stats_unit.sum_width,
@@ -350,6 +356,7 @@ class ForwardCore(wiring.Component):
         fi = fin.i.payload
         m.d.comb += [
             fi.sum.eq(rd.sum), fi.range.eq(rd.range),
+            *([fi.sum_lsb.eq(rd.sum_lsb)] if self.stats_mode == "low" else []),
             fi.count.eq(n), fi.chunks_log2.eq(cl2), fi.c_scale.eq(c_scale), fi.training.eq(training),
             fi.gamma.eq(prm.gamma), fi.beta.eq(prm.beta),
             fi.running_mean.eq(Mux(prm.load_running, prm.running_mean, run_cur.mean)),

@@ -45,14 +45,15 @@ Ports
 Latency: ``LATENCY`` = 3 cycles from accepting a block to its sums being readable (``busy`` low).
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith import grad_widths, shift_left_to
+from hw.arith import (grad_widths, shift_left_to, window_accumulate, window_control, window_lsb,
+                      window_lsb_width, windowed_width)
 from hw.bn_layouts import pair_layout
 from hw.checks import check_instance, check_int
-from hw.formats import BFPFormat
+from hw.formats import STATS_GUARD_DEFAULT, BFPFormat, check_stats
 
 __all__ = ["GradReduce", "grad_widths", "RowStore"]
 
@@ -122,19 +123,31 @@ class GradReduce(wiring.Component):
 
     LATENCY = 3
 
-    def __init__(self, bfp, channels, max_count):
+    def __init__(self, bfp, channels, max_count, stats="exact", stats_guard=STATS_GUARD_DEFAULT):
         check_instance("bfp", bfp, BFPFormat)
         check_int("channels", channels, 1)
         check_int("max_count", max_count, 1)
+        check_stats(stats, stats_guard)
         self.bfp = bfp
         self.channels = channels
         self.max_count = max_count
+        self.stats_mode, self.stats_guard = stats, stats_guard
         self.groups = -(-channels // bfp.block)
         self.latency = self.LATENCY
         self.sum_g_width, self.sum_gx_width = grad_widths(bfp, max_count)
+        self.lsb_g_width = self.lsb_gx_width = 0
+        window = {}
+        if stats == "low":
+            W, e = bfp.width, bfp.exp_max
+            self.sum_g_width = windowed_width(1 << (W - 1), stats_guard, max_count)
+            self.sum_gx_width = windowed_width(1 << (2 * W - 2), stats_guard, max_count)
+            self.lsb_g_width, self.lsb_gx_width = window_lsb_width(e), window_lsb_width(2 * e)
+            # the group's running exponents (read out as the LSB exponents: ``lsb_g``/``lsb_gx``)
+            window = {"f_g": self.lsb_g_width, "f_gx": self.lsb_gx_width}
         self.row_layout = data.StructLayout({
             "sum_g": data.ArrayLayout(signed(self.sum_g_width), bfp.block),
             "sum_gx": data.ArrayLayout(signed(self.sum_gx_width), bfp.block),
+            **window,
         })
         super().__init__({
             "clear": In(1),
@@ -144,6 +157,8 @@ class GradReduce(wiring.Component):
             "rd_en": In(1),
             "rd_addr": In(range(max(self.groups, 2))),
             "rd_data": Out(self.row_layout),
+            # low: the LSB exponents of the row read (from its running exponents)
+            **({"rd_lsb_g": Out(self.lsb_g_width), "rd_lsb_gx": Out(self.lsb_gx_width)} if window else {}),
         })
 
     def elaborate(self, platform):
@@ -195,19 +210,33 @@ class GradReduce(wiring.Component):
         s2_valid = Signal()
         s2_group = Signal(range(max(groups, 2)))
         s2_first = Signal()
-        s2_dg = Signal(data.ArrayLayout(signed(self.sum_g_width), B))
-        s2_dgx = Signal(data.ArrayLayout(signed(self.sum_gx_width), B))
         m.d.sync += [s2_valid.eq(s1_valid), s2_group.eq(s1_group), s2_first.eq(s1_first)]
-        for lane in range(B):
-            m.d.sync += [
-                s2_dg[lane].eq(shift_left_to(m, s1_qg[lane], s1_eg, self.sum_g_width, f"dg{lane}")),
-                s2_dgx[lane].eq(shift_left_to(m, s1_prod[lane], s1_esum, self.sum_gx_width, f"dgx{lane}")),
-            ]
+        low = self.stats_mode == "low"
+        if low:
+            # The windowed sums shift in the accumulate stage (by amounts the group's running
+            # exponents set): stage 2 only delays the codes, products and exponents.
+            s2_eg, s2_esum = Signal.like(s1_eg), Signal.like(s1_esum)
+            s2_qg, s2_prod = Signal.like(s1_qg), Signal.like(s1_prod)
+            m.d.sync += [s2_eg.eq(s1_eg), s2_esum.eq(s1_esum), s2_qg.eq(s1_qg), s2_prod.eq(s1_prod)]
+        else:
+            s2_dg = Signal(data.ArrayLayout(signed(self.sum_g_width), B))
+            s2_dgx = Signal(data.ArrayLayout(signed(self.sum_gx_width), B))
+            for lane in range(B):
+                m.d.sync += [
+                    s2_dg[lane].eq(shift_left_to(m, s1_qg[lane], s1_eg, self.sum_g_width, f"dg{lane}")),
+                    s2_dgx[lane].eq(shift_left_to(m, s1_prod[lane], s1_esum, self.sum_gx_width, f"dgx{lane}")),
+                ]
         m.d.comb += [
             acc.rd_en.eq(self.rd_en | s1_valid),
             acc.rd_addr.eq(Mux(self.rd_en, self.rd_addr, s1_group)),
             self.rd_data.eq(acc.rd_data),
         ]
+
+        if low:
+            m.d.comb += [
+                self.rd_lsb_g.eq(window_lsb(m, acc.rd_data.f_g, self.stats_guard, "rd_lsb_g_c")),
+                self.rd_lsb_gx.eq(window_lsb(m, acc.rd_data.f_gx, self.stats_guard, "rd_lsb_gx_c")),
+            ]
 
         # Accumulate and write back.
         m.d.comb += [acc.wr_en.eq(s2_valid), acc.wr_addr.eq(s2_group)]
@@ -220,16 +249,43 @@ class GradReduce(wiring.Component):
         if groups == 1:
             m.d.comb += acc.clear.eq(self.clear)
         wraps = []
+        def old_row(value, shape, name):
+            """The row's value, 0 during the first position (a register with one group: cleared)."""
+            if groups == 1:
+                return value
+            sig = Signal(shape, name=name)
+            m.d.comb += sig.eq(Mux(s2_first, 0, value))
+            return sig
+
+        if low:
+            # The group's running exponents (in the row, like the sums) and the shifts they set.
+            row = acc.rd_data
+            f_g_new, _, up_g, d_g = window_control(m, old_row(row.f_g, unsigned(self.lsb_g_width), "f_g_old"),
+                                                   s2_eg, self.stats_guard, self.sum_g_width, "wg")
+            f_gx_new, _, up_gx, d_gx = window_control(m, old_row(row.f_gx, unsigned(self.lsb_gx_width), "f_gx_old"),
+                                                      s2_esum, self.stats_guard, self.sum_gx_width, "wgx")
+            m.d.comb += [acc.wr_data.f_g.eq(f_g_new), acc.wr_data.f_gx.eq(f_gx_new)]
         for lane in range(B):
-            sum_g = Signal(signed(self.sum_g_width + 1), name=f"sum_g{lane}")
-            sum_gx = Signal(signed(self.sum_gx_width + 1), name=f"sum_gx{lane}")
             new_g = Signal(signed(self.sum_g_width + 1), name=f"new_g{lane}")
             new_gx = Signal(signed(self.sum_gx_width + 1), name=f"new_gx{lane}")
+            if low:
+                g_old = old_row(acc.rd_data.sum_g[lane], signed(self.sum_g_width), f"g_old{lane}")
+                gx_old = old_row(acc.rd_data.sum_gx[lane], signed(self.sum_gx_width), f"gx_old{lane}")
+                m.d.comb += [
+                    new_g.eq(window_accumulate(m, g_old, s2_qg[lane], up_g, d_g, self.stats_guard, f"wsg{lane}")),
+                    new_gx.eq(window_accumulate(m, gx_old, s2_prod[lane], up_gx, d_gx, self.stats_guard,
+                                                f"wsgx{lane}")),
+                ]
+            else:
+                sum_g = Signal(signed(self.sum_g_width + 1), name=f"sum_g{lane}")
+                sum_gx = Signal(signed(self.sum_gx_width + 1), name=f"sum_gx{lane}")
+                m.d.comb += [
+                    sum_g.eq(acc.rd_data.sum_g[lane] + s2_dg[lane]),
+                    sum_gx.eq(acc.rd_data.sum_gx[lane] + s2_dgx[lane]),
+                    new_g.eq(sum_g if groups == 1 else Mux(s2_first, s2_dg[lane], sum_g)),
+                    new_gx.eq(sum_gx if groups == 1 else Mux(s2_first, s2_dgx[lane], sum_gx)),
+                ]
             m.d.comb += [
-                sum_g.eq(acc.rd_data.sum_g[lane] + s2_dg[lane]),
-                sum_gx.eq(acc.rd_data.sum_gx[lane] + s2_dgx[lane]),
-                new_g.eq(sum_g if groups == 1 else Mux(s2_first, s2_dg[lane], sum_g)),
-                new_gx.eq(sum_gx if groups == 1 else Mux(s2_first, s2_dgx[lane], sum_gx)),
                 acc.wr_data.sum_g[lane].eq(new_g[:self.sum_g_width]),
                 acc.wr_data.sum_gx[lane].eq(new_gx[:self.sum_gx_width]),
             ]

@@ -57,10 +57,11 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith import stats_widths
+from hw.arith import (stats_widths, window_accumulate, window_control, window_lsb, window_lsb_width,
+                      windowed_width)
 from hw.bn_layouts import chunks_log2_width, count_width, position_width
 from hw.checks import check_instance, check_int
-from hw.formats import BFPFormat
+from hw.formats import STATS_GUARD_DEFAULT, BFPFormat, check_stats
 
 __all__ = ["StatsUnit", "stats_widths"]
 
@@ -76,8 +77,9 @@ class StatsUnit(wiring.Component):
     #: Cycles from ``rd_lane`` (or a bank rotation) to ``rd``.
     READ_LATENCY = 2
 
-    def __init__(self, bfp, channels, max_count, max_chunks):
+    def __init__(self, bfp, channels, max_count, max_chunks, stats="exact", stats_guard=STATS_GUARD_DEFAULT):
         check_instance("bfp", bfp, BFPFormat)
+        check_stats(stats, stats_guard)
         check_int("channels", channels, 1)
         check_int("max_chunks", max_chunks, 1, power_of_two=True)
         check_int("max_count", max_count, 2 * max_chunks, lo_text=f"2 * max_chunks = {2 * max_chunks}")
@@ -88,7 +90,14 @@ class StatsUnit(wiring.Component):
         B = bfp.block
         self.groups = -(-channels // B)
         self.lanes = B if self.groups > 1 else channels
+        self.stats_mode, self.stats_guard = stats, stats_guard
         self.value_width, self.sum_width, self.range_width = stats_widths(bfp, max_count, max_chunks)
+        # low: the sum is a windowed accumulator (hw.arith.window_accumulate) whose LSB exponent
+        # ``sum_lsb`` the group's running exponent sets; 0 bits when exact.
+        self.lsb_width = 0
+        if stats == "low":
+            self.sum_width = windowed_width(1 << (bfp.width - 1), stats_guard, max_count)
+            self.lsb_width = window_lsb_width(bfp.exp_max)
         self.pos_width = position_width(max_count)
         K = max_chunks
         self.lane_layout = data.StructLayout({
@@ -105,6 +114,7 @@ class StatsUnit(wiring.Component):
         })
         self.readout_layout = data.StructLayout({
             "sum": signed(self.sum_width),
+            **({"sum_lsb": self.lsb_width} if self.lsb_width else {}),
             "range": self.range_width,
             "argmax": data.ArrayLayout(self.pos_width, K),
             "argmin": data.ArrayLayout(self.pos_width, K),
@@ -127,7 +137,7 @@ class StatsUnit(wiring.Component):
         K = self.max_chunks
         per = (self.sum_width + 2 * self.value_width + self.range_width + 2 * self.pos_width
                + (K - 1) * (2 * self.pos_width + 1))
-        return per * self.groups * self.lanes
+        return per * self.groups * self.lanes + self.lsb_width * self.groups
 
     def elaborate(self, platform):
         m = Module()
@@ -216,6 +226,14 @@ class StatsUnit(wiring.Component):
         for l in range(L):
             code = s1_block.codes[l].as_signed()
             m.d.sync += s2_vals[l].eq(code << s1_block.exponent)
+        low = self.stats_mode == "low"
+        if low:
+            # The windowed sum takes the code and the exponent itself (one right shifter per lane,
+            # its amount shared by the group: hw.arith.window_control).
+            s2_codes = Signal(data.ArrayLayout(signed(bfp.width), L))
+            s2_exp = Signal(bfp.exp_bits)
+            m.d.sync += s2_exp.eq(s1_block.exponent)
+            m.d.sync += [s2_codes[l].eq(s1_block.codes[l].as_signed()) for l in range(L)]
 
         # --- rotating banks of per-channel state ----------------------------------------------
         # One signal per channel slot (not one per bank): keeps every net of the emitted Verilog
@@ -224,6 +242,10 @@ class StatsUnit(wiring.Component):
         banks = [[Signal(self.lane_layout, name=f"bank{g}_lane{l}") for l in range(L)] for g in range(G)]
         head = banks[0]
         new_head = [Signal(self.lane_layout, name=f"new_lane{l}") for l in range(L)]
+        if low:
+            # One running exponent per group, rotating with its bank.
+            bank_f = [Signal(self.lsb_width, name=f"bank{g}_f") for g in range(G)]
+            f_new, _, w_up, w_d = window_control(m, bank_f[0], s2_exp, self.stats_guard, self.sum_width, "win")
         for l in range(L):
             s, v, n = head[l], s2_vals[l], new_head[l]
             m.d.comb += n.eq(s)
@@ -233,7 +255,11 @@ class StatsUnit(wiring.Component):
             # ``sum`` and ``rng`` are cleared by ``start`` (below), so position 0 needs no
             # multiplexer in front of the registers: the sum always adds, the range skips the
             # chunk end of position 0 (whose max/min are stale).
-            m.d.comb += n.sum.eq(s.sum + v)
+            if low:
+                m.d.comb += n.sum.eq(window_accumulate(m, s.sum, s2_codes[l], w_up, w_d, self.stats_guard,
+                                                       f"wsum{l}")[:self.sum_width])
+            else:
+                m.d.comb += n.sum.eq(s.sum + v)
             with m.If(s2_cfirst & ~s2_first):
                 m.d.comb += n.rng.eq(s.rng + (s.cmax - s.cmin).as_unsigned())
             with m.If(s2_cfirst | gt):
@@ -251,11 +277,18 @@ class StatsUnit(wiring.Component):
         with m.If(s2_valid):
             m.d.sync += [banks[g][l].eq(banks[g + 1][l]) for g in range(G - 1) for l in range(L)]
             m.d.sync += [banks[G - 1][l].eq(new_head[l]) for l in range(L)]
+            if low:
+                m.d.sync += [bank_f[g].eq(bank_f[g + 1]) for g in range(G - 1)]
+                m.d.sync += bank_f[G - 1].eq(f_new)
         with m.Elif(self.rd_rotate):
             m.d.sync += [banks[g][l].eq(banks[(g + 1) % G][l]) for g in range(G) for l in range(L)]
+            if low:
+                m.d.sync += [bank_f[g].eq(bank_f[(g + 1) % G]) for g in range(G)]
         with m.If(self.start):      # after the bank updates: takes priority (a pass is idle then)
             m.d.sync += [banks[g][l].sum.eq(0) for g in range(G) for l in range(L)]
             m.d.sync += [banks[g][l].rng.eq(0) for g in range(G) for l in range(L)]
+            if low:
+                m.d.sync += [bank_f[g].eq(0) for g in range(G)]
         with m.If(s2_last):
             m.d.sync += self.done.eq(1)
 
@@ -267,6 +300,10 @@ class StatsUnit(wiring.Component):
             self.rd.sum.eq(s.sum),
             self.rd.range.eq(s.rng + (s.cmax - s.cmin).as_unsigned()),
         ]
+        if low:
+            f_sel = Signal(self.lsb_width, name="rd_f")
+            m.d.sync += f_sel.eq(bank_f[0])
+            m.d.sync += self.rd.sum_lsb.eq(window_lsb(m, f_sel, self.stats_guard, "rd_lsb"))
         for j in range(K):
             if j < K - 1:
                 arr_amax, arr_amin, arr_flat = s.arr_amax[j], s.arr_amin[j], s.arr_flat[j]

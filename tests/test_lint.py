@@ -64,6 +64,9 @@ def lint_params():
         Params(width=5, block=3),
         Params(width=16, block=2, in_format="fp16"),
         Params(width=2, block=1, in_format="e4m3", chunks=1, channels=1),
+        Params(stats="low"),
+        Params(width=5, block=3, channels=7, chunks=4, stats="low", stats_guard=0),
+        Params(width=2, block=1, in_format="e4m3", channels=1, stats="low", stats_guard=16),
     ]
 
 
@@ -165,7 +168,8 @@ def _cases():
     for name, factory in lint_units():
         for p in lint_params():
             cases.append(pytest.param(name, factory, p,
-                                      id=f"{name}-w{p.width}-b{p.block}-{p.in_format}"))
+                                      id=f"{name}-w{p.width}-b{p.block}-{p.in_format}"
+                                         + (f"-low{p.stats_guard}" if p.stats == "low" else "")))
     return cases
 
 

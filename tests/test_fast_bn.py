@@ -363,6 +363,110 @@ def test_stream_roundtrip_and_values():
     assert [[Fraction(float(v)) for v in row] for row in vals] == want
 
 
+# --- low statistics mode (windowed sums) ------------------------------------------------------------
+
+def low_config(rng, **over):
+    """A random configuration in low mode; G is 0, 16 or random."""
+    G = int(over.pop("stats_guard", rng.choice([0, 16, int(rng.integers(0, 17))])))
+    return random_config(rng, stats="low", stats_guard=G, **over)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_low_random_configurations(seed):
+    rng = np.random.default_rng(5000 + seed)
+    for _ in range(2):
+        cfg, fmt, n = low_config(rng)
+        x = random_tensor(rng, fmt, n, cfg.channels)
+        g = random_tensor(rng, fmt, n, cfg.channels)
+        st, _, gp = check_case(cfg, fmt, x, g, rng)
+        assert st.to_golden()[0].sum_lsb == st.sum_lsb[0]
+
+
+LOW_ODD = [
+    dict(fmt="fp10", width=5, block=3, channels=7, chunks=2, m=3, stats_guard=0),
+    dict(fmt="fp10", width=8, block=16, channels=1, chunks=1, m=9, stats_guard=16),
+    dict(fmt="fp16", width=2, block=4, channels=10, chunks=8, m=2, stats_guard=0),
+    dict(fmt="fp15", width=16, block=5, channels=11, chunks=8, m=3, stats_guard=16),
+    dict(fmt="e6m10", width=16, block=3, channels=4, chunks=1, m=12, stats_guard=16),
+    dict(fmt="e6m3", width=3, block=1, channels=4, chunks=1, m=7, stats_guard=1),
+    dict(fmt="fp10", width=8, block=16, channels=33, chunks=8, m=4, stats_guard=4),
+]
+
+
+@pytest.mark.parametrize("case", range(len(LOW_ODD)))
+def test_low_odd_configurations(case):
+    rng = np.random.default_rng(700 + case)
+    spec = dict(LOW_ODD[case])
+    fmt = spec.pop("fmt")
+    for _ in range(3):
+        cfg, fmt_, n = low_config(rng, fmt=fmt, **spec)
+        x = random_tensor(rng, fmt_, n, cfg.channels)
+        g = random_tensor(rng, fmt_, n, cfg.channels)
+        check_case(cfg, fmt_, x, g, rng)
+
+
+def test_low_large_exponent_spans():
+    """Exponents rising in many steps across the stream (many segments of L, rescales by 1 and by
+    large amounts, ties), 1 channel and B not dividing the channels, G = 0 and 16."""
+    rng = np.random.default_rng(31)
+    fmt = float_format("e6m10")
+    for G in (0, 1, 4, 16):
+        for C, B in ((1, 1), (5, 3), (6, 4)):
+            cfg = gb.BNConfig(bfp=BFPFormat.for_float(fmt, int(rng.integers(2, 17)), B), channels=C,
+                              chunks=2, internal_frac_bits=int(rng.integers(4, 24)), stats="low",
+                              stats_guard=G)
+            n = 64
+            ramp = 2.0 ** (np.arange(n) - 31.0)[:, None] * rng.choice([1, 3, 0.75], size=(n, 1))
+            x = rng.normal(size=(n, C)) * ramp
+            x[rng.random((n, C)) < 0.2] *= 2.0 ** -25
+            g = rng.normal(size=(n, C)) * ramp[::-1] * 2.0 ** rng.integers(-20, 20, size=(n, 1))
+            st, _, _ = check_case(cfg, fmt, x, g, rng, inference=False)
+            assert max(st.sum_lsb) > 0
+
+
+def test_low_training_sized_tensor():
+    rng = np.random.default_rng(6)
+    cfg = gb.BNConfig(bfp=BFPFormat.for_float(float_format("fp10"), 8, 16), channels=24, chunks=8,
+                      internal_frac_bits=12, stats="low")
+    x = rng.normal(size=(1024, 24)) * 3
+    g = rng.normal(size=(1024, 24)) * 2.0 ** 6
+    check_case(cfg, float_format("fp10"), x, g, rng, inference=False)
+
+
+def test_low_exact_fallback_paths(monkeypatch):
+    """The Python-integer windowed sums (``force_exact_path``) give the golden bits too."""
+    monkeypatch.setattr(fb, "force_exact_path", True)
+    rng = np.random.default_rng(15)
+    for _ in range(4):
+        cfg, fmt, n = low_config(rng)
+        check_case(cfg, fmt, random_tensor(rng, fmt, n, cfg.channels),
+                   random_tensor(rng, fmt, n, cfg.channels), rng)
+
+
+def test_windowed_sums_both_paths():
+    """fast_bn's vectorized and integer windowed sums against ``golden_bn.windowed_sum`` on raw
+    (v, E) streams: values up to 2**30 (products at W = 16), exponents up to 127, every G."""
+    rng = np.random.default_rng(17)
+    for trial in range(200):
+        n, C, G = int(rng.integers(1, 50)), int(rng.integers(1, 5)), int(rng.integers(0, 17))
+        v = rng.integers(-(1 << int(rng.integers(1, 31))), 1 << 30, size=(n, C))
+        e = rng.integers(0, int(rng.integers(1, 128)), size=(n, C))
+        if trial % 3 == 0:
+            e = np.sort(e, axis=0)
+        want = [gb.windowed_sum(list(zip(v[:, c].tolist(), e[:, c].tolist())), G) for c in range(C)]
+        for fn in (fb._windowed_sums, fb._windowed_sums_exact):
+            A, L = fn(v, e, G)
+            assert list(zip(A, L)) == want
+
+
+def test_stats_mode_refused_with_check_stats_message():
+    bfp = BFPFormat.for_float(float_format("fp10"), 8, 4)
+    with pytest.raises(ValueError, match="stats must be one of exact, low, not 'lo'"):
+        gb.BNConfig(bfp=bfp, channels=2, stats="lo")
+    with pytest.raises(ValueError, match="stats_guard"):
+        gb.BNConfig(bfp=bfp, channels=2, stats="low", stats_guard=17)
+
+
 def test_rejects_bad_counts_and_nonfinite():
     cfg = gb.BNConfig(bfp=BFPFormat.for_float(float_format("fp10"), 8, 4), channels=2, chunks=4)
     with pytest.raises(ValueError):

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hw.formats import STATS_GUARD_DEFAULT as _G
+
 #: method name -> (label, kind, options)
 METHODS = {
     "fp32_bn":      ("FP32 BN (nn.BatchNorm2d)", "torch_bn", {}),
@@ -29,6 +31,9 @@ METHODS = {
     "lightnorm_w8_m8": ("LightNorm W=8, M=8 (bit-exact)", "ln", {"mode": "exact", "width": 8, "internal_frac_bits": 8}),
     "lightnorm_w8_m6": ("LightNorm W=8, M=6 (bit-exact)", "ln", {"mode": "exact", "width": 8, "internal_frac_bits": 6}),
     "lightnorm_w8_k8": ("LightNorm W=8, K=8 (bit-exact)", "ln", {"mode": "exact", "width": 8, "chunks": 8}),
+    "lightnorm_w4_low": (f"LightNorm W=4, low statistics G={_G} (bit-exact)", "ln", {"mode": "exact", "width": 4, "stats": "low"}),
+    "lightnorm_w6_low": (f"LightNorm W=6, low statistics G={_G} (bit-exact)", "ln", {"mode": "exact", "width": 6, "stats": "low"}),
+    "lightnorm_w8_low": (f"LightNorm W=8, low statistics G={_G} (bit-exact)", "ln", {"mode": "exact", "width": 8, "stats": "low"}),
     "bfp_only":     ("BFP only W=8 (standard BN statistics)", "ln", {"mode": "bfp_only", "width": 8}),
     "range_only":   ("Range only (fp10 inputs, no BFP)", "ln", {"mode": "range_only"}),
     "no_bn_fixup":  ("No BN, Fixup-style init", "fixup", {}),

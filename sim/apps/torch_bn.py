@@ -53,7 +53,10 @@ default (a and b carry at least 4 more bits than a code has). ``cfix=1.0``: the 
 gamma absorbs the scale. ``eps_log2=-16``: eps = 2^-16, the golden model's default.
 ``momentum_shift=3``: running statistics move by 1/8 per batch (PyTorch uses 0.1). Running
 statistics are the hardware's (internal-float mean and sigma_hat, reset to 0 and 1); eval mode uses
-them (``finalize(training=False)``).
+them (``finalize(training=False)``). ``stats="exact"``, ``stats_guard=4``: the hardware's
+statistics precision (``--stats``, ``--stats-guard``): ``"low"`` makes the channel sums windowed
+accumulators with G guard bits (``docs/numerics.md``, "Low-precision statistics"); checked by
+``hw.formats.check_stats``; only the ``"exact"`` layer mode (the hardware) uses it.
 """
 
 import dataclasses
@@ -63,7 +66,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hw.formats import BFPFormat, check_bn_format, float_format
+from hw.formats import STATS_GUARD_DEFAULT, BFPFormat, check_bn_format, check_stats, float_format
 from sim.model import fast_bn as fb
 from sim.model import reference
 from sim.model.golden_bn import BNConfig, C_FRAC_BITS, range_scale
@@ -137,17 +140,19 @@ class LightNormBatchNorm2d(nn.Module):
 
     def __init__(self, num_features, width=8, block=16, in_format="fp10", chunks=1,
                  internal_frac_bits=None, cfix=1.0, eps_log2=-16, momentum_shift=3,
-                 mode="exact", grad_scaling="dynamic", std_eps=1e-5):
+                 mode="exact", grad_scaling="dynamic", std_eps=1e-5, stats="exact",
+                 stats_guard=STATS_GUARD_DEFAULT):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        check_stats(stats, stats_guard)     # the generator's check and message
         self.num_features = num_features
         self.fmt = check_bn_format(in_format)     # refuses what the generator refuses (bf16, fp32)
         if internal_frac_bits is None:
             internal_frac_bits = min(23, width + 4)
         self.cfg = BNConfig(bfp=BFPFormat.for_float(self.fmt, width, block), channels=num_features,
                             chunks=chunks, internal_frac_bits=internal_frac_bits, eps_log2=eps_log2,
-                            momentum_shift=momentum_shift)
+                            momentum_shift=momentum_shift, stats=stats, stats_guard=stats_guard)
         range_scale(2, cfix)            # validates cfix
         self.cfix = cfix
         self.mode = mode
@@ -171,7 +176,8 @@ class LightNormBatchNorm2d(nn.Module):
         return (f"{self.num_features}, mode={self.mode}, width={b.width}, block={b.block}, "
                 f"in_format={self.fmt.name}, chunks={self.cfg.chunks}, "
                 f"internal_frac_bits={self.cfg.internal_frac_bits}, cfix={self.cfix}, "
-                f"eps_log2={self.cfg.eps_log2}, momentum_shift={self.cfg.momentum_shift}")
+                f"eps_log2={self.cfg.eps_log2}, momentum_shift={self.cfg.momentum_shift}, "
+                f"stats={self.cfg.stats}, stats_guard={self.cfg.stats_guard}")
 
     # --- configuration per count ---------------------------------------------------------------
 
@@ -204,7 +210,8 @@ class LightNormBatchNorm2d(nn.Module):
         """Run this layer (exact mode) on ``x`` in training mode (on a copy: the module's running
         statistics are not touched) and in eval mode, and compare every output value with
         ``sim/model/golden_bn.py`` run on the same data: y (training and eval), the running statistics,
-        and, with ``g`` (default: random), dx, dgamma and dbeta. Raises ``AssertionError`` on any
+        and, with ``g`` (default: random), dx, dgamma and dbeta (in the layer's statistics mode,
+        exact or low: the configuration carries it). Raises ``AssertionError`` on any
         difference; returns the number of values compared. Slow (pure Python golden model): use
         a small ``x``."""
         import copy

@@ -32,6 +32,14 @@ Why each step is exact
   terms fit int64 they are summed in int64; otherwise the terms are binned by exponent with
   ``np.bincount`` on float64 weights (each bin is a sum of integers whose magnitude stays below
   2^53, so exact) and the bins are combined as Python integers.
+* **Windowed sums** (``stats="low"``, ``golden_bn.windowed_sum``): ``L' = max(0, F' - G)`` is a
+  running maximum, so per channel it is constant on segments of positions (at most one per value
+  of ``F``). Each element's addend ``rhu(v 2^(E - L'))`` is an int64 shift (right shifts floor;
+  a shift of 62 or more gives the same 0 as the exact value, |v| < 2^31), ``|addend| <= vmax 2^G
+  < 2^47``. Per segment the addends are summed exactly (split into 26-bit halves, each half
+  summed in float64 bins that stay below 2^53), and the segments are folded in order as Python
+  integers: ``A = rhu(A 2^(L_prev - L)) + T``. Within a segment the rescale is the identity, so
+  this is the per-element recurrence.
 * **Max / min / first-occurrence argmax / argmin per chunk**: ``q 2^(E - Eref)`` is an exact float64
   (|q| < 2^15, exponent span checked), so comparisons and ``np.argmax`` (first occurrence) are exact.
 * **Per-channel finalize** (O(channels) work): exact rational arithmetic on Python integers and one
@@ -536,16 +544,89 @@ def _shift_sums(vals, shifts, vbound):
     return out
 
 
+def _windowed_sums_exact(vals, exps, guard):
+    """Per column: ``golden_bn.windowed_sum`` of the pairs ``(vals[i, c], exps[i, c])`` in row
+    order, with Python-integer shifts (the exact fallback; the golden model uses Fractions)."""
+    out = []
+    for col_v, col_e in zip(vals.T.tolist(), exps.T.tolist()):
+        F = A = 0
+        for v, e in zip(col_v, col_e):
+            Fn = max(F, e)
+            L, Ln = max(0, F - guard), max(0, Fn - guard)
+            if Ln > L:
+                A = (A + (1 << (Ln - L - 1))) >> (Ln - L)
+            A += v << (e - Ln) if e >= Ln else (v + (1 << (Ln - e - 1))) >> (Ln - e)
+            F = Fn
+        out.append((A, max(0, F - guard)))
+    return [a for a, _ in out], [lsb for _, lsb in out]
+
+
+def _windowed_sums(vals, exps, guard):
+    """Per column: ``golden_bn.windowed_sum`` over the rows (stream order). ``vals`` int64 with
+    ``|vals| < 2**31``, ``exps`` >= 0 int64, both (n, C). Returns ``(A list, L list)``."""
+    n, C = vals.shape
+    if force_exact_path or n == 0:
+        return _windowed_sums_exact(vals, exps, guard)
+    F = np.maximum.accumulate(exps, axis=0)
+    Ln = np.maximum(F - guard, 0)                             # L' of every element
+    sh = exps - Ln                                            # <= guard
+    right = np.minimum(np.maximum(-sh, 1), 62)
+    up = (vals + (np.int64(1) << (right - 1))) >> right       # rhu(v 2^sh) for sh < 0
+    t = np.where(sh >= 0, vals << np.maximum(sh, 0), up)      # |t| <= vmax 2^G < 2^47
+    # segments: rank = how many times L' rose before this position (per column)
+    rose = np.zeros((n, C), dtype=np.int64)
+    rose[1:] = Ln[1:] != Ln[:-1]
+    rank = np.cumsum(rose, axis=0)
+    nseg = int(rank[-1].max()) + 1
+    idx = (np.arange(C)[None, :] * nseg + rank).ravel()
+    lo = (t & ((1 << 26) - 1)).ravel().astype(np.float64)    # t = hi 2^26 + lo, 0 <= lo < 2^26
+    hi = (t >> 26).ravel().astype(np.float64)                  # |hi| < 2^21
+    tot = [0] * (C * nseg)
+    rows = 1 << 26                                             # bins stay below 2^53
+    for start in range(0, n, rows):
+        sl = slice(start * C, min(n, start + rows) * C)
+        blo = np.bincount(idx[sl], weights=lo[sl], minlength=C * nseg)
+        bhi = np.bincount(idx[sl], weights=hi[sl], minlength=C * nseg)
+        for j in np.nonzero((blo != 0) | (bhi != 0))[0].tolist():
+            tot[j] += (int(bhi[j]) << 26) + int(blo[j])
+    # L' of each segment: its value at the segment's first position
+    seg_L = np.zeros((C, nseg), dtype=np.int64)
+    seg_L[np.broadcast_to(np.arange(C)[None, :], (n, C)).ravel(), rank.ravel()] = Ln.ravel()
+    nsegs = (rank[-1] + 1).tolist()
+    A_out, L_out = [], []
+    for c in range(C):
+        A, L = 0, 0
+        for k, Lk in enumerate(seg_L[c, :nsegs[c]].tolist()):
+            if Lk > L:
+                A = (A + (1 << (Lk - L - 1))) >> (Lk - L)
+            A += tot[c * nseg + k]
+            L = Lk
+        A_out.append(A)
+        L_out.append(L)
+    return A_out, L_out
+
+
 @dataclass
 class Stats:
     """Vectorized ``ChannelStats`` of every channel: ``sum`` (Python ints, units u), ``count``,
-    ``max``/``min`` ([channel][chunk] Python ints), ``argmax``/``argmin`` ((channels, K) int64)."""
+    ``max``/``min`` ([channel][chunk] Python ints), ``argmax``/``argmin`` ((channels, K) int64),
+    ``sum_lsb`` (per channel; the sum's value is ``sum << sum_lsb``, all 0 in exact mode)."""
     sum: list
     count: int
     max: list
     min: list
     argmax: np.ndarray
     argmin: np.ndarray
+    sum_lsb: list = None
+
+    def __post_init__(self):
+        if self.sum_lsb is None:
+            self.sum_lsb = [0] * len(self.sum)
+
+    @property
+    def sum_value(self):
+        """Per channel, the sum's value in units of u (``sum << sum_lsb``)."""
+        return [a << lsb for a, lsb in zip(self.sum, self.sum_lsb)]
 
     @property
     def nonflat_chunk(self):
@@ -560,19 +641,23 @@ class Stats:
     def to_golden(self):
         return [golden_bn.ChannelStats(sum=self.sum[c], count=self.count, max=list(self.max[c]),
                                        min=list(self.min[c]), argmax=self.argmax[c].tolist(),
-                                       argmin=self.argmin[c].tolist())
+                                       argmin=self.argmin[c].tolist(), sum_lsb=self.sum_lsb[c])
                 for c in range(len(self.sum))]
 
 
 def forward_stats(cfg, blocks):
-    """The statistics unit: exact sums, count, per-chunk max/min and first-occurrence positions."""
+    """The statistics unit: sums (exact, or windowed in low mode), count, per-chunk max/min and
+    first-occurrence positions."""
     n = blocks.n
     check_count(cfg, n)
     K = cfg.chunks
     m = n // K
     q, E = blocks.lanes(cfg)
     C = cfg.channels
-    total = _shift_sums(q, E, cfg.bfp.code_max)
+    if cfg.stats == "low":
+        total, lsb = _windowed_sums(q, E, cfg.stats_guard)
+    else:
+        total, lsb = _shift_sums(q, E, cfg.bfp.code_max), None
     nzq = q != 0
     Eref = 0
     fast = not force_exact_path
@@ -592,7 +677,7 @@ def forward_stats(cfg, blocks):
     mx = [[qmax[k][c] << emx[k][c] for k in range(K)] for c in range(C)]
     mn = [[qmin[k][c] << emn[k][c] for k in range(K)] for c in range(C)]
     return Stats(sum=total, count=n, max=mx, min=mn, argmax=am.T.astype(np.int64).copy(),
-                 argmin=an.T.astype(np.int64).copy())
+                 argmin=an.T.astype(np.int64).copy(), sum_lsb=lsb)
 
 
 # --- finalize ----------------------------------------------------------------------------------
@@ -652,7 +737,7 @@ def finalize(cfg, stats, gamma, beta, training=True, running_mean=None, running_
                 fl.add(f"overflow_{name}")
             return res[0]
         if training:
-            mu = rnd("mu", _round_ratio(f, stats.sum[c], n, ue))
+            mu = rnd("mu", _round_ratio(f, stats.sum[c], n, ue + stats.sum_lsb[c]))
             d = ranges[c]
             flat[c] = d == 0
             sigma = rnd("sigma", _round_dyadic_terms(f, [(scale * d, base), (1, cfg.eps_log2)]))
@@ -722,19 +807,35 @@ def forward(cfg, blocks, gamma, beta, training=True, running_mean=None, running_
 
 @dataclass
 class GradStats:
+    """``sum_g``, ``sum_gx`` (Python ints) and their LSB exponents (all 0 in exact mode): the
+    values are ``sum_g << sum_g_lsb`` (units u) and ``sum_gx << sum_gx_lsb`` (units u**2)."""
     sum_g: list
     sum_gx: list
+    sum_g_lsb: list = None
+    sum_gx_lsb: list = None
+
+    def __post_init__(self):
+        if self.sum_g_lsb is None:
+            self.sum_g_lsb = [0] * len(self.sum_g)
+        if self.sum_gx_lsb is None:
+            self.sum_gx_lsb = [0] * len(self.sum_gx)
 
     def to_golden(self):
-        return [golden_bn.GradStats(sum_g=a, sum_gx=b) for a, b in zip(self.sum_g, self.sum_gx)]
+        return [golden_bn.GradStats(sum_g=a, sum_gx=b, sum_g_lsb=la, sum_gx_lsb=lb)
+                for a, b, la, lb in zip(self.sum_g, self.sum_gx, self.sum_g_lsb, self.sum_gx_lsb)]
 
 
 def backward_stats(cfg, x_blocks, g_blocks):
-    """Exact integer reductions ``SG = sum q_g 2^E_g`` and ``SGX = sum q_g q_x 2^(E_g + E_x)``."""
+    """Integer reductions ``SG = sum q_g 2^E_g`` and ``SGX = sum q_g q_x 2^(E_g + E_x)``: exact,
+    or windowed in low mode."""
     if x_blocks.codes.shape != g_blocks.codes.shape:
         raise ValueError("x and g streams must have the same number of blocks")
     qg, Eg = g_blocks.lanes(cfg)
     qx, Ex = x_blocks.lanes(cfg)
+    if cfg.stats == "low":
+        sg, lg = _windowed_sums(qg, Eg, cfg.stats_guard)
+        sgx, lgx = _windowed_sums(qg * qx, Eg + Ex, cfg.stats_guard)
+        return GradStats(sum_g=sg, sum_gx=sgx, sum_g_lsb=lg, sum_gx_lsb=lgx)
     cm = cfg.bfp.code_max
     return GradStats(sum_g=_shift_sums(qg, Eg, cm), sum_gx=_shift_sums(qg * qx, Eg + Ex, cm * cm))
 
@@ -772,7 +873,7 @@ def backward_finalize(cfg, n, gstats, params):
             if res[1]:
                 fl.add(f"overflow_{name}")
             return res[0]
-        sg, sgx = gstats.sum_g[c], gstats.sum_gx[c]
+        sg, sgx = gstats.sum_g[c] << gstats.sum_g_lsb[c], gstats.sum_gx[c] << gstats.sum_gx_lsb[c]
         mm, em = _dyadic(params.mu[c])
         mi, ei = _dyadic(params.inv[c])
         ma, ea = _dyadic(params.a[c])

@@ -24,18 +24,36 @@ Chunks
 ------
 Positions ``[k*m, (k+1)*m)`` form chunk ``k`` (``m = n / K``). Per chunk the exact max and min and the
 position of the first occurrence of each are kept (ties go to the lowest position).
+
+Low-precision statistics (``BNConfig.stats = "low"``)
+---------------------------------------------------
+In ``"exact"`` mode (the default) the three channel sums (``sum x``, ``sum g``, ``sum g x``) are
+exact integers. In ``"low"`` mode each is a *windowed* accumulator (:func:`windowed_sum`) over the
+channel's elements in stream order, each given as an integer ``v`` with exponent ``E >= 0`` (weight
+``v * 2**E``): ``sum x``: ``v = q``, ``E`` = the block exponent; ``sum g``: ``v = q_g``, ``E = E_g``;
+``sum g x``: ``v = q_g * q_x``, ``E = E_g + E_x``. With ``F = A = 0`` at the start, per element::
+
+    F' = max(F, E);  L = max(0, F - G);  L' = max(0, F' - G)
+    A' = rhu(A * 2**(L - L')) + rhu(v * 2**(E - L'))        # rhu(z) = floor(z + 1/2)
+
+and the sum's value is ``A * 2**L`` with ``L = max(0, F - G)`` after the last element (``G`` =
+``BNConfig.stats_guard``). The stats keep ``A`` (``sum``, ``sum_g``, ``sum_gx``) and ``L``
+(``sum_lsb``, ``sum_g_lsb``, ``sum_gx_lsb``; 0 in exact mode); every use of a sum uses its value.
+``|A| <= n vmax 2**G`` and ``|A 2**L - S| <= n 2**L`` (``docs/numerics.md``, "Low-precision
+statistics"); with ``F <= G`` throughout the windowed sum is the exact sum.
 """
 
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from hw.formats import C_FRAC_BITS, BFPFormat, FloatFormat, check_bn_format, internal_format, running_reset_bits
+from hw.formats import (C_FRAC_BITS, STATS_GUARD_DEFAULT, BFPFormat, FloatFormat, check_bn_format, check_stats,
+                        internal_format, running_reset_bits)
 from sim.model.golden import Block, quantize_block
 
 __all__ = [
     "C_FRAC_BITS", "range_scale", "BNConfig", "ChannelStats", "ChannelParams",
-    "check_count", "block_count", "tensor_to_blocks", "blocks_to_values",
+    "check_count", "block_count", "rhu", "windowed_sum", "tensor_to_blocks", "blocks_to_values",
     "forward_stats", "finalize", "normalize", "forward", "running_reset", "update_running",
     "backward_stats", "backward_finalize", "backward_dx", "backward",
 ]
@@ -61,7 +79,9 @@ class BNConfig:
     generator refuses it). ``internal``: the per-channel float (mu, sigma_hat,
     1/sigma_hat, a, b, gamma, beta, gradients). ``chunks``: K (a power of two). ``c_scale``: C as
     returned by :func:`range_scale`. ``eps_log2``: eps = 2**eps_log2. ``momentum_shift``: running
-    statistics move by ``2**-momentum_shift`` of the difference per batch.
+    statistics move by ``2**-momentum_shift`` of the difference per batch. ``stats``: ``"exact"``
+    (exact channel sums) or ``"low"`` (windowed sums, :func:`windowed_sum`, with ``stats_guard`` =
+    G guard bits); checked by ``hw.formats.check_stats``.
     """
     bfp: BFPFormat
     channels: int
@@ -70,6 +90,8 @@ class BNConfig:
     c_scale: int = None
     eps_log2: int = -16
     momentum_shift: int = 3
+    stats: str = "exact"
+    stats_guard: int = STATS_GUARD_DEFAULT
 
     def __post_init__(self):
         if not isinstance(self.bfp, BFPFormat):
@@ -80,6 +102,7 @@ class BNConfig:
         k = self.chunks
         if not isinstance(k, int) or k < 1 or k & (k - 1):
             raise ValueError(f"chunks K must be a power of two >= 1, not {k!r}")
+        check_stats(self.stats, self.stats_guard)
 
     @property
     def internal(self):
@@ -130,6 +153,28 @@ def _val(fmt, bits):
     return fmt.decode(bits)
 
 
+# --- windowed sums (the "low" statistics mode) ---------------------------------------------------
+
+def rhu(z):
+    """Round half up: ``floor(z + 1/2)`` of a Fraction or integer, exactly (-1/2 -> 0, 1/2 -> 1)."""
+    return math.floor(Fraction(z) + Fraction(1, 2))
+
+
+def windowed_sum(pairs, guard):
+    """The windowed accumulator of the ``"low"`` statistics mode over ``(v, E)`` pairs in stream
+    order (integers, ``E >= 0``; element weight ``v * 2**E``). Returns ``(A, L)``: the sum's value
+    is ``A * 2**L``. Per element: ``F' = max(F, E)``, ``L = max(0, F - G)``,
+    ``L' = max(0, F' - G)``, ``A' = rhu(A 2**(L - L')) + rhu(v 2**(E - L'))``; ``F = A = 0`` at
+    the start."""
+    F = A = 0
+    for v, E in pairs:
+        F_new = max(F, E)
+        L, L_new = max(0, F - guard), max(0, F_new - guard)
+        A = rhu(Fraction(A) * Fraction(2) ** (L - L_new)) + rhu(Fraction(v) * Fraction(2) ** (E - L_new))
+        F = F_new
+    return A, max(0, F - guard)
+
+
 # --- tensors <-> blocks -----------------------------------------------------------------------
 
 def tensor_to_blocks(cfg, codes, exponents):
@@ -168,17 +213,26 @@ def blocks_to_values(cfg, blocks):
 
 @dataclass
 class ChannelStats:
-    """Statistics of one channel after the statistics pass (integers in units of ``u``)."""
+    """Statistics of one channel after the statistics pass (integers in units of ``u``). The sum's
+    value is ``sum * 2**sum_lsb`` (``sum_lsb`` = 0 in exact mode, L of the windowed sum in low
+    mode)."""
     sum: int = 0
     count: int = 0
     max: list = field(default_factory=list)     # per chunk
     min: list = field(default_factory=list)
     argmax: list = field(default_factory=list)  # position of first occurrence
     argmin: list = field(default_factory=list)
+    sum_lsb: int = 0
+
+    @property
+    def sum_value(self):
+        """The sum in units of u: ``sum * 2**sum_lsb``."""
+        return self.sum << self.sum_lsb
 
 
 def forward_stats(cfg, blocks):
-    """The statistics unit: exact sum, count, and per-chunk max/min with first-occurrence positions."""
+    """The statistics unit: the sum (exact, or windowed in low mode), count, and per-chunk max/min
+    with first-occurrence positions."""
     n = len(blocks) // cfg.groups
     if len(blocks) % cfg.groups:
         raise ValueError("the stream must hold whole positions (a multiple of `groups` blocks)")
@@ -187,16 +241,21 @@ def forward_stats(cfg, blocks):
     stats = [ChannelStats(max=[None] * cfg.chunks, min=[None] * cfg.chunks,
                           argmax=[0] * cfg.chunks, argmin=[0] * cfg.chunks)
              for _ in range(cfg.channels)]
+    pairs = [[] for _ in range(cfg.channels)]
     for p, c, q, e in _lanes(cfg, blocks):
         v = q << e
         s = stats[c]
         s.sum += v
+        pairs[c].append((q, e))
         s.count += 1
         k = p // m
         if s.max[k] is None or v > s.max[k]:
             s.max[k], s.argmax[k] = v, p
         if s.min[k] is None or v < s.min[k]:
             s.min[k], s.argmin[k] = v, p
+    if cfg.stats == "low":
+        for c in range(cfg.channels):
+            stats[c].sum, stats[c].sum_lsb = windowed_sum(pairs[c], cfg.stats_guard)
     return stats
 
 
@@ -216,7 +275,7 @@ def finalize(cfg, stat, gamma, beta, training=True, running_mean=None, running_s
     """Per-channel finalize. Training: from ``stat``; inference: from the running statistics
     (packed internal-float bits). gamma, beta, running_* are packed internal-float bits.
 
-    mu = rnd(S u / n); R = (sum max - sum min) u / K; sigma_hat = rnd(C R + eps);
+    mu = rnd(S u / n) with S the sum's value (``sum * 2**sum_lsb``); R = (sum max - sum min) u / K; sigma_hat = rnd(C R + eps);
     inv = rnd(1 / sigma_hat) (correctly rounded); a = rnd(gamma inv); b = rnd(beta - mu a).
     A flat channel (R == 0, training only) gets a = 0, b = beta so that y == beta exactly.
     """
@@ -225,7 +284,7 @@ def finalize(cfg, stat, gamma, beta, training=True, running_mean=None, running_s
     u = Fraction(2) ** cfg.unit_exp
     if training:
         n = stat.count
-        mu = _round(f, Fraction(stat.sum) * u / n, flags, "mu")
+        mu = _round(f, Fraction(stat.sum_value) * u / n, flags, "mu")
         r = Fraction(sum(stat.max) - sum(stat.min)) * u / cfg.chunks
         flat = r == 0
         sigma = _round(f, cfg.c(n) * r + cfg.eps, flags, "sigma")
@@ -316,20 +375,40 @@ def forward(cfg, blocks, gamma, beta, training=True, running_mean=None, running_
 
 @dataclass
 class GradStats:
-    """Per-channel gradient reductions: sum g (units u) and sum g x (units u**2)."""
+    """Per-channel gradient reductions: sum g (units u) and sum g x (units u**2); their values are
+    ``sum_g * 2**sum_g_lsb`` and ``sum_gx * 2**sum_gx_lsb`` (the lsb fields are 0 in exact mode)."""
     sum_g: int = 0
     sum_gx: int = 0
+    sum_g_lsb: int = 0
+    sum_gx_lsb: int = 0
+
+    @property
+    def sum_g_value(self):
+        return self.sum_g << self.sum_g_lsb
+
+    @property
+    def sum_gx_value(self):
+        return self.sum_gx << self.sum_gx_lsb
 
 
 def backward_stats(cfg, x_blocks, g_blocks):
-    """Exact integer reductions over paired x and g blocks (same positions, same order)."""
+    """Integer reductions over paired x and g blocks (same positions, same order): exact, or
+    windowed (:func:`windowed_sum`) in low mode."""
     if len(x_blocks) != len(g_blocks):
         raise ValueError("x and g streams must have the same number of blocks")
     out = [GradStats() for _ in range(cfg.channels)]
     x_lanes = _lanes(cfg, x_blocks)
+    pg = [[] for _ in range(cfg.channels)]
+    pgx = [[] for _ in range(cfg.channels)]
     for (p, c, qg, eg), (_, _, qx, ex) in zip(_lanes(cfg, g_blocks), x_lanes):
         out[c].sum_g += qg << eg
         out[c].sum_gx += (qg * qx) << (eg + ex)
+        pg[c].append((qg, eg))
+        pgx[c].append((qg * qx, eg + ex))
+    if cfg.stats == "low":
+        for c in range(cfg.channels):
+            out[c].sum_g, out[c].sum_g_lsb = windowed_sum(pg[c], cfg.stats_guard)
+            out[c].sum_gx, out[c].sum_gx_lsb = windowed_sum(pgx[c], cfg.stats_guard)
     return out
 
 
@@ -344,14 +423,15 @@ class GradParams:
 
 
 def backward_finalize(cfg, n, gstat, params):
-    """dbeta = rnd(sum g); dgamma = rnd(inv (sum g x - mu sum g));
+    """With the sums' values (``sum_g * 2**sum_g_lsb``, ``sum_gx * 2**sum_gx_lsb``):
+    dbeta = rnd(sum g); dgamma = rnd(inv (sum g x - mu sum g));
     gbar = rnd(sum g / n); b_g = rnd(-a gbar); t = rnd(C dgamma); corr = rnd(a t / K);
     b_max = rnd(b_g - corr); b_min = rnd(b_g + corr)."""
     f = cfg.internal
     flags = set()
     u = Fraction(2) ** cfg.unit_exp
-    sum_g = Fraction(gstat.sum_g) * u
-    sum_gx = Fraction(gstat.sum_gx) * u * u
+    sum_g = Fraction(gstat.sum_g_value) * u
+    sum_gx = Fraction(gstat.sum_gx_value) * u * u
     mu, inv, a = _val(f, params.mu), _val(f, params.inv), _val(f, params.a)
     dbeta = _round(f, sum_g, flags, "dbeta")
     dgamma = _round(f, inv * (sum_gx - mu * sum_g), flags, "dgamma")

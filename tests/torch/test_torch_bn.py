@@ -179,10 +179,13 @@ def test_state_dict_and_repr():
         bn(torch.randn(2, 4, 2, 2))
 
 
-@pytest.mark.parametrize("width,block,C,chunks", [(8, 16, 6, 1), (5, 3, 7, 4)])
-def test_check_against_golden(width, block, C, chunks):
+@pytest.mark.parametrize("width,block,C,chunks,stats,guard", [
+    (8, 16, 6, 1, "exact", 4), (5, 3, 7, 4, "exact", 4),
+    (8, 16, 6, 1, "low", 4), (5, 3, 7, 4, "low", 0), (4, 4, 5, 2, "low", 16)])
+def test_check_against_golden(width, block, C, chunks, stats, guard):
     torch.manual_seed(5)
-    bn = LightNormBatchNorm2d(C, width=width, block=block, chunks=chunks)
+    bn = LightNormBatchNorm2d(C, width=width, block=block, chunks=chunks, stats=stats, stats_guard=guard)
+    assert bn.cfg.stats == stats and bn.cfg.stats_guard == guard
     with torch.no_grad():
         bn.weight.copy_(torch.rand(C) + 0.5)
         bn.bias.copy_(torch.randn(C))
@@ -193,6 +196,41 @@ def test_check_against_golden(width, block, C, chunks):
     rm = bn.running_mean.clone()
     bn.check_against_golden(torch.randn(2, C, 4, 4))
     assert torch.equal(rm, bn.running_mean)
+
+
+def test_low_stats_layer_differs_from_exact_and_is_refused_when_bad():
+    """stats="low" reaches the hardware arithmetic (the sums are windowed: the outputs differ from
+    exact mode on data whose exponents exceed G), and bad values are refused with
+    hw.formats.check_stats's message."""
+    from hw.formats import check_stats
+    torch.manual_seed(1)
+    x = torch.randn(2, 5, 4, 4) * 3 + 2
+    outs = {}
+    for stats in ("exact", "low"):
+        bn = LightNormBatchNorm2d(5, width=8, block=4, stats=stats, stats_guard=0)
+        xt = x.clone().requires_grad_()
+        y = bn(xt)
+        y.backward(torch.ones_like(y) * 1e-3 + y.detach() * 1e-3)
+        outs[stats] = (y.detach(), xt.grad, bn.weight.grad, bn.bias.grad)
+    assert any(not torch.equal(a, b) for a, b in zip(outs["exact"], outs["low"]))
+    assert "stats=low, stats_guard=0" in repr(bn)
+    for stats, guard in (("lo", 4), ("low", 17), ("low", -1), ("exact", 2.5)):
+        with pytest.raises(ValueError) as want:
+            check_stats(stats, guard)
+        with pytest.raises(ValueError) as got:
+            LightNormBatchNorm2d(4, stats=stats, stats_guard=guard)
+        assert str(got.value) == str(want.value)
+
+
+def test_study_low_methods():
+    from sim.apps.study import METHODS, build_model, verify_exact
+    for w in (4, 6, 8):
+        assert METHODS[f"lightnorm_w{w}_low"][2] == {"mode": "exact", "width": w, "stats": "low"}
+    net = build_model("lightnorm_w8_low", 0, channels=(4, 5, 3), block=3)
+    assert all(bn.cfg.stats == "low" and bn.cfg.stats_guard == 4 for bn in net.norms())
+    net.train()
+    net(torch.rand(4, 1, 8, 8))
+    assert verify_exact(net, torch.rand(2, 1, 8, 8)) > 0
 
 
 def test_study_verify_exact_on_a_small_net():

@@ -3,7 +3,8 @@ configuration options and the ``unit_config`` parametrisation every unit test fi
 
 Options (all optional):
 
-``--width W``, ``--block B``, ``--in-format F``, ``--chunks K``, ``--channels C``
+``--width W``, ``--block B``, ``--in-format F``, ``--chunks K``, ``--channels C``, ``--stats S``,
+``--stats-guard G``
     Run a single configuration instead of a test file's default matrix. Only options that name a
     key of that file's matrix count; the other keys come from :data:`DEFAULTS` (or the first
     matrix entry). Example: ``pytest tests/test_bfp_shifter.py --width 6 --block 5 --in-format fp16``.
@@ -39,8 +40,11 @@ OPTIONS = {
     "in_format": ("--in-format", str, "input float format name (fp10, fp16, bf16, e<E>m<M>, ...)"),
     "chunks": ("--chunks", int, "Range-BN chunks per channel (K)"),
     "channels": ("--channels", int, "channels per test configuration"),
+    "stats": ("--stats", str, "statistics precision of the Range-BN cores (exact, low)"),
+    "stats_guard": ("--stats-guard", int, "guard bits of the low statistics"),
 }
-DEFAULTS = {"width": 8, "block": 16, "in_format": "fp10", "chunks": 1, "channels": 4}
+DEFAULTS = {"width": 8, "block": 16, "in_format": "fp10", "chunks": 1, "channels": 4, "stats": "exact",
+            "stats_guard": 4}
 
 
 def pytest_addoption(parser):

@@ -34,12 +34,21 @@ DEFAULT_MATRIX = [
     {"width": w, "block": b, "chunks": k, "channels": _CHANNELS[(w, b, k)], "in_format": "fp10"}
     for w in (4, 8, 12) for b in (4, 16) for k in (1, 8)
 ]
+#: The low statistics (windowed sums, docs/numerics.md): the default width, odd sizes with G = 0
+#: (the LSB at the largest exponent), and G = 16 beyond fp10's exponent range (equal to exact).
+LOW_MATRIX = [
+    {"width": 8, "block": 16, "chunks": 1, "channels": 16, "in_format": "fp10", "stats": "low", "stats_guard": 4},
+    {"width": 5, "block": 3, "chunks": 4, "channels": 7, "in_format": "fp10", "stats": "low", "stats_guard": 0},
+    {"width": 4, "block": 4, "chunks": 8, "channels": 5, "in_format": "e4m3", "stats": "low", "stats_guard": 16},
+]
+DEFAULT_MATRIX += LOW_MATRIX
 
 
 def _params(entry, max_count=4096):
     from gen.units import Params
     return Params(width=entry["width"], block=entry["block"], chunks=entry["chunks"],
-                  channels=entry["channels"], in_format=entry["in_format"], max_count=max_count)
+                  channels=entry["channels"], in_format=entry["in_format"], max_count=max_count,
+                  stats=entry.get("stats", "exact"), stats_guard=entry.get("stats_guard", 4))
 
 
 def _verilog(p):
@@ -49,7 +58,8 @@ def _verilog(p):
 
 
 def _label(p):
-    return f"W{p.width}-B{p.block}-K{p.chunks}-C{p.channels}-{p.in_format}"
+    return (f"W{p.width}-B{p.block}-K{p.chunks}-C{p.channels}-{p.in_format}"
+            + (f"-low{p.stats_guard}" if p.stats == "low" else ""))
 
 
 def run_backward(p, elements, seed, idle=0.3, backpressure=0.3):

@@ -34,6 +34,13 @@ DEFAULT_MATRIX = [dict(width=w, block=b, chunks=k, channels=_channels(w, b, k), 
                   for w in WIDTHS for b in BLOCKS for k in CHUNKS]
 # Interleaved so that a partial run already covers every width, block size and K.
 DEFAULT_MATRIX = [DEFAULT_MATRIX[i] for i in (0, 11, 5, 6, 3, 8, 1, 10, 4, 7, 2, 9)]
+#: The low statistics (windowed sums, docs/numerics.md): the default width, odd sizes with G = 0
+#: (the LSB at the largest exponent), and G = 16 beyond e4m3's exponent range (equal to exact).
+DEFAULT_MATRIX += [
+    dict(width=8, block=16, chunks=1, channels=16, in_format="fp10", stats="low", stats_guard=4),
+    dict(width=5, block=3, chunks=4, channels=7, in_format="fp10", stats="low", stats_guard=0),
+    dict(width=4, block=4, chunks=8, channels=5, in_format="e4m3", stats="low", stats_guard=16),
+]
 
 
 def run_forward_bench(params_kw, elements, seed=1, gap=0.2, backpressure=0.2):

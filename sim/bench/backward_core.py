@@ -191,7 +191,8 @@ class BackwardPlan:
         self.steps = []
 
     def cfg(self, K, c_scale=None):
-        return gbn.BNConfig(self.bfp, self.C, chunks=K, internal_frac_bits=self.p.frac_bits, c_scale=c_scale)
+        return gbn.BNConfig(self.bfp, self.C, chunks=K, internal_frac_bits=self.p.frac_bits, c_scale=c_scale,
+                            stats=self.p.stats, stats_guard=self.p.stats_guard)
 
     @property
     def elements(self):

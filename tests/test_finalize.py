@@ -79,9 +79,10 @@ def forward_case(eng, rng):
 def forward_golden(eng, rec):
     K = 1 << rec["chunks_log2"]
     cfg = gbn.BNConfig(eng.bfp, channels=1, chunks=K, internal_frac_bits=eng.internal.frac_bits,
-                       c_scale=rec["c_scale"], eps_log2=eng.eps_log2, momentum_shift=eng.momentum_shift)
+                       c_scale=rec["c_scale"], eps_log2=eng.eps_log2, momentum_shift=eng.momentum_shift,
+                       stats=eng.stats_mode, stats_guard=eng.stats_guard)
     stat = gbn.ChannelStats(sum=rec["sum"], count=rec["count"], max=[rec["range"]] + [0] * (K - 1),
-                            min=[0] * K)
+                            min=[0] * K, sum_lsb=rec.get("sum_lsb", 0))
     training = bool(rec["training"])
     p = gbn.finalize(cfg, stat if training else None, rec["gamma"], rec["beta"], training=training,
                      running_mean=rec["running_mean"], running_sigma=rec["running_sigma"])
@@ -126,9 +127,11 @@ def backward_case(eng, rng):
 def backward_golden(eng, rec):
     K = 1 << rec["chunks_log2"]
     cfg = gbn.BNConfig(eng.bfp, channels=1, chunks=K, internal_frac_bits=eng.internal.frac_bits,
-                       c_scale=rec["c_scale"])
+                       c_scale=rec["c_scale"], stats=eng.stats_mode, stats_guard=eng.stats_guard)
     params = gbn.ChannelParams(mu=rec["mu"], sigma=0, inv=rec["inv"], a=rec["a"], b=0, flat=False)
-    g = gbn.backward_finalize(cfg, rec["count"], gbn.GradStats(rec["sum_g"], rec["sum_gx"]), params)
+    gstat = gbn.GradStats(sum_g=rec["sum_g"], sum_gx=rec["sum_gx"], sum_g_lsb=rec.get("sum_g_lsb", 0),
+                          sum_gx_lsb=rec.get("sum_gx_lsb", 0))
+    g = gbn.backward_finalize(cfg, rec["count"], gstat, params)
     return {"dgamma": g.dgamma, "dbeta": g.dbeta, "b_mid": g.b_mid, "b_max": g.b_max, "b_min": g.b_min,
             "overflow": int(bool(g.flags))}
 
@@ -465,6 +468,69 @@ def _check_all(eng, records, outputs, golden):
 
 
 # --- register-transfer model sweeps (fast: thousands of channels) --------------------------------
+
+def _low_engines(cfg, guard):
+    fmt, W, B, M, count, chunks = cfg
+    bfp = BFPFormat.for_float(float_format(fmt), W, B)
+    f = internal_format(M)
+    return (ForwardFinalize(bfp, f, count, chunks, stats="low", stats_guard=guard),
+            BackwardFinalize(bfp, f, count, chunks, stats="low", stats_guard=guard))
+
+
+def _windowed(rng, width, lsb_max, exact):
+    """A windowed sum and its LSB exponent for a record of the low statistics: the exact record's
+    sum when it fits the window at LSB 0, else a random accumulator (full width, tiny, or at the
+    bounds) at a random LSB."""
+    lim = 1 << (width - 1)
+    if -lim <= exact < lim and rng.randrange(3) == 0:
+        return exact, 0
+    kind = rng.randrange(4)
+    acc = (rng.randint(-3, 3) if kind == 0 else rng.choice([-lim, lim - 1]) if kind == 1
+           else rng.choice([1, -1]) * rng.randrange(1 << rng.randint(1, width - 1)))
+    return acc, rng.randint(0, lsb_max)
+
+
+def low_forward_records(eng, rng, count):
+    recs = []
+    for rec in forward_records(eng, rng, count):
+        acc, lsb = _windowed(rng, eng.sum_width, eng.bfp.exp_max, rec["sum"])
+        recs.append(dict(rec, sum=acc, sum_lsb=lsb))
+    return recs
+
+
+def low_backward_records(eng, rng, count):
+    recs = []
+    for rec in backward_records(eng, rng, count):
+        g, lg = _windowed(rng, eng.sum_width, eng.bfp.exp_max, rec["sum_g"])
+        gx, lgx = _windowed(rng, eng.sum_gx_width, 2 * eng.bfp.exp_max, rec["sum_gx"])
+        recs.append(dict(rec, sum_g=g, sum_g_lsb=lg, sum_gx=gx, sum_gx_lsb=lgx))
+    return recs
+
+
+@pytest.mark.parametrize("guard", [0, 4, 16])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_ids)
+def test_model_low(cfg, guard):
+    """The low statistics' records (windowed sums with a run-time LSB exponent, ``Ld.xe``): the
+    register-transfer model against the golden model."""
+    fwd, bwd = _low_engines(cfg, guard)
+    rng = random.Random(_ids(cfg) + f"low{guard}")
+    recs = low_forward_records(fwd, rng, 300)
+    _check_all(fwd, recs, [run_model(fwd, r) for r in recs], forward_golden)
+    recs = low_backward_records(bwd, rng, 300)
+    _check_all(bwd, recs, [run_model(bwd, r) for r in recs], backward_golden)
+
+
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[5]], ids=_ids)
+def test_rtl_pysim_low(cfg):
+    fwd, bwd = _low_engines(cfg, 4)
+    rng = random.Random(_ids(cfg) + "simlow")
+    recs = _pick(low_forward_records(fwd, rng, 20), 4, rng)
+    outs, _, _ = simulate(fwd, recs, seed=3, gap=0.3, stall=0.3)
+    _check_all(fwd, recs, outs, forward_golden)
+    recs = _pick(low_backward_records(bwd, rng, 20), 4, rng)
+    outs, _, _ = simulate(bwd, recs, seed=4, gap=0.3, stall=0.3)
+    _check_all(bwd, recs, outs, backward_golden)
+
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=_ids)
 def test_model_forward(cfg):

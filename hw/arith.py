@@ -8,13 +8,12 @@ changes what it computes to achieve that.
 
 from amaranth.hdl import Cat, Const, Mux, Signal, Value, signed
 
-from hw.bn_layouts import count_width
 
 __all__ = [
     "as_sig", "zext", "sext", "widen", "s_add", "add_const", "fold_u", "fold_s", "cond_neg", "gt_const",
     "eq_const", "select", "shift_right_jam", "shift_left", "shift_left_to", "count_leading_zeros",
     "shift_right_arith", "window_lsb", "window_control", "window_accumulate",
-    "stats_widths", "grad_widths", "sum_width", "sum_gx_width", "windowed_width", "window_lsb_width",
+    "stats_widths", "grad_widths", "windowed_width", "window_lsb_width",
 ]
 
 
@@ -343,12 +342,10 @@ def window_accumulate(m, acc, v, up, d, guard, name):
 
 # --- widths of the exact per-channel sums ----------------------------------------------------------
 #
-# Two kinds. The accumulators (``stats_widths`` for the statistics unit, ``grad_widths`` for the
-# gradient reduction) are sized by the exact bound: the bit length of ``max_count`` times the
-# largest element, plus a sign bit. The finalize engines' inputs (``sum_width``, ``sum_gx_width``)
-# are sized by the closed form ``(W-1) + exp_max + count_width + 1`` (and its square for ``g x``),
-# which is never smaller (``code_max < 2**(W-1)``, ``max_count < 2**count_width``): the cores
-# sign-extend an accumulator into the finalize record (``tests/test_arith.py`` checks the order).
+# One rule: an accumulator is sized by its exact bound, the bit length of ``max_count`` times the
+# largest element, plus a sign bit (``stats_widths`` for the statistics unit, ``grad_widths`` for
+# the gradient reduction, ``windowed_width`` for the low statistics), and the finalize engines take
+# the accumulators' widths as they are.
 
 def stats_widths(bfp, max_count, max_chunks):
     """``(value_width, sum_width, range_width)``: signed width of one ``q * 2**E`` in units u, of the
@@ -379,14 +376,3 @@ def grad_widths(bfp, max_count):
     c, e = bfp.code_max, bfp.exp_max
     return ((max_count * c << e).bit_length() + 1,
             (max_count * c * c << (2 * e)).bit_length() + 1)
-
-
-def sum_width(bfp, max_count):
-    """Signed width of an exact channel sum in units ``u``: ``(W-1) + exp_max + count_width + 1``
-    (also used for the range ``R_int``, unsigned, and for ``sum g``)."""
-    return (bfp.width - 1) + bfp.exp_max + count_width(max_count) + 1
-
-
-def sum_gx_width(bfp, max_count):
-    """Signed width of ``sum g x`` in units ``u**2``: ``(2W-2) + 2 exp_max + count_width + 1``."""
-    return (2 * bfp.width - 2) + 2 * bfp.exp_max + count_width(max_count) + 1

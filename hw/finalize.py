@@ -68,9 +68,11 @@ with the leading-zero count of the normalization.
 
 Sizes (:meth:`_FinalizeEngine.sizes`): ``NO`` = the widest value moved into OPR (the range, or
 ``sum g x`` and ``sum g * mu``); ``k`` = max(``M + 3``, ``C_WIDTH``); ``NW`` = max(``NO + k``, every
-``add`` term + 2, every dividend + 1, ``M + 3``). For the default generator configuration (fp10,
-W = 8, M = 12, n <= 4096, K = 1; the same with K <= 8) ``NW`` is 72 forward and 108 backward; the widest supported
-(fp15, W = 16, n <= 2**24, M = 23) 208 backward.
+``add`` term + 2, every dividend + 1, ``M + 3``), with the channel sums as wide as the
+accumulators that produce them (``hw.arith.stats_widths``, ``grad_widths``, ``windowed_width``). For
+the default generator configuration (fp10, W = 8, M = 12, n <= 4096, K = 1) ``NW`` is 59 forward
+and 107 backward with exact statistics, 59 and 56 with the low statistics (``G`` = 4); the widest
+supported (fp15, W = 16, n <= 2**24, M = 23, K = 64) 111 forward and 207 backward (exact).
 
 Forward program (training; inference and flat channels differ only in predicated ``set``\\s)::
 
@@ -137,13 +139,13 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.arith import (add_const, as_sig, cond_neg, count_leading_zeros, fold_s, fold_u, s_add, select,
-                      shift_left, shift_right_jam, stats_widths, sum_gx_width, sum_width, widen, window_lsb_width,
+                      grad_widths, shift_left, shift_right_jam, stats_widths, widen, window_lsb_width,
                       windowed_width, zext as zext_to)
 from hw.bn_layouts import C_WIDTH, chunks_log2_width, count_width
 from hw.checks import check_instance, check_int
 from hw.formats import C_FRAC_BITS, STATS_GUARD_DEFAULT, BFPFormat, FloatFormat, check_stats
 
-__all__ = ["ForwardFinalize", "BackwardFinalize", "run_model", "sum_width", "sum_gx_width"]
+__all__ = ["ForwardFinalize", "BackwardFinalize", "run_model"]
 
 
 # --- micro-code ----------------------------------------------------------------------------------
@@ -747,9 +749,11 @@ class ForwardFinalize(_FinalizeEngine):
     Ports
     -----
     i : stream of ``input_layout`` (one record per channel)
-        ``sum`` (signed, ``sum_width`` = ``(W-1) + exp_max + count_width + 1`` bits): exact channel
-        sum S in units ``u``; ``range`` (unsigned, ``sum_width`` bits): ``R_int = sum_k max_k -
-        sum_k min_k`` in units ``u``; ``count`` (``count_width(max_count)`` bits): n;
+        ``sum`` (signed, ``sum_width`` bits, the statistics unit's): the channel sum in units
+        ``u``, exact, or with ``stats="low"`` the windowed accumulator, whose value is
+        ``sum * 2**sum_lsb`` (``sum_lsb``, unsigned, only then); ``range`` (unsigned,
+        ``range_width`` bits): ``R_int = sum_k max_k - sum_k min_k`` in units ``u``; ``count``
+        (``count_width(max_count)`` bits): n;
         ``chunks_log2`` (``chunks_log2_width(max_chunks)`` bits): log2 K; ``c_scale``
         (``C_WIDTH`` = 18 bits, C = c_scale / 2**16); ``training`` (1 bit); ``gamma``, ``beta``,
         ``running_mean``, ``running_sigma`` (internal-float bits).
@@ -761,8 +765,7 @@ class ForwardFinalize(_FinalizeEngine):
         unchanged as ``new_running_*``; ``flat`` is 0.
 
     Timing: see the module docstring; ``latency`` cycles from the input transfer to ``o.valid``,
-    ``cycles_per_channel = latency + 1`` back to back. ``sum`` and ``range`` may be wider than a
-    statistics unit's fields (they are sign- or zero-extended).
+    ``cycles_per_channel = latency + 1`` back to back.
     """
 
     INT_FIELDS = {}
@@ -784,13 +787,12 @@ class ForwardFinalize(_FinalizeEngine):
         self.eps_log2 = eps_log2
         self.momentum_shift = momentum_shift
         self.stats_mode, self.stats_guard = stats, stats_guard
-        self.sum_width = sum_width(bfp, max_count)
-        self.range_width = self.sum_width
+        # The statistics unit's own widths (hw.stats_unit): the record takes its fields as they are.
+        _, self.sum_width, self.range_width = stats_widths(bfp, max_count, max_chunks)
         self.lsb_width = 0
-        if stats == "low":      # the windowed sum and its LSB exponent (hw.stats_unit)
+        if stats == "low":      # the windowed sum and its LSB exponent
             self.sum_width = windowed_width(1 << (bfp.width - 1), stats_guard, max_count)
             self.lsb_width = window_lsb_width(bfp.exp_max)
-            self.range_width = stats_widths(bfp, max_count, max_chunks)[2]
         self.INT_FIELDS = {
             "sum": (self.sum_width, True), "range": (self.range_width, False),
             "count": (count_width(max_count), False),
@@ -904,7 +906,8 @@ class BackwardFinalize(_FinalizeEngine):
     -----
     i : stream of ``input_layout``
         ``sum_g`` (signed, ``sum_width`` bits, units ``u``), ``sum_gx`` (signed, ``sum_gx_width``
-        = ``(2W-2) + 2 exp_max + count_width + 1`` bits, units ``u**2``), ``count`` n,
+        bits, units ``u**2``): the gradient reduction's sums, exact, or with ``stats="low"`` windowed
+        accumulators with LSB exponents ``sum_g_lsb``, ``sum_gx_lsb``; ``count`` n,
         ``chunks_log2``, ``c_scale`` (as the forward record), ``mu``, ``inv``, ``a``
         (internal-float bits, the forward pass's saved values).
     o : stream of ``output_layout``
@@ -925,8 +928,8 @@ class BackwardFinalize(_FinalizeEngine):
         self._check_args(bfp, internal, max_count, max_chunks)
         check_stats(stats, stats_guard)
         self.stats_mode, self.stats_guard = stats, stats_guard
-        self.sum_width = sum_width(bfp, max_count)
-        self.sum_gx_width = sum_gx_width(bfp, max_count)
+        # The gradient reduction's own widths (hw.grad_reduce): the record takes its sums as they are.
+        self.sum_width, self.sum_gx_width = grad_widths(bfp, max_count)
         self.lsb_width = self.lsb_gx_width = 0
         if stats == "low":      # the windowed sums and their LSB exponents (hw.grad_reduce)
             W, e = bfp.width, bfp.exp_max

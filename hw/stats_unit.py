@@ -27,7 +27,8 @@ channels each (``lanes = B``, or ``channels`` when a single group exists, so a o
 keeps one lane of state). The head bank is the group of the block being accumulated; every
 accumulated block rotates the banks by one, so the head is always the right group and no group
 read multiplexer or write decoder exists (each state bit has one 2:1 enable mux). Bits per channel:
-``sum_width + 2*value_width + range_width + 2*pos_width + (K-1)*(2*pos_width + 1)``; see
+``sum_width + 2*value_width + range_width + 2*pos_width + (K-1)*(2*pos_width + 1)`` (no
+``range_width`` with ``K = 1``: there are no ended chunks to accumulate); see
 ``state_bits``. This is the dominant area of the forward core for large ``channels * K``; a
 later optimisation is to move the per-chunk positions (and then the banks) into a single-port
 memory, which the rotating organisation maps onto directly (one read and one write address per
@@ -106,7 +107,8 @@ class StatsUnit(wiring.Component):
             "cmin": signed(self.value_width),
             "amax": self.pos_width,
             "amin": self.pos_width,
-            "rng": self.range_width,
+            # the sum of the ended chunks' ranges (none with one chunk: no register)
+            **({"rng": self.range_width} if K > 1 else {}),
             # chunks 0..K-2 once they have ended (the last chunk is read from cmax/cmin/amax/amin)
             "arr_amax": data.ArrayLayout(self.pos_width, max(K - 1, 1)),
             "arr_amin": data.ArrayLayout(self.pos_width, max(K - 1, 1)),
@@ -135,7 +137,7 @@ class StatsUnit(wiring.Component):
     def state_bits(self):
         """Flip-flops of per-channel state (all banks)."""
         K = self.max_chunks
-        per = (self.sum_width + 2 * self.value_width + self.range_width + 2 * self.pos_width
+        per = (self.sum_width + 2 * self.value_width + (self.range_width if K > 1 else 0) + 2 * self.pos_width
                + (K - 1) * (2 * self.pos_width + 1))
         return per * self.groups * self.lanes + self.lsb_width * self.groups
 
@@ -260,8 +262,9 @@ class StatsUnit(wiring.Component):
                                                        f"wsum{l}")[:self.sum_width])
             else:
                 m.d.comb += n.sum.eq(s.sum + v)
-            with m.If(s2_cfirst & ~s2_first):
-                m.d.comb += n.rng.eq(s.rng + (s.cmax - s.cmin).as_unsigned())
+            if K > 1:
+                with m.If(s2_cfirst & ~s2_first):
+                    m.d.comb += n.rng.eq(s.rng + (s.cmax - s.cmin).as_unsigned())
             with m.If(s2_cfirst | gt):
                 m.d.comb += [n.cmax.eq(v), n.amax.eq(s2_pos)]
             with m.If(s2_cfirst | lt):
@@ -286,7 +289,8 @@ class StatsUnit(wiring.Component):
                 m.d.sync += [bank_f[g].eq(bank_f[(g + 1) % G]) for g in range(G)]
         with m.If(self.start):      # after the bank updates: takes priority (a pass is idle then)
             m.d.sync += [banks[g][l].sum.eq(0) for g in range(G) for l in range(L)]
-            m.d.sync += [banks[g][l].rng.eq(0) for g in range(G) for l in range(L)]
+            if K > 1:
+                m.d.sync += [banks[g][l].rng.eq(0) for g in range(G) for l in range(L)]
             if low:
                 m.d.sync += [bank_f[g].eq(0) for g in range(G)]
         with m.If(s2_last):
@@ -298,7 +302,7 @@ class StatsUnit(wiring.Component):
         m.d.sync += s.eq(lanes[self.rd_lane] if L > 1 else head[0])
         m.d.sync += [
             self.rd.sum.eq(s.sum),
-            self.rd.range.eq(s.rng + (s.cmax - s.cmin).as_unsigned()),
+            self.rd.range.eq(s.rng + (s.cmax - s.cmin).as_unsigned() if K > 1 else (s.cmax - s.cmin).as_unsigned()),
         ]
         if low:
             f_sel = Signal(self.lsb_width, name="rd_f")

@@ -5,6 +5,7 @@ that measures how close every configuration and distribution comes to it.
     python -m sim.verify.error_bounds --quick         # the subset tests/test_error_bounds.py enforces
     python -m sim.verify.error_bounds --config fp16,8,16,8,2,16,12 --dist offset_strong --seeds 3
     python -m sim.verify.error_bounds --config fp10,8,16,8,32,24,12,low,4   # low statistics, G = 4
+    python -m sim.verify.error_bounds --stats low     # only the low-mode configurations
 
 The golden model's bits come from ``sim.model.fast_bn`` (its vectorized twin, bit-identical:
 tests/test_fast_bn.py; tests/test_error_bounds.py also reruns one case through ``sim.model.golden_bn``
@@ -435,8 +436,12 @@ def main(argv=None):
                         help="fmt,W,B,K,m,channels,M (repeatable; default: all of CONFIGS)")
     parser.add_argument("--dist", action="append", default=None, choices=DISTRIBUTIONS)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--stats", choices=("exact", "low"), default=None,
+                        help="only the configurations of this statistics mode")
     args = parser.parse_args(argv)
     configs = ([Config.parse(c) for c in args.config] if args.config else QUICK if args.quick else CONFIGS)
+    if args.stats:
+        configs = [cf for cf in configs if cf.stats == args.stats]
     dists = args.dist or list(DISTRIBUTIONS)
     total, per_cfg, per_dist = summarize(configs, dists, args.seeds)
     elements = sum(cf.n * cf.channels for cf in configs) * len(dists) * args.seeds

@@ -4,6 +4,8 @@ that measures how close every configuration and distribution comes to it.
     python -m sim.verify.error_bounds                 # the table of docs/numerics.md ("Error bounds")
     python -m sim.verify.error_bounds --quick         # the subset tests/test_error_bounds.py enforces
     python -m sim.verify.error_bounds --config fp16,8,16,8,2,16,12 --dist offset_strong --seeds 3
+    python -m sim.verify.error_bounds --config fp10,8,16,8,32,24,12,low,4   # low statistics, G = 4
+    python -m sim.verify.error_bounds --stats low     # only the low-mode configurations
 
 The golden model's bits come from ``sim.model.fast_bn`` (its vectorized twin, bit-identical:
 tests/test_fast_bn.py; tests/test_error_bounds.py also reruns one case through ``sim.model.golden_bn``
@@ -25,8 +27,11 @@ internal-float overflow flag, a block that saturates at the largest shared expon
 E = exp_max: the value may lie beyond the format), a flat channel (``flat``) in dx for every K and
 in y for K > 1 (the two departures of docs/numerics.md).
 
-To add a configuration (such as a low-precision statistics mode): give it a ``Config`` and, if its
-roundings differ, its own entries in ``BOUNDS``; the measurement loop does not change.
+Low statistics mode (``Config(..., stats="low", guard=G)``): the channel sums are windowed
+(``sim.model.golden_bn.windowed_sum``) and err by at most ``n 2**L`` units, ``L = max(0, F - G)``
+with F the largest exponent of the summed elements in the channel's group (block exponent for
+sum x and sum g, ``E_g + E_x`` for sum g x). The same bounds carry those errors through mu,
+dbeta, dgamma and gbar (the ``e_*`` quantities of :func:`measure`, all 0 in exact mode).
 """
 
 import argparse
@@ -36,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hw.formats import BFPFormat, float_format
+from hw.formats import STATS_GUARD_DEFAULT, BFPFormat, float_format
 from sim.model import fast_bn as fb
 from sim.model import golden_bn as gb
 from sim.model.reference import range_bn_backward, range_bn_forward
@@ -52,7 +57,8 @@ OUTPUTS = ("y", "dx", "dgamma", "dbeta")
 
 @dataclass(frozen=True)
 class Config:
-    """One configuration: input format, W, B, K, m (n = K m), channels, M."""
+    """One configuration: input format, W, B, K, m (n = K m), channels, M, statistics mode and
+    guard G (low mode only)."""
     fmt: str
     width: int
     block: int
@@ -60,19 +66,29 @@ class Config:
     m: int
     channels: int
     frac_bits: int
+    stats: str = "exact"
+    guard: int = STATS_GUARD_DEFAULT
 
     @property
     def n(self):
         return self.chunks * self.m
 
     def label(self):
+        low = f" low G{self.guard}" if self.stats == "low" else ""
         return (f"{self.fmt} W{self.width} B{self.block} K{self.chunks} m{self.m} "
-                f"C{self.channels} M{self.frac_bits}")
+                f"C{self.channels} M{self.frac_bits}{low}")
 
     @classmethod
     def parse(cls, text):
-        f, *nums = text.split(",")
-        return cls(f, *(int(v) for v in nums))
+        """``fmt,W,B,K,m,channels,M[,stats[,G]]``."""
+        f, *rest = text.split(",")
+        nums, extra = rest[:6], rest[6:]
+        kw = {}
+        if extra:
+            kw["stats"] = extra[0]
+        if len(extra) > 1:
+            kw["guard"] = int(extra[1])
+        return cls(f, *(int(v) for v in nums), **kw)
 
 
 #: The measured configurations: the default, every named format, the extremes of W and M,
@@ -93,8 +109,26 @@ CONFIGS = [
     Config("fp10", 8, 16, 8, 2, 24, 12),      # m = 2
     Config("fp16", 8, 4, 4, 2, 8, 12),        # m = 2
 ]
-#: The subset the tests enforce (cheap): the fp16 / fp15 / m = 2 / B = 1 and 3 / lone-lane cases.
-QUICK = [CONFIGS[i] for i in (0, 2, 3, 5, 8, 9, 10, 12, 13)]
+#: The same in the low statistics mode: the default configuration at G = 4 (the default), 0 and
+#: 16, W = 4, fp16 and fp15 inputs (wide exponent ranges), B = 1 and 3, a lone lane, W = 2, m = 2.
+LOW_CONFIGS = [
+    Config("fp10", 8, 16, 8, 32, 24, 12, "low", 4),
+    Config("fp10", 8, 16, 8, 32, 24, 12, "low", 0),
+    Config("fp10", 8, 16, 8, 32, 24, 12, "low", 16),
+    Config("fp10", 4, 4, 1, 64, 6, 8, "low", 4),
+    Config("fp16", 8, 16, 8, 16, 16, 12, "low", 4),
+    Config("fp15", 8, 16, 8, 16, 16, 12, "low", 4),
+    Config("fp15", 16, 1, 1, 64, 3, 20, "low", 4),
+    Config("fp10", 8, 16, 1, 128, 1, 12, "low", 4),
+    Config("fp16", 10, 3, 1, 128, 2, 14, "low", 0),
+    Config("fp10", 2, 4, 1, 32, 4, 4, "low", 4),
+    Config("e6m10", 16, 8, 8, 8, 8, 23, "low", 4),
+    Config("fp16", 8, 4, 4, 2, 8, 12, "low", 4),
+]
+CONFIGS = CONFIGS + LOW_CONFIGS
+#: The subset the tests enforce (cheap): the fp16 / fp15 / m = 2 / B = 1 and 3 / lone-lane cases,
+#: exact and low.
+QUICK = [CONFIGS[i] for i in (0, 2, 3, 5, 8, 9, 10, 12, 13)] + [LOW_CONFIGS[i] for i in (0, 1, 4, 6, 8, 9, 11)]
 
 DISTRIBUTIONS = ("gauss", "relu", "laplace", "student", "offset", "offset_strong", "near_constant",
                  "two_valued", "wide", "flat")
@@ -150,7 +184,8 @@ def case(cfg_: Config, kind, seed):
     fmt = float_format(cfg_.fmt)
     bfp = BFPFormat.for_float(fmt, cfg_.width, cfg_.block)
     cfg = gb.BNConfig(bfp=bfp, channels=cfg_.channels, chunks=cfg_.chunks,
-                      internal_frac_bits=cfg_.frac_bits, c_scale=gb.range_scale(cfg_.m))
+                      internal_frac_bits=cfg_.frac_bits, c_scale=gb.range_scale(cfg_.m),
+                      stats=cfg_.stats, stats_guard=cfg_.guard)
     rng = np.random.default_rng([seed, DISTRIBUTIONS.index(kind), cfg_.width, cfg_.block, cfg_.m,
                                  cfg_.frac_bits, cfg_.chunks])
     n, ch = cfg_.n, cfg_.channels
@@ -168,36 +203,51 @@ def _gam(k, u):
     return k * u / (1 - k * u)
 
 
+def _dmu(q):
+    """|mu - mu*| <= u |mu*| + (1 + u) e_mu + lam/2: mu = rnd(S' u / n) with the sum's value S'
+    within n 2**L_x units of S (low mode; e_mu = 2**L_x u_code, 0 in exact mode)."""
+    return q["u"] * np.abs(q["mu"]) + (1 + q["u"]) * q["e_mu"] + LAM / 2
+
+
+def _dgbar(q):
+    """|gbar - gbar*| <= u |gbar*| + (1 + u) e_gbar + lam/2 (e_gbar = 2**L_g u_code in low mode)."""
+    return q["u"] * np.abs(q["gbar"]) + (1 + q["u"]) * q["e_gbar"] + LAM / 2
+
+
 def bound_y(q):
     """|y - y*| <= r ulp + Da |x - mu*| + |a| Dmu + u (|b*| + |a| Dmu + |mu*| Da) + lam/2.
-    Da = gamma_3 |a*| + lam (sigma_hat, 1/sigma_hat, a: three roundings), Dmu = u |mu*| + lam/2."""
+    Da = gamma_3 |a*| + lam (sigma_hat, 1/sigma_hat, a: three roundings), Dmu = u |mu*| +
+    (1 + u) e_mu + lam/2 (:func:`_dmu`; e_mu = 0 in exact mode)."""
     u = q["u"]
     da = _gam(3, u) * np.abs(q["a"]) + LAM
     a_abs = np.abs(q["a"]) + da
-    dmu = u * np.abs(q["mu"]) + LAM / 2
+    dmu = _dmu(q)
     pre = (da * np.abs(q["x"] - q["mu"]) + a_abs * dmu
            + u * (np.abs(q["b"]) + a_abs * dmu + np.abs(q["mu"]) * da) + LAM / 2)
     return q["r_y"] * q["ulp_y"] + pre
 
 
 def bound_dbeta(q):
-    """|dbeta - dbeta*| <= u |dbeta*| + lam/2: one rounding of an exact sum (0.5 ulp)."""
-    return q["u"] * np.abs(q["db"]) + LAM / 2
+    """|dbeta - dbeta*| <= u (|dbeta*| + e_sg) + e_sg + lam/2: one rounding of the sum (0.5 ulp),
+    whose value is within e_sg = n 2**L_g u_code of the exact sum g (0 in exact mode)."""
+    return q["u"] * (np.abs(q["db"]) + q["e_sg"]) + q["e_sg"] + LAM / 2
 
 
 def bound_dgamma(q):
-    """|dgamma - dgamma*| <= gamma_3 |dgamma*| + (1 + gamma_3) s* Dmu |sum g| + lam/2: two
-    roundings in 1/sigma_hat and the final one, plus the rounded mean: dgamma = inv (sum g x -
-    mu sum g) moves by s* (mu - mu*) sum g, which is (|mu*| / sigma_hat) u |sum g| and is not
-    bounded by any multiple of |dgamma*| (dgamma* = s* sum g (x - mu*) may be ~0)."""
+    """|dgamma - dgamma*| <= gamma_3 |dgamma*| + (1 + gamma_3) s* D + lam/2 with
+    D = Dmu (|sum g| + e_sg) + |mu*| e_sg + e_gx, the error of sum g x - mu sum g: two roundings
+    in 1/sigma_hat and the final one, plus the rounded mean: dgamma = inv (sum g x - mu sum g)
+    moves by s* (mu - mu*) sum g, which is (|mu*| / sigma_hat) u |sum g| and is not bounded by
+    any multiple of |dgamma*| (dgamma* = s* sum g (x - mu*) may be ~0); in low mode also the
+    windowed sums' errors e_sg (sum g) and e_gx = n 2**L_gx u_code**2 (sum g x)."""
     u = q["u"]
-    dmu = u * np.abs(q["mu"]) + LAM / 2
-    return _gam(3, u) * np.abs(q["dg"]) + (1 + _gam(3, u)) * q["s"] * dmu * np.abs(q["db"]) + LAM / 2
+    d = _dmu(q) * (np.abs(q["db"]) + q["e_sg"]) + np.abs(q["mu"]) * q["e_sg"] + q["e_gx"]
+    return _gam(3, u) * np.abs(q["dg"]) + (1 + _gam(3, u)) * q["s"] * d + LAM / 2
 
 
 def bound_dx(q):
     """dx = Q(a g + b_sel). Everywhere: Da |g - gbar*| + |a| Dgbar + u |a| (|gbar*| + Dgbar)
-    (a, gbar = rnd(sum g / n), b_mid = rnd(-a gbar)); at a chunk's argmax / argmin also Dcorr +
+    (a, gbar = rnd(sum g / n) with :func:`_dgbar`, b_mid = rnd(-a gbar)); at a chunk's argmax / argmin also Dcorr +
     u (|b_mid| + |corr|) (corr = rnd(a rnd(C dgamma) / K), b_sel = rnd(b_mid -+ corr)), where
     Dcorr carries the dgamma bound through C / K |a*|: the rounded-mean term reaches dx there as
     (C / K) |a*| s* u |mu*| |sum g|. Plus r ulp for the final rounding."""
@@ -206,7 +256,7 @@ def bound_dx(q):
     da = _gam(3, u) * a + LAM
     a_abs = a + da
     gbar = np.abs(q["gbar"])
-    dgbar = u * gbar + LAM / 2
+    dgbar = _dgbar(q)
     pre = da * np.abs(q["g"] - q["gbar"]) + a_abs * dgbar + u * a_abs * (gbar + dgbar) + LAM / 2
     c, k = q["c"], q["k"]
     dg = np.abs(q["dg"])
@@ -241,6 +291,26 @@ def _ref_slack(q):
 
 
 # --- measurement -----------------------------------------------------------------------------
+
+def _window_errors(cfg, xb, gb_):
+    """Per channel, from the inputs alone: the windowed sums' LSB exponents L = max(0, F - G)
+    (F = the largest exponent in the channel's group: E_x for sum x, E_g for sum g, E_g + E_x
+    for sum g x) and the error terms of the bounds, e_mu = 2**L_x u_c (the mean's),
+    e_sg = n 2**L_g u_c, e_gbar = 2**L_g u_c, e_gx = n 2**L_gx u_c**2 (u_c = 2**unit_exp, the
+    code unit). All 0 in exact mode."""
+    C, n = cfg.channels, xb.n
+    if cfg.stats != "low":
+        z = np.zeros(C)
+        return {"e_mu": z, "e_sg": z, "e_gbar": z, "e_gx": z, "L_x": z, "L_g": z, "L_gx": z}
+    B, G = cfg.bfp.block, cfg.stats_guard
+    per_ch = lambda a: np.repeat(a, B)[:C]          # noqa: E731  (groups -> channels)
+    Lx = per_ch(np.maximum(xb.exps.max(axis=0) - G, 0))
+    Lg = per_ch(np.maximum(gb_.exps.max(axis=0) - G, 0))
+    Lgx = per_ch(np.maximum((xb.exps + gb_.exps).max(axis=0) - G, 0))
+    uc = 2.0 ** cfg.unit_exp
+    return {"e_mu": np.ldexp(uc, Lx), "e_sg": n * np.ldexp(uc, Lg), "e_gbar": np.ldexp(uc, Lg),
+            "e_gx": n * np.ldexp(uc * uc, Lgx), "L_x": Lx, "L_g": Lg, "L_gx": Lgx}
+
 
 def _block_ulp(cfg, blocks):
     """Per element: the ulp of its block, 2**lsb_exponent(E), and whether the block saturated,
@@ -282,7 +352,9 @@ def measure(cfg, fmt, xb, gb_, gamma, beta, bounds=None):
                 mask[st.argmax[ch, k], ch] = mask[st.argmin[ch, k], ch] = 1.0
     ulp_y, sat_y, top_y = _block_ulp(cfg, yb)
     ulp_dx, sat_dx, top_dx = _block_ulp(cfg, dxb)
+    e = _window_errors(cfg, xb, gb_)
     q = {
+        **e,
         "u": 2.0 ** -(M + 1), "n": n, "k": K, "c": c, "x": xv, "g": gv, "beta": beta,
         "mu": cache["mu"], "s": cache["s"], "a": gamma * cache["s"],
         "b": beta - cache["mu"] * gamma * cache["s"], "gbar": db_ref / n, "dg": dg_ref, "db": db_ref,
@@ -364,8 +436,12 @@ def main(argv=None):
                         help="fmt,W,B,K,m,channels,M (repeatable; default: all of CONFIGS)")
     parser.add_argument("--dist", action="append", default=None, choices=DISTRIBUTIONS)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--stats", choices=("exact", "low"), default=None,
+                        help="only the configurations of this statistics mode")
     args = parser.parse_args(argv)
     configs = ([Config.parse(c) for c in args.config] if args.config else QUICK if args.quick else CONFIGS)
+    if args.stats:
+        configs = [cf for cf in configs if cf.stats == args.stats]
     dists = args.dist or list(DISTRIBUTIONS)
     total, per_cfg, per_dist = summarize(configs, dists, args.seeds)
     elements = sum(cf.n * cf.channels for cf in configs) * len(dists) * args.seeds

@@ -335,8 +335,12 @@ def window_accumulate(m, acc, v, up, d, guard, name):
     y = shift_right_arith(m, x, d, f"{name}_y")
     kept = Signal(signed(wa + 1), name=f"{name}_k")
     m.d.comb += kept.eq(sext(as_sig(m, Mux(up, scaled, acc), f"{name}_m"), wa + 1))
+    # kept + y[1:] + y[0] with one adder: the rounding bit enters as the carry into bit 1 of
+    # (2 kept + y[0]) + (2 y[1:] + y[0]).
+    total = Signal(wa + 2, name=f"{name}_t")
+    m.d.comb += total.eq(Cat(y[0], kept).as_unsigned() + Cat(y[0], sext(y[1:], wa + 1)).as_unsigned())
     out = Signal(signed(wa + 1), name=name)
-    m.d.comb += out.eq(kept + sext(y[1:], wa + 1) + y[0])
+    m.d.comb += out.eq(Cat(total[1] | total[0], total[2:]))   # total[0] = 2 y[0] mod 2 = 0
     return out
 
 

@@ -412,9 +412,9 @@ def lint(text, top, workdir):
 @dataclass
 class UnitBench:
     """How to run one unit's cocotb regression on a mutant."""
-    unit: str                   # Verilog module name in gen.units.UNITS
+    unit: str                   # Verilog module name in gen.registry.REGISTRY
     params: dict                # gen.units.Params keyword arguments (small configuration)
-    module: str                 # cocotb test module
+    module: str                 # cocotb test module (the registry's Unit.bench)
     config: object              # function(params, vectors) -> LN_CONFIG dict
     judge: object               # function(test_dir, info) -> None, raises AssertionError
     info: object = None         # function(component) -> JSON-able dict handed to judge
@@ -460,16 +460,19 @@ def _backward_judge(test_dir, info):
 
 _CORE_PARAMS = dict(width=4, block=4, in_format="fp10", chunks=2, channels=5, max_count=64, internal_frac_bits=8)
 
+def _bench(unit, params, config, judge, **kw):
+    """A :class:`UnitBench` whose cocotb module is the unit's bench in ``gen.registry``."""
+    from gen import registry
+    return UnitBench(unit, params, registry.unit(unit).bench, config, judge, **kw)
+
+
 UNIT_BENCHES = {
-    "ln_bfp_shifter": UnitBench(
+    "ln_bfp_shifter": _bench(
         "ln_bfp_shifter", dict(width=4, block=2, in_format="e3m2", chunks=1, channels=1, max_count=2),
-        "sim.bench.bfp_shifter", _shifter_config, _shifter_judge, info=lambda c: {"latency": c.latency},
-        formal=True),
-    "ln_forward_core": UnitBench(
-        "ln_forward_core", _CORE_PARAMS, "sim.bench.forward_core", _core_config, _forward_judge,
-        pipeline=("y__payload", "y__valid")),
-    "ln_backward_core": UnitBench(
-        "ln_backward_core", _CORE_PARAMS, "sim.bench.backward_core", _core_config, _backward_judge),
+        _shifter_config, _shifter_judge, info=lambda c: {"latency": c.latency}, formal=True),
+    "ln_forward_core": _bench(
+        "ln_forward_core", _CORE_PARAMS, _core_config, _forward_judge, pipeline=("y__payload", "y__valid")),
+    "ln_backward_core": _bench("ln_backward_core", _CORE_PARAMS, _core_config, _backward_judge),
 }
 
 

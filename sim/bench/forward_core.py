@@ -1,8 +1,7 @@
-"""Stimulus for the forward core (plain Python, importable without a simulator) and its cocotb bench.
+"""The forward core's command plan (plain Python, importable without a simulator) and its cocotb bench.
 
-The first half builds realistic activation tensors, turns them into the BFP block stream of
-LightNorm's grouping and runs the golden model (``sim.model.golden_bn.forward``); ``tests/`` uses it for
-the error table too. The cocotb half (below ``# --- cocotb``) drives ``ForwardCore``.
+The first half plans the commands of one configuration from the stimulus of ``sim.bench.stimulus``
+(tensors, BFP block streams, edge cases) and runs the golden model (``sim.model.golden_bn.forward``). The cocotb half (below ``# --- cocotb``) drives ``ForwardCore``.
 """
 
 import collections
@@ -16,174 +15,14 @@ from sim.model.golden import Block, float_to_bfp
 from sim.model import golden_bn as gbn
 from sim.bench.common import fit_count
 
-__all__ = ["DISTRIBUTIONS", "activations", "to_blocks", "channel_params"]
+from sim.bench.stimulus import (DISTRIBUTIONS, activations, channel_params, to_blocks, random_blocks,  # noqa: F401
+                                flat_lanes, permute_within_chunks, edge_blocks_per_channel as edge_blocks,
+                                NO_FLAGS as _NO_FLAGS)
 
-#: Activation distributions of the default regression and of the error table.
-DISTRIBUTIONS = ("gauss", "relu", "laplace", "student", "offset")
-
-
-def activations(kind, n, channels, rng):
-    """``n x channels`` float64 activations. Every channel gets its own scale (log-uniform over
-    2**-6..2**6) and offset, as conv outputs do.
-
-    ``gauss``: normal around an offset of up to 3 sigma; ``relu``: ReLU after a conv (a normal
-    with a per-channel bias, then max(0, .); many exact zeros, so min ties); ``laplace`` and
-    ``student`` (t, 3 degrees of freedom): heavy tails, with offsets; ``offset``: normal with an
-    offset of 10..100 sigma (a badly centred layer: the worst case for the folded ``a x + b``)."""
-    scale = 2.0 ** rng.uniform(-6, 6, size=channels)
-    if kind == "gauss":
-        x = rng.normal(size=(n, channels)) + rng.uniform(-3, 3, size=channels)
-    elif kind == "relu":
-        x = np.maximum(rng.normal(size=(n, channels)) + rng.uniform(-1.5, 1.5, size=channels), 0.0)
-    elif kind == "laplace":
-        x = rng.laplace(size=(n, channels)) + rng.uniform(-3, 3, size=channels)
-    elif kind == "student":
-        x = rng.standard_t(3, size=(n, channels)) + rng.uniform(-3, 3, size=channels)
-    elif kind == "offset":
-        x = rng.normal(size=(n, channels)) + rng.choice([-1, 1], size=channels) * rng.uniform(10, 100, size=channels)
-    else:
-        raise ValueError(f"unknown distribution {kind!r}; known: {', '.join(DISTRIBUTIONS)}")
-    return x * scale
-
-
-_ENCODE_CACHE = {}
-
-
-def _encode(fmt, value):
-    key = (fmt.name, value)
-    word = _ENCODE_CACHE.get(key)
-    if word is None:
-        if len(_ENCODE_CACHE) > 1 << 20:
-            _ENCODE_CACHE.clear()
-        word = _ENCODE_CACHE[key] = fmt.encode(value)
-    return word
-
-
-def to_blocks(cfg, fmt, x):
-    """Float64 ``x[n, channels]`` -> packed ``fmt`` words -> the BFP block stream (golden
-    ``float_to_bfp`` per position and group; padding lanes are zero words)."""
-    fmt = float_format(fmt)
-    B, C = cfg.bfp.block, cfg.channels
-    blocks = []
-    for row in np.asarray(x, dtype=np.float64):
-        words = [_encode(fmt, float(v)) for v in row] + [0] * (cfg.groups * B - C)
-        for g in range(cfg.groups):
-            blocks.append(float_to_bfp(fmt, cfg.bfp, words[g * B:(g + 1) * B]))
-    return blocks
-
-
-def channel_params(cfg, rng, flat_beta=False):
-    """Per-channel gamma and beta (internal-float bits): gamma log-uniform in 2**-2..2**2 with a
-    random sign now and then, beta normal."""
-    f = cfg.internal
-    gamma = [f.encode(float(v)) for v in
-             2.0 ** rng.uniform(-2, 2, size=cfg.channels) * rng.choice([1, 1, 1, -1], size=cfg.channels)]
-    beta = [f.encode(float(v)) for v in rng.normal(size=cfg.channels)]
-    return gamma, beta
+__all__ = ["DISTRIBUTIONS", "activations", "to_blocks", "channel_params"]   # re-exported from sim.bench.stimulus
 
 
 # --- the command plan of one configuration ----------------------------------------------------
-
-def random_blocks(cfg, n, rng):
-    """Blocks straight in BFP with shared exponents over the whole range (stress for the exact
-    compare across exponents), codes uniform, some lanes pinned at +-code_max and 0."""
-    bfp, B = cfg.bfp, cfg.bfp.block
-    out = []
-    for _p in range(n):
-        for g in range(cfg.groups):
-            e = int(rng.integers(0, bfp.exp_max + 1))
-            codes = []
-            for l in range(B):
-                if g * B + l >= cfg.channels:
-                    codes.append(0)
-                    continue
-                r = rng.random()
-                q = (bfp.code_max if r < 0.05 else -bfp.code_max if r < 0.1 else 0 if r < 0.15
-                     else int(rng.integers(-bfp.code_max, bfp.code_max + 1)))
-                codes.append(q)
-            out.append(Block(e, codes, _NO_FLAGS))
-    return out
-
-
-_NO_FLAGS = {"sat": False, "special": False, "flush": False}
-
-
-def edge_blocks(cfg, n, rng):
-    """Edge cases per channel, cycling over the channels: all-equal (flat), max and min ties
-    (repeated extreme values), two-valued, saturated codes at the largest exponent, zeros,
-    alternating sign at tiny exponents. Every chunk repeats the pattern so ties span chunks."""
-    bfp, B = cfg.bfp, cfg.bfp.block
-    cmax, e4 = bfp.code_max, min(4, bfp.exp_max)        # every width from 2, every exponent field
-    rows = []
-    kinds = ("flat", "ties", "two", "sat", "zero", "tiny", "random")
-    for p in range(n):
-        rows.append([])
-        for c in range(cfg.channels):
-            kind = kinds[c % len(kinds)]
-            if kind == "flat":
-                v = (min(3, cmax), bfp.exp_max // 2)
-            elif kind == "ties":
-                v = ((cmax, e4) if p % 3 == 0 else (-cmax, e4) if p % 3 == 1 else (1, e4))
-            elif kind == "two":
-                v = (1, 2) if p % 2 else (min(2, cmax), 1)  # equal values, different exponents (W >= 3)
-            elif kind == "sat":
-                v = ((bfp.code_max if p % 2 else -bfp.code_max), bfp.exp_max)
-            elif kind == "zero":
-                v = (0, 0)
-            elif kind == "tiny":
-                v = ((1 if p % 2 else -1), 1)
-            else:
-                v = (int(rng.integers(-bfp.code_max, bfp.code_max + 1)), int(rng.integers(0, bfp.exp_max + 1)))
-            rows[-1].append(v)
-    # A block has one exponent: build each block at the largest exponent of its lanes, scaling the
-    # codes exactly when possible (otherwise keep the lane value as close as the grid allows).
-    out = []
-    for p in range(n):
-        for g in range(cfg.groups):
-            lanes = [rows[p][c] for c in range(g * B, min((g + 1) * B, cfg.channels))]
-            e = max(ex for _, ex in lanes)
-            codes = []
-            for q, ex in lanes:
-                codes.append(q >> (e - ex) if q >= 0 else -((-q) >> (e - ex)))
-            codes += [0] * (B - len(codes))
-            out.append(Block(e, codes, _NO_FLAGS))
-    return out
-
-
-def flat_lanes(cfg, n, K, step=False):
-    """Every channel constant (``step``: constant within each chunk, a different constant per
-    chunk), a different constant in every lane: the read port's per-lane ``max == min`` must
-    compare a lane with itself, not with a neighbour (the edge data's one flat channel per seven
-    does not tell lanes apart)."""
-    bfp, B = cfg.bfp, cfg.bfp.block
-    m = max(1, n // K)
-    e = max(1, bfp.exp_max // 2)
-    out = []
-    for p in range(n):
-        k = p // m if step else 0
-        for g in range(cfg.groups):
-            codes = []
-            for l in range(B):
-                c = g * B + l
-                q = 1 + (c + 2 * k) % bfp.code_max if c < cfg.channels else 0
-                codes.append(q if (c + k) % 2 == 0 else -q)
-            out.append(Block(e, codes, _NO_FLAGS))
-    return out
-
-
-def permute_within_chunks(cfg, blocks, K, rng):
-    """The same tensor with positions shuffled inside each chunk (so every per-chunk max, min, the
-    sum and hence mu, sigma, inv, a, b are unchanged; only positions move)."""
-    G = cfg.groups
-    n = len(blocks) // G
-    m = n // K
-    order = []
-    for k in range(K):
-        idx = list(range(k * m, (k + 1) * m))
-        rng.shuffle(idx)
-        order += idx
-    return [blocks[p * G + g] for p in order for g in range(G)]
-
 
 def _whole_chunks(rows, K, max_count):
     """``rows`` repeated cyclically to the smallest count >= ``len(rows)`` that is a multiple of

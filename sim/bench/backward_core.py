@@ -7,7 +7,7 @@ this bench does not depend on the forward core) and the expected outputs of
 ``sim.model.golden_bn.backward`` (grads records and dx blocks, flags included), all packed into integers.
 The cocotb half (below ``# --- cocotb``) drives ``BackwardCore`` with the rules of ``sim.bench.common``'s
 sources (random idle cycles), sinks (random back-pressure) and stream monitors, implemented for
-speed in one coroutine (:class:`StreamDriver`), and compares bit for bit.
+speed in one coroutine (``sim.bench.common.StreamDriver``), and compares bit for bit.
 
 Run it through ``tests/test_backward_core.py`` (pytest) or ``sim/verify/measure_backward.py``.
 """
@@ -422,99 +422,12 @@ except ImportError:         # the plain-Python half above stays importable witho
     cocotb = None
 
 
+from sim.bench.common import StreamDriver  # noqa: E402  (the one multi-stream driver)
+
+
 def _params(conf):
     from gen.units import Params
     return Params(**conf["params"])
-
-
-class StreamDriver:
-    """All streams of the core in one coroutine: two simulator wake-ups per cycle instead of two
-    per source, sink and monitor (``sim.bench.common.StreamSource`` / ``StreamSink`` / ``StreamMonitor``
-    implement the same rules one coroutine each; with a dozen of them the Python side, not the
-    model, limited this bench to ~900 cycles/s).
-
-    Rules (as ``sim.bench.common``): a source inserts an idle cycle before an item with probability
-    ``idle``, then holds ``valid`` and ``payload`` until the transfer (``valid`` never depends on
-    ``ready``); a sink drives ``ready`` low with probability ``backpressure`` each cycle,
-    independent of ``valid``; every stream is monitored: once ``valid & ~ready``, ``valid`` must
-    stay high and ``payload`` unchanged until the transfer (violations are collected in
-    ``errors``). Watchers run first at every falling edge. Outputs and their transfer cycles are recorded in ``received``; inputs' transfer
-    cycles in ``sent_cycles``. Signals are sampled on the falling edge and driven just after the
-    rising edge.
-    """
-
-    def __init__(self, dut, sources, sinks, *, idle=0.0, backpressure=0.0, seed=0):
-        from sim.bench import common as bench
-        self.dut = dut
-        self.rng = random.Random(seed)
-        self.idle, self.backpressure = idle, backpressure
-        self.src = {name: bench.StreamBus(dut, name) for name in sources}
-        self.snk = {name: bench.StreamBus(dut, name) for name in sinks}
-        self.queue = {name: collections.deque() for name in sources}
-        self.active = {name: False for name in sources}
-        self.sent_cycles = {name: [] for name in sources}
-        self.received = {name: [] for name in sinks}
-        self.received_cycles = {name: [] for name in sinks}
-        self.held = {name: None for name in sinks}
-        self.ready = {name: 0 for name in sinks}
-        self.cycle = 0
-        self.errors = []
-        self.watchers = []          # callables(driver) run at every falling edge
-        for bus in self.src.values():
-            bus.valid.value = 0
-        for bus in self.snk.values():
-            bus.ready.value = 0
-
-    def send(self, name, word):
-        self.queue[name].append(word)
-
-    async def run(self):
-        clk = self.dut.clk
-        rnd = self.rng.random
-        idle, bp = self.idle, self.backpressure
-        while True:
-            await FallingEdge(clk)
-            for watch in self.watchers:
-                watch(self)
-            for name, bus in self.src.items():
-                if self.active[name] and bus.ready.value:
-                    self.active[name] = False
-                    self.queue[name].popleft()
-                    self.sent_cycles[name].append(self.cycle + 1)
-            for name, bus in self.snk.items():
-                valid = int(bus.valid.value)
-                held = self.held[name]
-                if held is not None:
-                    if not valid:
-                        self.errors.append(f"{name}: valid dropped while stalled (cycle {self.cycle})")
-                    elif bus.payload.value.to_unsigned() != held:
-                        self.errors.append(f"{name}: payload changed while stalled (cycle {self.cycle})")
-                if valid:
-                    bits = bus.payload.value.to_unsigned()
-                    if self.ready[name]:
-                        self.received[name].append(bits)
-                        self.received_cycles[name].append(self.cycle + 1)
-                        self.held[name] = None
-                    else:
-                        self.held[name] = bits
-                else:
-                    self.held[name] = None
-            await RisingEdge(clk)
-            self.cycle += 1
-            for name, bus in self.src.items():
-                if not self.active[name]:
-                    q = self.queue[name]
-                    if q and (idle <= 0 or rnd() >= idle):
-                        bus.payload.value = q[0]
-                        bus.valid.value = 1
-                        self.active[name] = True
-                    else:
-                        bus.valid.value = 0
-            for name, bus in self.snk.items():
-                r = 1 if bp <= 0 or rnd() >= bp else 0
-                if r != self.ready[name]:
-                    bus.ready.value = r
-                    self.ready[name] = r
 
 
 async def _run_plan(dut, conf, steps, idle, backpressure, seed):
@@ -613,14 +526,6 @@ async def _run_plan(dut, conf, steps, idle, backpressure, seed):
     }
 
 
-def _write_result(conf, result):
-    import json
-    path = conf.get("result_file")
-    if path:
-        with open(path, "w") as fh:
-            json.dump(result, fh, indent=1)
-
-
 if cocotb is not None:
     @cocotb.test()
     async def backward_regression(dut):
@@ -631,7 +536,6 @@ if cocotb is not None:
         steps = BackwardPlan(p, conf["seed"]).build(conf["elements"])
         result = await _run_plan(dut, conf, steps, conf.get("idle", 0.3), conf.get("backpressure", 0.3),
                                  conf["seed"])
-        _write_result(conf, result)
         problems = []
         if result["grads_mismatches"] or result["dx_mismatches"]:
             problems.append(f"{result['grads_mismatches']} grads and {result['dx_mismatches']} dx "
@@ -644,4 +548,6 @@ if cocotb is not None:
             problems.append(f"extra outputs (grads, dx): {result['extra_outputs']}")
         if not result["idle_at_end"]:
             problems.append("busy still high after the last output")
+        bench.write_result(conf.get("result_file"), "backward", problems, tests=["backward_regression"],
+                           **result)
         assert not problems, "\n".join(problems)

@@ -18,7 +18,7 @@ import cocotb
 
 from hw.bfp_shifter import BFPShifter, BlockQuantizer
 from hw.formats import BFPFormat, FLAG_NAMES, float_format
-from sim.bench.common import StreamBench, config
+from sim.bench.common import StreamBench, config, write_result
 from sim.model.golden import Block, float_to_bfp, quantize_block
 
 _SUMMARY = {}
@@ -316,10 +316,15 @@ class QuantizerVectors:
 
 # --- the tests ------------------------------------------------------------------------------
 
-def _write_summary(cfg):
-    if cfg.get("summary"):
-        with open(cfg["summary"], "w") as f:
-            json.dump(_SUMMARY, f, indent=1, sort_keys=True)
+_FAILURES, _TESTS = [], []
+
+
+def _write_summary(cfg, test, failures):
+    """The bench's result record (``sim.bench.common.write_result``), accumulated over the module's
+    cocotb tests: ``_SUMMARY``'s figures and every failure so far."""
+    _FAILURES.extend(failures)
+    _TESTS.append(test)
+    write_result(cfg.get("summary"), cfg.get("unit", "shifter"), _FAILURES, tests=_TESTS, **_SUMMARY)
 
 
 def coverage(case, vectors):
@@ -402,7 +407,12 @@ async def throughput_and_latency(dut):
     _SUMMARY["throughput_blocks"] = n
     _SUMMARY["throughput_cycles"] = span
     _SUMMARY["throughput_mismatches"] = mismatches
-    _write_summary(cfg)
+    checks = [(latencies == {case.dut.latency}, f"latency {sorted(latencies)} != attribute {case.dut.latency}"),
+              (all(b.cycle - a.cycle == 1 for a, b in zip(ins, ins[1:])), "input stalled without back-pressure"),
+              (throughput == 1.0, f"throughput {throughput} blocks/cycle"),
+              (span == n + case.dut.latency, f"{n} blocks took {span} cycles, not {n} + {case.dut.latency}"),
+              (mismatches == 0, f"{mismatches} mismatches")]
+    _write_summary(cfg, "throughput_and_latency", [msg for ok, msg in checks if not ok])
     dut._log.info("%s: latency %s cycles, %d blocks in %d cycles (%.3f blocks/cycle)",
                   case.label, sorted(latencies), n, span, throughput)
     assert latencies == {case.dut.latency}, f"latency {sorted(latencies)} != attribute {case.dut.latency}"
@@ -442,7 +452,16 @@ async def regression(dut):
         "hold_checks": bench.in_monitor.checked + bench.out_monitor.checked,
         "coverage": cov,
     })
-    _write_summary(cfg)
+    checks = [(len(outputs) == len(vectors), f"{len(outputs)} outputs for {len(vectors)} blocks"),
+              (bench.out_monitor.stalls > 0 and bench.in_monitor.stalls > 0, "back-pressure never exercised"),
+              (_SUMMARY["hold_checks"] > 0, "no hold checks"),
+              (mismatches == 0, line)]
+    failures = [msg for ok, msg in checks if not ok]
+    try:
+        _check_coverage(case, cov)
+    except AssertionError as exc:
+        failures.append(f"coverage: {exc}")
+    _write_summary(cfg, "regression", failures)
     dut._log.info(line)
     assert len(outputs) == len(vectors)
     assert bench.out_monitor.stalls > 0 and bench.in_monitor.stalls > 0, "back-pressure never exercised"

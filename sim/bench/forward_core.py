@@ -417,7 +417,7 @@ if cocotb is not None:
         from cocotb.triggers import FallingEdge, RisingEdge
         from gen.units import Params
         from hw.bn_layouts import cmd_layout, params_layout, saved_layout
-        from sim.bench.common import config, pack, start_clock_and_reset, unpack
+        from sim.bench.common import config, pack, start_clock_and_reset, unpack, write_result
 
         conf = config()
         p = Params(**conf["params"])
@@ -642,8 +642,8 @@ if cocotb is not None:
             "plan_cpu_seconds": round(c_plan, 1),
             "sim_cpu_seconds": round(time.process_time() - c0 - c_plan, 1),
         }
-        with open(conf["result"], "w") as fh:
-            json.dump(result, fh, indent=1)
+        failures = list(errors[:20]) + ([f"mismatches {mism}"] if any(mism.values()) else [])
+        write_result(conf["result"], "forward", failures, tests=["forward_core_vs_golden"], **result)
         for line in notes[:10] + errors[:10]:
             dut._log.error(line)
         assert not errors and not any(mism.values()), f"mismatches {mism}, errors {errors[:3]}"

@@ -127,10 +127,10 @@ async def _start(dut):
     dut.rst.value = 0
 
 
-def _write_summary(cfg, summary):
-    if cfg.get("summary"):
-        with open(cfg["summary"], "w") as fh:
-            json.dump(summary, fh, indent=1, sort_keys=True)
+def _write_summary(cfg, test, stats, failures):
+    """The bench's result record (``sim.bench.common.write_result``): ``stats`` and the failures."""
+    from sim.bench.common import write_result
+    write_result(cfg.get("summary"), cfg["unit"], failures, tests=[test], stats=dict(stats))
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ if cocotb is not None:
             st.got["o"].clear()
             st.sent["i"] = 0
         failures += st.errors
-        _write_summary(cfg, {"stats": dict(stats), "failures": failures[:20]})
+        _write_summary(cfg, "shifter_reset_mid_stream", stats, failures)
         assert not failures, "\n".join(failures[:10])
 
 
@@ -381,7 +381,7 @@ if cocotb is not None:
                 _fwd_compare(p, fresh, st, f"fresh pass after reset '{where}'", failures)
                 stats[f"reset: {where}"] += 1
         failures += st.errors
-        _write_summary(cfg, {"stats": dict(stats), "failures": failures[:20]})
+        _write_summary(cfg, "forward_reset_and_back_to_back", stats, failures)
         assert not failures, "\n".join(failures[:10])
 
 
@@ -517,5 +517,5 @@ if cocotb is not None:
                 _bwd_compare(fresh, st, f"fresh pass after reset '{where}'", failures)
                 stats[f"reset: {where}"] += 1
         failures += st.errors
-        _write_summary(cfg, {"stats": dict(stats), "failures": failures[:20]})
+        _write_summary(cfg, "backward_reset_and_back_to_back", stats, failures)
         assert not failures, "\n".join(failures[:10])

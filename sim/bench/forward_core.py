@@ -417,7 +417,7 @@ if cocotb is not None:
         from cocotb.triggers import FallingEdge, RisingEdge
         from gen.units import Params
         from hw.bn_layouts import cmd_layout, params_layout, saved_layout
-        from sim.bench.common import config, pack, start_clock_and_reset, unpack, write_result
+        from sim.bench.common import StreamDriver, config, pack, start_clock_and_reset, unpack, write_result
 
         conf = config()
         p = Params(**conf["params"])
@@ -429,7 +429,7 @@ if cocotb is not None:
         gap, bp = conf.get("gap", 0.2), conf.get("backpressure", 0.2)
         # Now and then a params record comes late: only after the core has waited for it with
         # params.ready high for 1..4 cycles (so FEED also starts with the params stream empty).
-        late_rng, p_wait = random.Random(conf["seed"] + 7), 0
+        late_rng = random.Random(conf["seed"] + 7)
         cmd_l = cmd_layout(p.max_count, p.chunks)
         prm_l = params_layout(f)
         sav_l = saved_layout(f, p.max_count, p.chunks)
@@ -507,117 +507,95 @@ if cocotb is not None:
                 notes.append(f"step {i} ({s['tag']}): timing: " + "; ".join(bad))
             return rec
 
-        # One coroutine drives and samples every stream with one trigger per cycle: just after a
-        # rising edge the handles still read the values the design had *at* that edge (the
-        # transfers that just happened), and what is written then is seen from the next edge on.
-        # The separate sim.bench.common StreamSource / StreamSink / StreamMonitor objects (two triggers
-        # each per cycle) cost several times more per cycle.
-        x_q = collections.deque(block_word(bfp, b) for s in steps for b in s["x"])
-        p_q = collections.deque(pack(prm_l, r) for s in steps for r in s["params"])
-        h = {name: getattr(dut, name) for name in (
-            "x__valid", "x__ready", "x__payload", "params__valid", "params__ready", "params__payload",
-            "y__valid", "y__ready", "y__payload", "stats__valid", "stats__ready", "stats__payload",
-            "cmd__valid", "cmd__ready", "cmd__payload", "busy", "count_error")}
-        xv = pv = cv = False
-        yr = sr = False
-        y_hold = s_hold = None
-        x_sent = 0
-        step_i, phase = 0, "issue"        # issue -> wait_cmd -> check -> (drain) -> issue
-        y_total = s_total = x_total = 0
-        cycle, limit = 0, 0
-        driven = (False, False, False, False, False)
+        # sim.bench.common.StreamDriver drives every stream (random gaps on x and params, random
+        # back-pressure on y and stats, hold rules checked). The command stream has no gaps: the
+        # hook below queues each command when the previous one is done ("issue"), then checks the
+        # status the cycle after its transfer ("check") and waits for its outputs ("drain").
+        drv = StreamDriver(dut, ("x", "params", "cmd"), ("y", "stats"), idle=gap, backpressure=bp, rng=rng)
+        drv.idle_for["cmd"] = 0.0
+        for s in steps:
+            for b in s["x"]:
+                drv.send("x", block_word(bfp, b))
+            for r in s["params"]:
+                drv.send("params", pack(prm_l, r))
+        y_got, s_got = drv.received["y"], drv.received["stats"]
+        st = {"step": 0, "phase": "issue", "y_total": 0, "s_total": 0, "x_total": 0, "limit": 0,
+              "seen": {"x": 0, "params": 0, "cmd": 0, "y": 0}}
         # Timing steps (Planner.timing_steps): no gaps, no late params, no back-pressure; the
         # cycles of their x and y transfers and of the command's acceptance are recorded.
         tm = {"x": [], "y": [], "cmd": None}
         timing = []
-        while step_i < len(steps) and not errors:
-            await RisingEdge(clk)
-            cycle += 1
+
+        def new(d, name, cycles):
+            """Transfer cycles of ``name`` since the previous call."""
+            k = st["seen"][name]
+            st["seen"][name] = len(cycles)
+            return cycles[k:]
+
+        def hook(d):
+            nonlocal tm
+            step_i = st["step"]
+            if step_i >= len(steps):
+                return
             in_timing = bool(steps[step_i].get("timing"))
-            g_now, bp_now = (0.0, 0.0) if in_timing else (gap, bp)
-            if xv and h["x__ready"].value:
-                xv = False
-                x_sent += 1
-                if in_timing:
-                    tm["x"].append(cycle)
-            if pv and h["params__ready"].value:
-                pv = False
-                if g_now and late_rng.random() < 0.25:
-                    p_wait = late_rng.randint(2, 5)     # the transfer cycle counts too
-            for name, got, hold, rdy in (("y", y_got, y_hold, yr), ("stats", s_got, s_hold, sr)):
-                valid = int(h[f"{name}__valid"].value)
-                bits = h[f"{name}__payload"].value.to_unsigned() if valid else None
-                if hold is not None and (not valid or bits != hold):
-                    errors.append(f"stream {name}: valid or payload changed while stalled (cycle {cycle})")
-                new_hold = None
-                if valid:
-                    if rdy:
-                        got.append(bits)
-                        if name == "y" and in_timing:
-                            tm["y"].append(cycle)
-                    else:
-                        new_hold = bits
-                if name == "y":
-                    y_hold = new_hold
-                else:
-                    s_hold = new_hold
+            d.idle, d.backpressure = (0.0, 0.0) if in_timing else (gap, bp)
+            xs, ys = new(d, "x", d.sent_cycles["x"]), new(d, "y", d.received_cycles["y"])
+            if in_timing:
+                tm["x"] += xs
+                tm["y"] += ys
+            # Now and then a params record comes late: only after the core has waited for it
+            # with params.ready high for 1..4 cycles (the transfer cycle counts too).
+            if new(d, "params", d.sent_cycles["params"]) and not in_timing and gap \
+                    and late_rng.random() < 0.25:
+                d.pause["params"] = late_rng.randint(2, 5)
+            cmd_sent = new(d, "cmd", d.sent_cycles["cmd"])
             s = steps[step_i]
-            if phase == "wait_cmd" and h["cmd__ready"].value:
-                cv = False
-                phase = "check"
-                tm["cmd"] = cycle
+            cycle = d.cycle + 1
+            phase = st["phase"]
+            if phase == "wait_cmd" and cmd_sent:
+                st["phase"] = "check"
+                tm["cmd"] = cmd_sent[0]
             elif phase == "check":
-                if int(h["count_error"].value) != int(s["bad"]):
+                if int(dut.count_error.value) != int(s["bad"]):
                     mism["status"] += 1
-                    notes.append(f"step {step_i} ({s['tag']}): count_error = {int(h['count_error'].value)}")
-                busy = int(h["busy"].value)
+                    notes.append(f"step {step_i} ({s['tag']}): count_error = {int(dut.count_error.value)}")
+                busy = int(dut.busy.value)
                 if s["bad"]:
-                    if busy or x_sent != x_total:
+                    if busy or d.sent["x"] != st["x_total"]:
                         mism["status"] += 1
                         notes.append(f"step {step_i} ({s['tag']}): a dropped command started a pass")
-                    step_i, phase = step_i + 1, "issue"
+                    st["step"], st["phase"] = step_i + 1, "issue"
                 else:
                     if not busy:
                         mism["status"] += 1
                         notes.append(f"step {step_i} ({s['tag']}): not busy after a good command")
-                    y_total += len(s["y"])
-                    s_total += len(s["stats"])
-                    x_total += len(s["x"])
-                    limit = cycle + 50 * len(s["x"]) + 200 * p.channels + 10000
-                    phase = "drain"
+                    st["y_total"] += len(s["y"])
+                    st["s_total"] += len(s["stats"])
+                    st["x_total"] += len(s["x"])
+                    st["limit"] = cycle + 50 * len(s["x"]) + 200 * p.channels + 10000
+                    st["phase"] = "drain"
             elif phase == "drain":
-                if not int(h["busy"].value) and len(y_got) >= y_total and len(s_got) >= s_total:
+                if not int(dut.busy.value) and len(y_got) >= st["y_total"] and len(s_got) >= st["s_total"]:
                     check_step(step_i, s)
                     if s.get("timing"):
                         timing.append(check_timing(step_i, s, tm))
                     tm = {"x": [], "y": [], "cmd": None}
-                    step_i, phase = step_i + 1, "issue"
-                elif cycle > limit:
-                    errors.append(f"step {step_i} ({s['tag']}): timeout with {len(y_got)}/{y_total} y "
-                                  f"blocks, {len(s_got)}/{s_total} stats records")
-            if not xv and x_q and not (g_now and rng.random() < g_now):
-                h["x__payload"].value = x_q.popleft()
-                xv = True
+                    st["step"], st["phase"] = step_i + 1, "issue"
+                elif cycle > st["limit"]:
+                    errors.append(f"step {step_i} ({s['tag']}): timeout with {len(y_got)}/{st['y_total']} y "
+                                  f"blocks, {len(s_got)}/{st['s_total']} stats records")
             if in_timing:
-                p_wait = 0          # a late record drawn at the step before must not delay it
-            if p_wait:
-                p_wait -= int(h["params__ready"].value)
-            elif not pv and p_q and not (g_now and rng.random() < g_now):
-                h["params__payload"].value = p_q.popleft()
-                pv = True
-            yr = not (bp_now and rng.random() < bp_now)
-            sr = not (bp_now and rng.random() < bp_now)
-            if phase == "issue" and step_i < len(steps):
-                h["cmd__payload"].value = pack(cmd_l, steps[step_i]["cmd"])
-                cv = True
-                phase = "wait_cmd"
-            now = (xv, pv, yr, sr, cv)
-            if now != driven:       # write only what changed (each handle write costs)
-                for k, (name, v) in enumerate(zip(("x__valid", "params__valid", "y__ready",
-                                                   "stats__ready", "cmd__valid"), now)):
-                    if v != driven[k]:
-                        h[name].value = int(v)
-                driven = now
+                d.pause["params"] = 0   # a late record drawn at the step before must not delay it
+            if st["phase"] == "issue" and st["step"] < len(steps):
+                d.send("cmd", pack(cmd_l, steps[st["step"]]["cmd"]))
+                st["phase"] = "wait_cmd"
+        drv.after.append(hook)
+        task = cocotb.start_soon(drv.run())
+        while st["step"] < len(steps) and not errors and not drv.errors:
+            await RisingEdge(clk)
+        task.cancel()
+        errors += drv.errors
+        y_total, s_total, cycle = st["y_total"], st["s_total"], drv.cycle
 
         # Permuted order inside chunks: the same per-channel results from the hardware.
         tags = [s["tag"] for s in steps]

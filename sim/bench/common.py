@@ -234,8 +234,8 @@ class StreamBus:
 
 class StreamDriver:
     """The one stream driver of the cocotb benches: every input and output stream of a DUT, stepped
-    by one coroutine (two simulator wake-ups per cycle, whatever the number of streams; one
-    coroutine per stream made the Python side, not the model, the limit).
+    by one coroutine (one simulator wake-up per cycle, whatever the number of streams; one
+    coroutine per stream, two wake-ups each, made the Python side, not the model, the limit).
 
     Amaranth stream rules, for every stream:
 
@@ -251,10 +251,12 @@ class StreamDriver:
       unchanged until the transfer (violations go to :attr:`errors`).
 
     ``idle`` and ``backpressure`` may be changed at any time. Nothing transfers while ``rst`` is
-    high. Signals are sampled at the falling edge (:meth:`sample`) and driven just after the
-    rising edge (:meth:`drive`); :meth:`step` is one cycle, :meth:`run` steps forever (start it
-    with ``cocotb.start_soon``). Callables in :attr:`watchers` run at every falling edge before
-    the transfers are recorded, those in :attr:`after` right after. Records: :attr:`sent` (count)
+    high (:meth:`reset`). Signals are sampled as they are at a rising edge (:meth:`sample`) and driven
+    just after it (:meth:`drive`); :meth:`step` is one cycle (sampling at the falling edge, for
+    benches that step the driver themselves), :meth:`run` steps forever with one wake-up per
+    cycle (start it with ``cocotb.start_soon``). Callables in :attr:`watchers` run at every
+    sample before the transfers are recorded, those in :attr:`after` right after (reading
+    signals there reads them as the transfers see them). Records: :attr:`sent` (count)
     and :attr:`sent_cycles` per source, :attr:`received` (payload integers) and
     :attr:`received_cycles` per sink, :attr:`stalls` (cycles with ``valid & ~ready``) per stream,
     :attr:`checked` (hold checks) per sink. A transfer's cycle is the number of rising edges the
@@ -283,6 +285,8 @@ class StreamDriver:
         self.stalls = {name: 0 for name in list(sources) + list(sinks)}
         self.checked = {name: 0 for name in sinks}
         self.cycle = 0
+        self.in_reset = False       # rst is high (set by reset(): nothing transfers)
+        self._valid = {name: 0 for name in sources}     # valid as driven (written on change only)
         self.errors = []
         self.watchers = []          # callables(driver), falling edge, before the transfers
         self.after = []             # callables(driver), falling edge, after the transfers
@@ -295,10 +299,11 @@ class StreamDriver:
         self.queue[name].append(int(word))
 
     def sample(self):
-        """At the falling edge: record the transfers of the coming rising edge, check the holds."""
+        """Record the transfers of the rising edge at hand (sampled at the falling edge before it,
+        or right after it), check the holds."""
         for watch in self.watchers:
             watch(self)
-        rst = int(self.dut.rst.value)
+        rst = self.in_reset
         for name, bus in self.src.items():
             if self.active[name]:
                 if bus.ready.value:
@@ -331,24 +336,28 @@ class StreamDriver:
             watch(self)
 
     def drive(self):
-        """Just after the rising edge: offer inputs, set ready."""
+        """Just after the rising edge: offer inputs, set ready (seen from the next edge on)."""
         self.cycle += 1
         rnd, bp = self.rng.random, self.backpressure
+        driven = self._valid
         for name, bus in self.src.items():
             if self.active[name]:
                 continue
             if self.pause[name]:
                 self.pause[name] -= int(bus.ready.value)
-                bus.valid.value = 0
-                continue
-            q = self.queue[name]
-            idle = self.idle_for.get(name, self.idle)
-            if q and name in self.enabled and (idle <= 0 or rnd() >= idle):
-                bus.payload.value = q[0]
-                bus.valid.value = 1
-                self.active[name] = True
+                v = 0
             else:
-                bus.valid.value = 0
+                q = self.queue[name]
+                idle = self.idle_for.get(name, self.idle)
+                if q and name in self.enabled and (idle <= 0 or rnd() >= idle):
+                    bus.payload.value = q[0]
+                    self.active[name] = True
+                    v = 1
+                else:
+                    v = 0
+            if v != driven[name]:
+                bus.valid.value = v
+                driven[name] = v
         for name, bus in self.snk.items():
             r = 1 if bp <= 0 or rnd() >= bp else 0
             if r != self.ready[name]:
@@ -363,12 +372,14 @@ class StreamDriver:
         self.drive()
 
     async def run(self):
+        """Step forever with one wake-up per cycle: right after each rising edge the handles still
+        read the values the design had at that edge (the ones :meth:`step` samples at the falling
+        edge before it), so :meth:`sample` and then :meth:`drive` run there."""
         triggers, _ = _cocotb()
-        falling, rising = triggers.FallingEdge(self.dut.clk), triggers.RisingEdge(self.dut.clk)
+        rising = triggers.RisingEdge(self.dut.clk)
         while True:
-            await falling
-            self.sample()
             await rising
+            self.sample()
             self.drive()
 
     def reset_state(self):
@@ -386,6 +397,7 @@ class StreamDriver:
         would do; ``ready`` is random."""
         triggers, _ = _cocotb()
         self.dut.rst.value = 1
+        self.in_reset = True
         for _ in range(cycles):
             await triggers.FallingEdge(self.dut.clk)
             self.sample()
@@ -394,15 +406,18 @@ class StreamDriver:
             for name, bus in self.src.items():
                 v = keep_valid and self.rng.random() < 0.7
                 bus.valid.value = int(v)
+                self._valid[name] = int(v)
                 if v:
                     bus.payload.value = self.rng.getrandbits(len(bus.payload))
             for name, bus in self.snk.items():
                 self.ready[name] = self.rng.randrange(2)
                 bus.ready.value = self.ready[name]
         self.dut.rst.value = 0
+        self.in_reset = False
         self.reset_state()
-        for bus in self.src.values():
+        for name, bus in self.src.items():
             bus.valid.value = 0
+            self._valid[name] = 0
 
 
 class StreamBench:

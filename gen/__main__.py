@@ -28,7 +28,14 @@ def main(argv=None):
                         help="output directory (default ./out); written atomically: a temporary directory "
                              "beside it is moved into place at the end")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    parser.add_argument("--list-units", action="store_true",
+                        help="print the unit registry (gen.registry: every unit, its kind, the tools "
+                             "that apply to it, its bench and board attachments) and exit")
     args = parser.parse_args(argv)
+    if args.list_units:
+        from gen.registry import describe
+        print("\n".join(describe()))
+        return 0
     try:
         params = params_from_args(args)
         progress = None if args.quiet else (lambda name: print(f"gen: {name}", file=sys.stderr))

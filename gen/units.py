@@ -1,13 +1,15 @@
 """Generator parameters, the list of units, and ``generate()``: the CLI is a thin layer over this.
 
-A unit is a ``wiring.Component`` in ``hw/``; ``UNITS`` maps a Verilog module name to a factory that
-builds it from :class:`Params`. A component carries ``latency`` (cycles, int or None) and optionally
+A unit is a ``wiring.Component`` in ``hw/``; the table of units is ``gen.registry.REGISTRY``, and
+``UNITS`` here lists the ones ``python -m gen`` emits (Verilog module name, factory from
+:class:`Params`). A component carries ``latency`` (cycles, int or None) and optionally
 ``manifest_info()`` returning a dict of formats, parameters and port roles.
 """
 
 import json
 from dataclasses import dataclass, asdict, fields
 
+from gen import registry as _registry
 from gen.atomic import atomic_dir
 from gen.errors import ParamError
 from hw.formats import (STATS_GUARD, STATS_GUARD_DEFAULT, STATS_MODES, BFPFormat, BN_MAX_CHANNELS, BN_MAX_CHUNKS, BN_MAX_COUNT, BN_MAX_EXP_BITS,
@@ -95,21 +97,13 @@ class Params:
         return d
 
 
-def _bfp_shifter(p):
-    from hw.bfp_shifter import BFPShifter
-    return BFPShifter(p.float_format, p.bfp)
-
-
-#: (Verilog module name, factory(Params) -> Component), in emission order. Append as units land.
-UNITS = [
-    ("ln_bfp_shifter", _bfp_shifter),
-    ("ln_forward_core", lambda p: __import__("hw.forward_core", fromlist=["ForwardCore"]).ForwardCore.from_params(p)),
-    ("ln_backward_core", lambda p: __import__("hw.backward_core", fromlist=["unit"]).unit(p)),
-]
+#: ``[(Verilog module name, factory(Params) -> Component)]`` that ``python -m gen`` emits, in
+#: emission order: the ``"gen"`` units of ``gen.registry.REGISTRY`` (add units there).
+UNITS = [(u.name, u.build) for u in _registry.units(target="gen")]
 
 
 def all_units():
-    """``[(name, factory)]`` for every unit the project has."""
+    """``[(name, factory)]`` for every unit ``python -m gen`` emits (``gen.registry``)."""
     return list(UNITS)
 
 

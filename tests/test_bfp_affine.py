@@ -6,10 +6,10 @@ import random
 from fractions import Fraction
 
 import pytest
-from amaranth.sim import Simulator
 
 from hw.bfp_affine import BFPAffine, affine_window
 from hw.formats import BFPFormat, internal_format
+from sim.bench.amaranth_sim import run_stream
 from sim.model.golden import Block
 from sim.model import golden_bn as gbn
 
@@ -160,10 +160,7 @@ def simulate(dut, cases, *, seed=0, gap=0.0, stall=0.0, sustained=False):
     ``gap``: probability of an idle cycle before an input; ``stall``: probability of ``o.ready``
     low in a cycle. ``sustained``: also check one transfer per cycle in and out."""
     bfp = dut.bfp
-    rng = random.Random(seed)
     layout = dut.input_layout
-    outputs = []
-    in_cycles, out_cycles = [], []
 
     def payload(case):
         E, codes, a, b = case
@@ -172,40 +169,13 @@ def simulate(dut, cases, *, seed=0, gap=0.0, stall=0.0, sustained=False):
             "a": list(a), "b": list(b),
         })
 
-    async def producer(ctx):
-        cycle = 0
-        for case in cases:
-            while rng.random() < gap:
-                await ctx.tick()
-                cycle += 1
-            ctx.set(dut.i.payload, payload(case))
-            ctx.set(dut.i.valid, 1)
-            while True:
-                _, _, ready = await ctx.tick().sample(dut.i.ready)
-                cycle += 1
-                if ready:
-                    break
-            in_cycles.append(cycle)
-            ctx.set(dut.i.valid, 0)
+    def block(value):
+        return (value.exponent, [bfp.to_signed(value.codes[l]) for l in range(bfp.block)],
+                {"sat": bool(value.flags.sat), "special": bool(value.flags.special),
+                 "flush": bool(value.flags.flush)})
 
-    async def consumer(ctx):
-        cycle = 0
-        while len(outputs) < len(cases):
-            ready = rng.random() >= stall
-            ctx.set(dut.o.ready, ready)
-            _, _, valid, value = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            cycle += 1
-            if ready and valid:
-                outputs.append((value.exponent, [bfp.to_signed(value.codes[l]) for l in range(bfp.block)],
-                                {"sat": bool(value.flags.sat), "special": bool(value.flags.special),
-                                 "flush": bool(value.flags.flush)}))
-                out_cycles.append(cycle)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    sim.run()
+    outputs, in_cycles, out_cycles = run_stream(dut, [payload(c) for c in cases], block,
+                                                seed=seed, gap=gap, stall=stall)
     if sustained:
         assert in_cycles == list(range(1, len(cases) + 1)), "input did not accept one block per cycle"
         first = out_cycles[0]

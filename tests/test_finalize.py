@@ -12,10 +12,10 @@ from fractions import Fraction
 
 import pytest
 from amaranth.lib import data
-from amaranth.sim import Simulator
 
 from hw.finalize import BackwardFinalize, ForwardFinalize, run_model
 from hw.formats import BFPFormat, float_format, internal_format
+from sim.bench.amaranth_sim import run_stream
 from sim.model import golden_bn as gbn
 
 # ``_engines`` builds both engines; a test that simulates only one leaves the other unelaborated.
@@ -236,45 +236,14 @@ def directed_backward(eng, rng):
 def simulate(dut, records, *, seed=0, gap=0.0, stall=0.0):
     """Run ``records`` (dicts) through the engine; returns the output records (dicts) and the
     cycle of each input transfer and output transfer."""
-    rng = random.Random(seed)
     in_layout, out_layout = dut.input_layout, dut.output_layout
-    outputs, in_cycles, out_cycles = [], [], []
 
     def to_const(rec):
         return in_layout.const({name: rec[name] & ((1 << fld.width) - 1) for name, fld in in_layout})
 
-    async def producer(ctx):
-        cycle = 0
-        for rec in records:
-            while rng.random() < gap:
-                await ctx.tick()
-                cycle += 1
-            ctx.set(dut.i.payload, to_const(rec))
-            ctx.set(dut.i.valid, 1)
-            while True:
-                _, _, ready = await ctx.tick().sample(dut.i.ready)
-                cycle += 1
-                if ready:
-                    break
-            in_cycles.append(cycle)
-            ctx.set(dut.i.valid, 0)
-
-    async def consumer(ctx):
-        cycle = 0
-        while len(outputs) < len(records):
-            ready = rng.random() >= stall
-            ctx.set(dut.o.ready, ready)
-            _, _, valid, value = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            cycle += 1
-            if ready and valid:
-                outputs.append({name: int(getattr(value, name)) for name, _ in out_layout})
-                out_cycles.append(cycle)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    sim.run()
+    outputs, in_cycles, out_cycles = run_stream(
+        dut, [to_const(r) for r in records], lambda v: {name: int(getattr(v, name)) for name, _ in out_layout},
+        seed=seed, gap=gap, stall=stall)
     return outputs, in_cycles, out_cycles
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hw.formats import BFPFormat, float_format                        # noqa: E402
 from sim.model import golden_bn as gbn                                      # noqa: E402
 from sim.model.reference import range_bn_forward                            # noqa: E402
-from sim.bench.forward_core import DISTRIBUTIONS, activations, channel_params, to_blocks  # noqa: E402
+from sim.bench.stimulus import DISTRIBUTIONS, activations, channel_params, to_blocks  # noqa: E402
 
 WIDTHS = (4, 6, 8, 10, 12, 16)
 IN_FORMAT = "fp10"

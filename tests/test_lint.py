@@ -1,5 +1,5 @@
-"""``verilator --lint-only -Wall`` on the Verilog of every unit (``gen.units.all_units()`` plus the
-reusable cores in :data:`EXTRA_UNITS`), over a few configurations including odd ones (width 5,
+"""``verilator --lint-only -Wall`` on the Verilog of every ``lint`` unit of ``gen.registry.REGISTRY``
+(the generator units plus reusable cores), over a few configurations including odd ones (width 5,
 block 3; width 2, block 1). No warning at all is allowed.
 
 ``gen.verilog.emit`` flattens the design and drops alias wires and register initialisers, so its
@@ -29,31 +29,13 @@ from pathlib import Path
 import pytest
 
 from gen.verilog import emit
-from hw.bfp_shifter import BlockQuantizer
-from hw.formats import BFPFormat
-
-
-def _block_quantizer_wide(p):
-    """The quantizer as the Range-BN units use it: wide magnitudes, signed exponents."""
-    return BlockQuantizer(p.bfp, p.width + 10, 7, exp_signed=True, exp_offset=-(p.width + 3))
-
-
-def _block_quantizer_normalized(p):
-    return BlockQuantizer(BFPFormat(p.width, 4, p.block), p.width + 2, 6, exp_signed=False,
-                          exp_offset=-40, normalized=True)
-
-
-#: Units beyond ``gen.units.all_units()``: reusable cores that are not generator outputs.
-EXTRA_UNITS = [
-    ("ln_block_quantizer_wide", _block_quantizer_wide),
-    ("ln_block_quantizer_norm", _block_quantizer_normalized),
-]
 
 
 def lint_units():
-    """``[(name, factory(Params))]``: every generator unit plus :data:`EXTRA_UNITS`."""
-    from gen.units import all_units
-    return list(all_units()) + EXTRA_UNITS
+    """``[(name, factory(Params))]``: the ``lint`` units of ``gen.registry.REGISTRY`` (every
+    generator unit plus the reusable block quantizers in the two forms the cores use)."""
+    from gen import registry
+    return [(u.name, u.build) for u in registry.units(target="lint")]
 
 
 def lint_params():

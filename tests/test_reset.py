@@ -10,15 +10,17 @@ import json
 
 import pytest
 
+from gen import registry
 from gen.units import Params
 from sim.bench.common import run_cocotb
 from sim.verify.formal import emit_unit
 
 
-def _run(unit, module_unit, params, trials, seed, tmp_path):
+def _run(unit, params, trials, seed, tmp_path):
+    """Run ``sim.bench.reset`` on the emitted ``unit``; the bench's unit is the registry's short name."""
     text, _ports, _comp = emit_unit(unit, Params(**params))
     summary = tmp_path / "summary.json"
-    cfg = {"unit": module_unit, "params": params, "trials": trials, "seed": seed, "summary": str(summary)}
+    cfg = {"unit": registry.unit(unit).short, "params": params, "trials": trials, "seed": seed, "summary": str(summary)}
     try:
         run_cocotb(text, unit, "sim.bench.reset", name=f"reset-{unit}", config=cfg)
     finally:
@@ -35,7 +37,7 @@ SHIFTER = [
 
 @pytest.mark.parametrize("params", SHIFTER, ids=lambda p: f"W{p['width']}-B{p['block']}-{p['in_format']}")
 def test_shifter_reset(params, tmp_path):
-    s = _run("ln_bfp_shifter", "shifter", params, 40, 1, tmp_path)
+    s = _run("ln_bfp_shifter", params, 40, 1, tmp_path)
     assert s["stats"]["resets_with_blocks_in_flight"] > 5
     assert s["stats"]["resets_while_output_stalled"] > 2
 
@@ -44,13 +46,13 @@ FORWARD = dict(width=4, block=4, in_format="fp10", chunks=2, channels=5, max_cou
 
 
 def test_forward_reset(tmp_path):
-    s = _run("ln_forward_core", "forward", FORWARD, 1, 1, tmp_path)
+    s = _run("ln_forward_core", FORWARD, 1, 1, tmp_path)
     for where in ("stats pass", "finalize", "normalize pass", "right after the command"):
         assert s["stats"].get(f"reset: {where}") == 1
 
 
 def test_backward_reset(tmp_path):
-    s = _run("ln_backward_core", "backward", FORWARD, 1, 1, tmp_path)
+    s = _run("ln_backward_core", FORWARD, 1, 1, tmp_path)
     for where in ("reduction pass", "finalize", "dx pass", "right after the command"):
         assert s["stats"].get(f"reset: {where}") == 1
 
@@ -58,7 +60,7 @@ def test_backward_reset(tmp_path):
 @pytest.mark.long
 def test_forward_reset_long(tmp_path):
     params = dict(width=8, block=4, in_format="fp10", chunks=8, channels=6, max_count=256)
-    s = _run("ln_forward_core", "forward", params, 4, 2, tmp_path)
+    s = _run("ln_forward_core", params, 4, 2, tmp_path)
     assert s["stats"].get("reset: normalize pass") == 4
 
 

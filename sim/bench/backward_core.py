@@ -1,13 +1,13 @@
-"""Stimulus for the backward core (plain Python, importable without a simulator) and its cocotb bench.
+"""The backward core's command plan (plain Python, importable without a simulator) and its cocotb bench.
 
-The first half builds the command plan of one configuration: x and g tensors (BFP block streams in
-LightNorm's grouping), the forward statistics of x from the *golden* forward pass
+The first half builds the command plan of one configuration from ``sim.bench.stimulus``: x and g
+tensors (BFP block streams in LightNorm's grouping), the forward statistics of x from the *golden* forward pass
 (``sim.model.golden_bn.forward`` -> ``ChannelStats`` / ``ChannelParams`` -> ``saved_layout`` records, so
 this bench does not depend on the forward core) and the expected outputs of
 ``sim.model.golden_bn.backward`` (grads records and dx blocks, flags included), all packed into integers.
 The cocotb half (below ``# --- cocotb``) drives ``BackwardCore`` with the rules of ``sim.bench.common``'s
 sources (random idle cycles), sinks (random back-pressure) and stream monitors, implemented for
-speed in one coroutine (:class:`StreamDriver`), and compares bit for bit.
+speed in one coroutine (``sim.bench.common.StreamDriver``), and compares bit for bit.
 
 Run it through ``tests/test_backward_core.py`` (pytest) or ``sim/verify/measure_backward.py``.
 """
@@ -20,134 +20,19 @@ import numpy as np
 from hw.formats import float_format
 from sim.model import golden_bn as gbn
 from sim.bench.common import fit_count
-from sim.model.golden import Block, float_to_bfp
+from sim.model.golden import Block, float_to_bfp  # noqa: F401
+from sim.bench import stimulus as _stimulus
+from sim.bench.stimulus import (activations, channel_params, to_blocks, NO_FLAGS as _NO_FLAGS,  # noqa: F401
+                                GROUP_EDGE_KINDS as EDGE_KINDS, edge_blocks_per_group as edge_blocks)
 
 __all__ = ["BackwardPlan", "Step", "saved_record", "activations", "to_blocks", "random_blocks",
            "edge_blocks", "EDGE_KINDS", "build_core"]
 
-_NO_FLAGS = {"sat": False, "special": False, "flush": False}
-
-
-# --- tensors ----------------------------------------------------------------------------------
-
-def activations(kind, n, channels, rng):
-    """``n x channels`` float64 data with a per-channel scale (log-uniform 2**-6..2**6) and offset.
-    ``gauss``; ``relu`` (many exact zeros: min ties); ``laplace`` (heavy tails); ``offset``
-    (10..100 sigma off centre); ``grad`` (a small zero-mean gradient, scale 2**-10..2**-2)."""
-    scale = 2.0 ** rng.uniform(-6, 6, size=channels)
-    if kind == "gauss":
-        x = rng.normal(size=(n, channels)) + rng.uniform(-3, 3, size=channels)
-    elif kind == "relu":
-        x = np.maximum(rng.normal(size=(n, channels)) + rng.uniform(-1.5, 1.5, size=channels), 0.0)
-    elif kind == "laplace":
-        x = rng.laplace(size=(n, channels)) + rng.uniform(-3, 3, size=channels)
-    elif kind == "offset":
-        x = rng.normal(size=(n, channels)) + rng.choice([-1, 1], size=channels) * rng.uniform(10, 100, size=channels)
-    elif kind == "grad":
-        return rng.normal(size=(n, channels)) * 2.0 ** rng.uniform(-10, -2, size=channels)
-    else:
-        raise ValueError(f"unknown distribution {kind!r}")
-    return x * scale
-
-
-def to_blocks(cfg, fmt, x):
-    """Float64 ``x[n, channels]`` -> packed ``fmt`` words -> the BFP block stream."""
-    from sim.model.fast_bn import encode_fields       # vectorized FloatFormat.encode (same bits)
-    fmt = float_format(fmt)
-    B, C = cfg.bfp.block, cfg.channels
-    sign, expo, frac = encode_fields(fmt, x)
-    words = (sign << (fmt.exp_bits + fmt.frac_bits)) | (expo << fmt.frac_bits) | frac
-    blocks = []
-    pad = [0] * (cfg.groups * B - C)
-    for row in words.tolist():
-        row = row + pad
-        for g in range(cfg.groups):
-            blocks.append(float_to_bfp(fmt, cfg.bfp, row[g * B:(g + 1) * B]))
-    return blocks
-
 
 def random_blocks(cfg, n, rng, exp_range=None):
-    """Blocks straight in BFP: shared exponents uniform over ``exp_range`` (default the whole
-    range), codes uniform with +-code_max and 0 pinned now and then. Padding lanes get garbage
-    codes (the core must ignore them)."""
-    bfp, B = cfg.bfp, cfg.bfp.block
-    lo, hi = exp_range or (0, bfp.exp_max)
-    out = []
-    for _p in range(n):
-        for _g in range(cfg.groups):
-            e = int(rng.integers(lo, hi + 1))
-            codes = []
-            for _l in range(B):
-                r = rng.random()
-                codes.append(bfp.code_max if r < 0.05 else -bfp.code_max if r < 0.1 else 0 if r < 0.15
-                             else int(rng.integers(-bfp.code_max, bfp.code_max + 1)))
-            out.append(Block(e, codes, _NO_FLAGS))
-    return out
-
-
-#: Edge-case kinds of :func:`edge_blocks`.
-EDGE_KINDS = ("flat", "ties", "partflat", "stepflat", "two", "sat", "zero", "tiny", "random")
-
-
-def edge_blocks(cfg, n, rng, offset=0):
-    """Edge cases, one kind per group of ``B`` channels (so a block's shared exponent belongs to
-    its kind and does not wipe out the other lanes), group ``g`` taking ``EDGE_KINDS[(g + offset)
-    % len]``; lanes of a group differ in their constants and phases.
-
-    ``flat``: all-equal channels (R = 0); ``ties``: the max and the min repeat (first occurrence
-    wins); ``partflat``: constant in the even chunks, random in the odd ones (``chunk_flat`` set in
-    some chunks of a channel that is not flat); ``stepflat``: constant within every chunk, a
-    different constant per chunk (every chunk has max == min, so R = 0); ``two``: one value
-    written alternately as code 1 at exponent 5 and code 2 at exponent 4; ``sat``: +-code_max at
-    the largest exponent; ``zero``; ``tiny``: +-1 at exponent 1 (a huge 1 / sigma_hat);
-    ``random``: random codes at a random exponent."""
-    bfp, B = cfg.bfp, cfg.bfp.block
-    m = max(1, n // cfg.chunks)
-    cmax = bfp.code_max
-    emax = bfp.exp_max              # >= 3 (two exponent bits): exponents above it are clamped
-    out = []
-    for p in range(n):
-        k = p // m
-        for g in range(cfg.groups):
-            kind = EDGE_KINDS[(g + offset) % len(EDGE_KINDS)]
-            e = min(4, emax)
-            if kind == "flat":
-                codes = [1 + (l % cmax) for l in range(B)]
-                e = min(bfp.exp_max, 15)
-            elif kind == "ties":
-                codes = [(cmax, -cmax, 1)[(p + l) % 3] for l in range(B)]
-            elif kind == "partflat":
-                codes = ([1 + (l % cmax) for l in range(B)] if k % 2 == 0 else
-                         [int(rng.integers(-cmax, cmax + 1)) for _ in range(B)])
-                e = 3
-            elif kind == "stepflat":
-                codes = [1 + ((k + l) % cmax) for l in range(B)]
-                e = 3
-            elif kind == "two":
-                e = min(5, emax) if p % 2 else min(4, emax) - (emax < 5)
-                codes = [min(cmax, 1 if p % 2 else 2) * (1 if l % 2 else -1) for l in range(B)]
-            elif kind == "sat":
-                e = bfp.exp_max
-                codes = [cmax if (p + l) % 2 else -cmax for l in range(B)]
-            elif kind == "zero":
-                codes, e = [0] * B, 0
-            elif kind == "tiny":
-                e = 1
-                codes = [1 if (p + l) % 2 else -1 for l in range(B)]
-            else:
-                e = int(rng.integers(0, bfp.exp_max + 1))
-                codes = [int(rng.integers(-cmax, cmax + 1)) for _ in range(B)]
-            out.append(Block(e, codes, _NO_FLAGS))
-    return out
-
-
-def channel_params(cfg, rng):
-    """gamma log-uniform in 2**-2..2**2 with a random sign now and then, beta normal (bits)."""
-    f = cfg.internal
-    gamma = [f.encode(float(v)) for v in
-             2.0 ** rng.uniform(-2, 2, size=cfg.channels) * rng.choice([1, 1, 1, -1], size=cfg.channels)]
-    beta = [f.encode(float(v)) for v in rng.normal(size=cfg.channels)]
-    return gamma, beta
+    """``sim.bench.stimulus.random_blocks`` with random codes in the padding lanes (the core must
+    ignore them)."""
+    return _stimulus.random_blocks(cfg, n, rng, exp_range, padding="random")
 
 
 def saved_record(cfg, max_chunks, stat, param):
@@ -538,99 +423,12 @@ except ImportError:         # the plain-Python half above stays importable witho
     cocotb = None
 
 
+from sim.bench.common import StreamDriver  # noqa: E402  (the one multi-stream driver)
+
+
 def _params(conf):
     from gen.units import Params
     return Params(**conf["params"])
-
-
-class StreamDriver:
-    """All streams of the core in one coroutine: two simulator wake-ups per cycle instead of two
-    per source, sink and monitor (``sim.bench.common.StreamSource`` / ``StreamSink`` / ``StreamMonitor``
-    implement the same rules one coroutine each; with a dozen of them the Python side, not the
-    model, limited this bench to ~900 cycles/s).
-
-    Rules (as ``sim.bench.common``): a source inserts an idle cycle before an item with probability
-    ``idle``, then holds ``valid`` and ``payload`` until the transfer (``valid`` never depends on
-    ``ready``); a sink drives ``ready`` low with probability ``backpressure`` each cycle,
-    independent of ``valid``; every stream is monitored: once ``valid & ~ready``, ``valid`` must
-    stay high and ``payload`` unchanged until the transfer (violations are collected in
-    ``errors``). Watchers run first at every falling edge. Outputs and their transfer cycles are recorded in ``received``; inputs' transfer
-    cycles in ``sent_cycles``. Signals are sampled on the falling edge and driven just after the
-    rising edge.
-    """
-
-    def __init__(self, dut, sources, sinks, *, idle=0.0, backpressure=0.0, seed=0):
-        from sim.bench import common as bench
-        self.dut = dut
-        self.rng = random.Random(seed)
-        self.idle, self.backpressure = idle, backpressure
-        self.src = {name: bench.StreamBus(dut, name) for name in sources}
-        self.snk = {name: bench.StreamBus(dut, name) for name in sinks}
-        self.queue = {name: collections.deque() for name in sources}
-        self.active = {name: False for name in sources}
-        self.sent_cycles = {name: [] for name in sources}
-        self.received = {name: [] for name in sinks}
-        self.received_cycles = {name: [] for name in sinks}
-        self.held = {name: None for name in sinks}
-        self.ready = {name: 0 for name in sinks}
-        self.cycle = 0
-        self.errors = []
-        self.watchers = []          # callables(driver) run at every falling edge
-        for bus in self.src.values():
-            bus.valid.value = 0
-        for bus in self.snk.values():
-            bus.ready.value = 0
-
-    def send(self, name, word):
-        self.queue[name].append(word)
-
-    async def run(self):
-        clk = self.dut.clk
-        rnd = self.rng.random
-        idle, bp = self.idle, self.backpressure
-        while True:
-            await FallingEdge(clk)
-            for watch in self.watchers:
-                watch(self)
-            for name, bus in self.src.items():
-                if self.active[name] and bus.ready.value:
-                    self.active[name] = False
-                    self.queue[name].popleft()
-                    self.sent_cycles[name].append(self.cycle + 1)
-            for name, bus in self.snk.items():
-                valid = int(bus.valid.value)
-                held = self.held[name]
-                if held is not None:
-                    if not valid:
-                        self.errors.append(f"{name}: valid dropped while stalled (cycle {self.cycle})")
-                    elif bus.payload.value.to_unsigned() != held:
-                        self.errors.append(f"{name}: payload changed while stalled (cycle {self.cycle})")
-                if valid:
-                    bits = bus.payload.value.to_unsigned()
-                    if self.ready[name]:
-                        self.received[name].append(bits)
-                        self.received_cycles[name].append(self.cycle + 1)
-                        self.held[name] = None
-                    else:
-                        self.held[name] = bits
-                else:
-                    self.held[name] = None
-            await RisingEdge(clk)
-            self.cycle += 1
-            for name, bus in self.src.items():
-                if not self.active[name]:
-                    q = self.queue[name]
-                    if q and (idle <= 0 or rnd() >= idle):
-                        bus.payload.value = q[0]
-                        bus.valid.value = 1
-                        self.active[name] = True
-                    else:
-                        bus.valid.value = 0
-            for name, bus in self.snk.items():
-                r = 1 if bp <= 0 or rnd() >= bp else 0
-                if r != self.ready[name]:
-                    bus.ready.value = r
-                    self.ready[name] = r
 
 
 async def _run_plan(dut, conf, steps, idle, backpressure, seed):
@@ -729,14 +527,6 @@ async def _run_plan(dut, conf, steps, idle, backpressure, seed):
     }
 
 
-def _write_result(conf, result):
-    import json
-    path = conf.get("result_file")
-    if path:
-        with open(path, "w") as fh:
-            json.dump(result, fh, indent=1)
-
-
 if cocotb is not None:
     @cocotb.test()
     async def backward_regression(dut):
@@ -747,7 +537,6 @@ if cocotb is not None:
         steps = BackwardPlan(p, conf["seed"]).build(conf["elements"])
         result = await _run_plan(dut, conf, steps, conf.get("idle", 0.3), conf.get("backpressure", 0.3),
                                  conf["seed"])
-        _write_result(conf, result)
         problems = []
         if result["grads_mismatches"] or result["dx_mismatches"]:
             problems.append(f"{result['grads_mismatches']} grads and {result['dx_mismatches']} dx "
@@ -760,4 +549,6 @@ if cocotb is not None:
             problems.append(f"extra outputs (grads, dx): {result['extra_outputs']}")
         if not result["idle_at_end"]:
             problems.append("busy still high after the last output")
+        bench.write_result(conf.get("result_file"), "backward", problems, tests=["backward_regression"],
+                           **result)
         assert not problems, "\n".join(problems)

@@ -18,7 +18,7 @@ import cocotb
 
 from hw.bfp_shifter import BFPShifter, BlockQuantizer
 from hw.formats import BFPFormat, FLAG_NAMES, float_format
-from sim.bench.common import StreamBench, config
+from sim.bench.common import StreamBench, config, write_result
 from sim.model.golden import Block, float_to_bfp, quantize_block
 
 _SUMMARY = {}
@@ -316,10 +316,15 @@ class QuantizerVectors:
 
 # --- the tests ------------------------------------------------------------------------------
 
-def _write_summary(cfg):
-    if cfg.get("summary"):
-        with open(cfg["summary"], "w") as f:
-            json.dump(_SUMMARY, f, indent=1, sort_keys=True)
+_FAILURES, _TESTS = [], []
+
+
+def _write_summary(cfg, test, failures):
+    """The bench's result record (``sim.bench.common.write_result``), accumulated over the module's
+    cocotb tests: ``_SUMMARY``'s figures and every failure so far."""
+    _FAILURES.extend(failures)
+    _TESTS.append(test)
+    write_result(cfg.get("summary"), cfg.get("unit", "shifter"), _FAILURES, tests=_TESTS, **_SUMMARY)
 
 
 def coverage(case, vectors):
@@ -391,10 +396,10 @@ async def throughput_and_latency(dut):
     bench = StreamBench(dut, case.in_layout, case.out_layout, seed=rng.random())
     await bench.start()
     outputs = await bench.run([case.payload(v) for v in vectors])
-    ins, outs = bench.in_monitor.transfers, bench.out_monitor.transfers
-    latencies = {o.cycle - i.cycle for i, o in zip(ins, outs)}
-    span = outs[-1].cycle - ins[0].cycle + 1
-    throughput = n / (outs[-1].cycle - outs[0].cycle + 1)
+    ins, outs = bench.in_transfers, bench.out_transfers
+    latencies = {o - i for i, o in zip(ins, outs)}
+    span = outs[-1] - ins[0] + 1
+    throughput = n / (outs[-1] - outs[0] + 1)
     mismatches = _compare(case, vectors, outputs, dut._log)
     _SUMMARY["latency"] = sorted(latencies)
     _SUMMARY["latency_attribute"] = case.dut.latency
@@ -402,11 +407,16 @@ async def throughput_and_latency(dut):
     _SUMMARY["throughput_blocks"] = n
     _SUMMARY["throughput_cycles"] = span
     _SUMMARY["throughput_mismatches"] = mismatches
-    _write_summary(cfg)
+    checks = [(latencies == {case.dut.latency}, f"latency {sorted(latencies)} != attribute {case.dut.latency}"),
+              (all(b - a == 1 for a, b in zip(ins, ins[1:])), "input stalled without back-pressure"),
+              (throughput == 1.0, f"throughput {throughput} blocks/cycle"),
+              (span == n + case.dut.latency, f"{n} blocks took {span} cycles, not {n} + {case.dut.latency}"),
+              (mismatches == 0, f"{mismatches} mismatches")]
+    _write_summary(cfg, "throughput_and_latency", [msg for ok, msg in checks if not ok])
     dut._log.info("%s: latency %s cycles, %d blocks in %d cycles (%.3f blocks/cycle)",
                   case.label, sorted(latencies), n, span, throughput)
     assert latencies == {case.dut.latency}, f"latency {sorted(latencies)} != attribute {case.dut.latency}"
-    assert all(b.cycle - a.cycle == 1 for a, b in zip(ins, ins[1:])), "input stalled without back-pressure"
+    assert all(b - a == 1 for a, b in zip(ins, ins[1:])), "input stalled without back-pressure"
     assert throughput == 1.0, f"throughput {throughput} blocks/cycle"
     assert span == n + case.dut.latency, f"{n} blocks took {span} cycles, not {n} + {case.dut.latency}"
     assert mismatches == 0, f"{mismatches} mismatches"
@@ -429,7 +439,7 @@ async def regression(dut):
               (0.75, 0.05, vectors[2 * third:])]
     outputs = []
     for idle, backpressure, part in phases:
-        bench.source.idle, bench.sink.backpressure = idle, backpressure
+        bench.driver.idle, bench.driver.backpressure = idle, backpressure
         outputs += await bench.run([case.payload(v) for v in part])
     mismatches = _compare(case, vectors, outputs, dut._log)
     cov = coverage(case, vectors)
@@ -437,14 +447,25 @@ async def regression(dut):
     _SUMMARY.update({
         "label": case.label, "blocks": len(vectors), "directed": len(directed),
         "random": len(randoms), "mismatches": mismatches, "line": line,
-        "cycles": bench.counter.cycle,
-        "in_stall_cycles": bench.in_monitor.stalls, "out_stall_cycles": bench.out_monitor.stalls,
-        "hold_checks": bench.in_monitor.checked + bench.out_monitor.checked,
+        "cycles": bench.driver.cycle,
+        "in_stall_cycles": bench.driver.stalls["i"], "out_stall_cycles": bench.driver.stalls["o"],
+        "hold_checks": bench.driver.checked["o"], "protocol_errors": bench.driver.errors[:10],
         "coverage": cov,
     })
-    _write_summary(cfg)
+    checks = [(len(outputs) == len(vectors), f"{len(outputs)} outputs for {len(vectors)} blocks"),
+              (bench.driver.stalls["o"] > 0 and bench.driver.stalls["i"] > 0, "back-pressure never exercised"),
+              (not bench.driver.errors, "; ".join(bench.driver.errors[:2])),
+              (_SUMMARY["hold_checks"] > 0, "no hold checks"),
+              (mismatches == 0, line)]
+    failures = [msg for ok, msg in checks if not ok]
+    try:
+        _check_coverage(case, cov)
+    except AssertionError as exc:
+        failures.append(f"coverage: {exc}")
+    _write_summary(cfg, "regression", failures)
     dut._log.info(line)
     assert len(outputs) == len(vectors)
-    assert bench.out_monitor.stalls > 0 and bench.in_monitor.stalls > 0, "back-pressure never exercised"
+    assert bench.driver.stalls["o"] > 0 and bench.driver.stalls["i"] > 0, "back-pressure never exercised"
+    assert not bench.driver.errors, bench.driver.errors[:2]
     assert mismatches == 0, line
     _check_coverage(case, cov)

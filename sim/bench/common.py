@@ -8,21 +8,23 @@ Three layers, usable separately:
    "codes": [...], "flags": {"sat": 1}})`` and reads back nested dicts and lists.
 
 2. cocotb drivers (inside a ``@cocotb.test``): :func:`start_clock_and_reset`, :class:`CycleCounter`,
-   :class:`StreamSource` (random idle cycles, ``valid`` never depends on ``ready``),
-   :class:`StreamSink` (random back-pressure), :class:`StreamMonitor` (records every transfer with
-   its clock cycle and asserts that ``valid`` and ``payload`` hold while ``valid & ~ready``), and
-   :class:`StreamBench`, which wires one source, one sink and two monitors around a DUT with ports
-   ``i`` and ``o`` (Amaranth names them ``i__payload``, ``i__valid``, ``i__ready``, ...).
+   :class:`StreamDriver`, the one stream driver of every bench (any number of input and output
+   streams in one coroutine; random idle cycles before inputs, ``valid`` never depends on
+   ``ready``, random back-pressure on outputs, every output checked for the hold rule while
+   ``valid & ~ready``), and :class:`StreamBench`, a driver around a DUT with ports ``i`` and ``o``
+   (Amaranth names them ``i__payload``, ``i__valid``, ``i__ready``, ...) with payload packing.
+   Every bench writes its verdict as one result record (:func:`write_result`; readers use
+   :func:`check_result`).
 
 3. The pytest side: :func:`run_cocotb` builds the Verilog with Verilator through
    ``cocotb_tools.runner`` (cached per Verilog text), runs a cocotb test module with a JSON
    configuration in ``LN_CONFIG`` and raises ``AssertionError`` naming the failed cocotb tests.
    Inside the cocotb process, :func:`config` returns that configuration.
 
-Sampling convention: every monitor samples on the falling clock edge, when all signals have
-settled; drivers change their outputs just after the rising edge. A transfer sampled at falling
-edge ``n`` happens at rising edge ``n + 1``; its ``cycle`` is the number of rising edges since the
-clock started, so ``out.cycle - in.cycle`` is the latency in cycles, edge to edge.
+Sampling convention: the driver samples on the falling clock edge, when all signals have settled,
+and changes its outputs just after the rising edge. A transfer sampled at falling edge ``n``
+happens at rising edge ``n + 1``; its cycle is the number of rising edges the driver has seen, so
+``out - in`` is the latency in cycles, edge to edge.
 """
 
 import collections
@@ -36,8 +38,8 @@ from pathlib import Path
 
 __all__ = [
     "flatten", "pack", "unpack", "to_signed", "check_blocks", "check_count", "fit_count", "config",
-    "start_clock_and_reset", "CycleCounter", "StreamBus", "StreamSource", "StreamSink",
-    "StreamMonitor", "StreamBench", "Transfer",
+    "start_clock_and_reset", "CycleCounter", "StreamBus", "StreamDriver", "StreamBench",
+    "write_result", "check_result",
     "run_cocotb", "verilator_path", "REPO_ROOT", "SIM_BUILD_ROOT",
 ]
 
@@ -230,213 +232,283 @@ class StreamBus:
         self.ready = getattr(dut, f"{name}__ready")
 
 
-Transfer = collections.namedtuple("Transfer", "cycle bits")
+class StreamDriver:
+    """The one stream driver of the cocotb benches: every input and output stream of a DUT, stepped
+    by one coroutine (one simulator wake-up per cycle, whatever the number of streams; one
+    coroutine per stream, two wake-ups each, made the Python side, not the model, the limit).
 
+    Amaranth stream rules, for every stream:
 
-def _bits(handle):
-    return handle.value.to_unsigned()
+    * a *source* (``sources``: DUT input streams, fed from :attr:`queue`) inserts an idle cycle
+      before an item with probability ``idle`` (:attr:`idle_for` overrides it per stream), then
+      raises ``valid`` with the payload and holds both until the transfer: ``valid`` never
+      depends on ``ready``. :attr:`pause` ``[name] = k`` holds a source off until its ``ready``
+      has been high for ``k`` more cycles (a late item); a source not in :attr:`enabled` offers
+      nothing;
+    * a *sink* (``sinks``: DUT output streams) drives ``ready`` low with probability
+      ``backpressure`` each cycle, independent of ``valid``;
+    * every sink is monitored: once ``valid & ~ready``, ``valid`` must stay high and ``payload``
+      unchanged until the transfer (violations go to :attr:`errors`).
 
+    ``idle`` and ``backpressure`` may be changed at any time. Nothing transfers while ``rst`` is
+    high (:meth:`reset`). Signals are sampled as they are at a rising edge (:meth:`sample`) and driven
+    just after it (:meth:`drive`); :meth:`step` is one cycle (sampling at the falling edge, for
+    benches that step the driver themselves), :meth:`run` steps forever with one wake-up per
+    cycle (start it with ``cocotb.start_soon``). Callables in :attr:`watchers` run at every
+    sample before the transfers are recorded, those in :attr:`after` right after (reading
+    signals there reads them as the transfers see them). Records: :attr:`sent` (count)
+    and :attr:`sent_cycles` per source, :attr:`received` (payload integers) and
+    :attr:`received_cycles` per sink, :attr:`stalls` (cycles with ``valid & ~ready``) per stream,
+    :attr:`checked` (hold checks) per sink. A transfer's cycle is the number of rising edges the
+    driver has seen when it happens, so ``out - in`` is the latency, edge to edge. Randomness
+    comes from one ``random.Random`` (``rng``, else one seeded with ``seed``) in a fixed order:
+    sources, then sinks, in the order given.
+    """
 
-class _Part:
-    """A driver or monitor as two steps: :meth:`sample` at the falling edge (signals settled) and
-    :meth:`drive` just after the rising edge. :meth:`start` runs them in a coroutine of their own;
-    :class:`StreamBench` instead runs every part of a bench from one coroutine (faster)."""
+    def __init__(self, dut, sources, sinks, *, idle=0.0, backpressure=0.0, seed=0, rng=None):
+        self.dut = dut
+        self.rng = rng if rng is not None else random.Random(seed)
+        self.idle, self.backpressure = idle, backpressure
+        self.src = {name: StreamBus(dut, name) for name in sources}
+        self.snk = {name: StreamBus(dut, name) for name in sinks}
+        self.queue = {name: collections.deque() for name in sources}
+        self.active = {name: False for name in sources}
+        self.enabled = set(self.src)
+        self.idle_for = {}
+        self.pause = {name: 0 for name in sources}
+        self.sent = {name: 0 for name in sources}
+        self.sent_cycles = {name: [] for name in sources}
+        self.received = {name: [] for name in sinks}
+        self.received_cycles = {name: [] for name in sinks}
+        self.held = {name: None for name in sinks}
+        self.ready = {name: 0 for name in sinks}
+        self.stalls = {name: 0 for name in list(sources) + list(sinks)}
+        self.checked = {name: 0 for name in sinks}
+        self.cycle = 0
+        self.in_reset = False       # rst is high (set by reset(): nothing transfers)
+        self._valid = {name: 0 for name in sources}     # valid as driven (written on change only)
+        self.errors = []
+        self.watchers = []          # callables(driver), falling edge, before the transfers
+        self.after = []             # callables(driver), falling edge, after the transfers
+        for bus in self.src.values():
+            bus.valid.value = 0
+        for bus in self.snk.values():
+            bus.ready.value = 0
+
+    def send(self, name, word):
+        self.queue[name].append(int(word))
 
     def sample(self):
-        pass
+        """Record the transfers of the rising edge at hand (sampled at the falling edge before it,
+        or right after it), check the holds."""
+        for watch in self.watchers:
+            watch(self)
+        rst = self.in_reset
+        for name, bus in self.src.items():
+            if self.active[name]:
+                if bus.ready.value:
+                    if not rst:
+                        self.active[name] = False
+                        self.queue[name].popleft()
+                        self.sent[name] += 1
+                        self.sent_cycles[name].append(self.cycle + 1)
+                else:
+                    self.stalls[name] += 1
+        for name, bus in self.snk.items():
+            valid = int(bus.valid.value)
+            held = self.held[name]
+            if held is not None and not rst:
+                self.checked[name] += 1
+                if not valid:
+                    self.errors.append(f"{name}: valid dropped while stalled (cycle {self.cycle})")
+                elif bus.payload.value.to_unsigned() != held:
+                    self.errors.append(f"{name}: payload changed while stalled (cycle {self.cycle})")
+            self.held[name] = None
+            if valid and not rst:
+                bits = bus.payload.value.to_unsigned()
+                if self.ready[name]:
+                    self.received[name].append(bits)
+                    self.received_cycles[name].append(self.cycle + 1)
+                else:
+                    self.held[name] = bits
+                    self.stalls[name] += 1
+        for watch in self.after:
+            watch(self)
 
     def drive(self):
-        pass
+        """Just after the rising edge: offer inputs, set ready (seen from the next edge on)."""
+        self.cycle += 1
+        rnd, bp = self.rng.random, self.backpressure
+        driven = self._valid
+        for name, bus in self.src.items():
+            if self.active[name]:
+                continue
+            if self.pause[name]:
+                self.pause[name] -= int(bus.ready.value)
+                v = 0
+            else:
+                q = self.queue[name]
+                idle = self.idle_for.get(name, self.idle)
+                if q and name in self.enabled and (idle <= 0 or rnd() >= idle):
+                    bus.payload.value = q[0]
+                    self.active[name] = True
+                    v = 1
+                else:
+                    v = 0
+            if v != driven[name]:
+                bus.valid.value = v
+                driven[name] = v
+        for name, bus in self.snk.items():
+            r = 1 if bp <= 0 or rnd() >= bp else 0
+            if r != self.ready[name]:
+                bus.ready.value = r
+                self.ready[name] = r
 
-    def start(self):
-        import cocotb
-        self.drive()
-        return cocotb.start_soon(self._run())
-
-    async def _run(self):
+    async def step(self):
         triggers, _ = _cocotb()
+        await triggers.FallingEdge(self.dut.clk)
+        self.sample()
+        await triggers.RisingEdge(self.dut.clk)
+        self.drive()
+
+    async def run(self):
+        """Step forever with one wake-up per cycle: right after each rising edge the handles still
+        read the values the design had at that edge (the ones :meth:`step` samples at the falling
+        edge before it), so :meth:`sample` and then :meth:`drive` run there."""
+        triggers, _ = _cocotb()
+        rising = triggers.RisingEdge(self.dut.clk)
         while True:
-            await triggers.FallingEdge(self.clk)
+            await rising
             self.sample()
-            await triggers.RisingEdge(self.clk)
             self.drive()
 
+    def reset_state(self):
+        """The environment's own reset: drop offered and queued inputs and pending holds."""
+        for name in self.src:
+            self.queue[name].clear()
+            self.active[name] = False
+            self.pause[name] = 0
+        for name in self.snk:
+            self.held[name] = None
 
-class StreamMonitor(_Part):
-    """Records every transfer on a stream as ``Transfer(cycle, bits)`` in :attr:`transfers` and
-    checks the stream rules: once ``valid`` is high without ``ready``, ``valid`` stays high and
-    ``payload`` stays unchanged until the transfer. A violation raises ``AssertionError``, which
-    fails the running cocotb test."""
-
-    def __init__(self, bus, clk, counter):
-        self.bus, self.clk, self.counter = bus, clk, counter
-        self.transfers = []
-        self.stalls = 0                 # cycles with valid & ~ready
-        self.checked = 0                # cycles on which the hold rule was checked
-        self._pending = None            # payload bits held since a stalled cycle
-
-    def drive(self):
-        pass                            # a monitor drives nothing
-
-    def sample(self):
-        valid = int(self.bus.valid.value)
-        ready = int(self.bus.ready.value)
-        pending = self._pending
-        bits = _bits(self.bus.payload) if valid else None
-        if pending is not None:
-            self.checked += 1
-            if not valid:
-                raise AssertionError(f"stream {self.bus.name}: valid dropped while stalled "
-                                     f"(cycle {self.counter.cycle})")
-            if bits != pending:
-                raise AssertionError(f"stream {self.bus.name}: payload changed while stalled "
-                                     f"(cycle {self.counter.cycle}): {pending:#x} -> {bits:#x}")
-        if valid and ready:
-            self.transfers.append(Transfer(self.counter.cycle + 1, bits))
-            self._pending = None
-        elif valid:
-            self.stalls += 1
-            self._pending = bits
-        else:
-            self._pending = None
-
-
-class StreamSource(_Part):
-    """Drives a DUT input stream from :attr:`queue` (payload integers). Before each new payload it
-    inserts an idle cycle with probability ``idle`` (a float) or as told by ``pattern`` (an
-    iterator of booleans, True = may send). ``valid`` never depends on ``ready``: once raised it
-    stays high with the same payload until the transfer."""
-
-    def __init__(self, bus, clk, *, idle=0.0, pattern=None, rng=None):
-        self.bus, self.clk = bus, clk
-        self.queue = collections.deque()
-        self.idle = idle
-        self.pattern = pattern
-        self.rng = rng or random.Random(0)
-        self.sent = 0
-        self._valid = False
-
-    def send(self, bits):
-        self.queue.append(int(bits))
-
-    def _may_send(self):
-        if self.pattern is not None:
-            return bool(next(self.pattern))
-        return self.idle <= 0 or self.rng.random() >= self.idle
-
-    def sample(self):
-        if self._valid and int(self.bus.ready.value):
-            self._valid = False         # transfer at the coming rising edge
-            self.sent += 1
-
-    def drive(self):
-        if not self._valid and self.queue and self._may_send():
-            self.bus.payload.value = self.queue.popleft()
-            self._valid = True
-        self.bus.valid.value = int(self._valid)
-
-
-class StreamSink(_Part):
-    """Drives ``ready`` of a DUT output stream: low with probability ``backpressure`` each cycle,
-    or as told by ``pattern`` (an iterator of booleans, True = ready), independent of ``valid``."""
-
-    def __init__(self, bus, clk, *, backpressure=0.0, pattern=None, rng=None):
-        self.bus, self.clk = bus, clk
-        self.backpressure = backpressure
-        self.pattern = pattern
-        self.rng = rng or random.Random(1)
-
-    def drive(self):
-        if self.pattern is not None:
-            ready = bool(next(self.pattern))
-        else:
-            ready = self.backpressure <= 0 or self.rng.random() >= self.backpressure
-        self.bus.ready.value = int(ready)
+    async def reset(self, cycles, keep_valid=False):
+        """Assert ``rst`` for ``cycles`` rising edges, then :meth:`reset_state`. With ``keep_valid``
+        the inputs stay valid during the reset (random payloads), as a producer on another reset
+        would do; ``ready`` is random."""
+        triggers, _ = _cocotb()
+        self.dut.rst.value = 1
+        self.in_reset = True
+        for _ in range(cycles):
+            await triggers.FallingEdge(self.dut.clk)
+            self.sample()
+            await triggers.RisingEdge(self.dut.clk)
+            self.cycle += 1
+            for name, bus in self.src.items():
+                v = keep_valid and self.rng.random() < 0.7
+                bus.valid.value = int(v)
+                self._valid[name] = int(v)
+                if v:
+                    bus.payload.value = self.rng.getrandbits(len(bus.payload))
+            for name, bus in self.snk.items():
+                self.ready[name] = self.rng.randrange(2)
+                bus.ready.value = self.ready[name]
+        self.dut.rst.value = 0
+        self.in_reset = False
+        self.reset_state()
+        for name, bus in self.src.items():
+            bus.valid.value = 0
+            self._valid[name] = 0
 
 
 class StreamBench:
-    """Source, sink and monitors around a DUT with stream ports ``i`` and ``o``, all stepped by one
-    coroutine per clock cycle.
+    """A :class:`StreamDriver` around a DUT with one input stream ``i`` and one output stream
+    ``o`` (the shifter's form), with clock, reset and payload packing.
 
     ``in_shape`` / ``out_shape`` are the payload shapes (Amaranth layouts); :meth:`run` packs
     Python values with :func:`pack`, waits until every output arrived and returns them unpacked
-    with :func:`unpack`. The monitors keep ``Transfer(cycle, bits)`` lists for timing checks;
-    ``source.idle`` and ``sink.backpressure`` may be changed between runs.
+    with :func:`unpack`. ``bench.driver`` keeps the transfer cycles for timing checks;
+    ``bench.driver.idle`` and ``.backpressure`` may be changed between runs.
 
     Usage inside a cocotb test::
 
         bench = StreamBench(dut, layout_in, layout_out, idle=0.3, backpressure=0.3, seed=1)
         await bench.start()
         outputs = await bench.run([{"lanes": ..., "flags": ...}, ...])
-
-    More streams: build extra :class:`StreamSource` / :class:`StreamSink` / :class:`StreamMonitor`
-    objects on ``bench.counter`` and pass them as ``extra_parts`` to :meth:`start`.
     """
 
     def __init__(self, dut, in_shape, out_shape, *, idle=0.0, backpressure=0.0, seed=0,
                  in_port="i", out_port="o"):
         self.dut = dut
         self.in_shape, self.out_shape = in_shape, out_shape
-        self.rng = random.Random(seed)
-        self.idle, self.backpressure = idle, backpressure
-        self.in_bus, self.out_bus = StreamBus(dut, in_port), StreamBus(dut, out_port)
-        self.counter = None
-        self.parts = []
+        self.in_port, self.out_port = in_port, out_port
+        self.driver = StreamDriver(dut, (in_port,), (out_port,), idle=idle, backpressure=backpressure,
+                                   seed=seed)
 
-    async def start(self, period_ns=10, reset_cycles=3, extra_parts=()):
-        """Clock and reset, then step source, sink, both monitors and ``extra_parts`` every cycle."""
+    async def start(self, period_ns=10, reset_cycles=3):
+        """Clock and reset, then step the driver every cycle."""
         import cocotb
-        triggers, Clock = _cocotb()
-        clk = self.dut.clk
-        Clock(clk, period_ns, unit="ns").start()
-        self.dut.rst.value = 1
-        for _ in range(reset_cycles):
-            await triggers.RisingEdge(clk)
-        self.dut.rst.value = 0
-        self.counter = CycleCounter(clk)
-        self.source = StreamSource(self.in_bus, clk, idle=self.idle,
-                                   rng=random.Random(self.rng.random()))
-        self.sink = StreamSink(self.out_bus, clk, backpressure=self.backpressure,
-                               rng=random.Random(self.rng.random()))
-        self.in_monitor = StreamMonitor(self.in_bus, clk, self.counter)
-        self.out_monitor = StreamMonitor(self.out_bus, clk, self.counter)
-        self.parts = [self.source, self.sink, self.in_monitor, self.out_monitor, *extra_parts]
-        for part in self.parts:
-            part.drive()
-        cocotb.start_soon(self._step())
+        await start_clock_and_reset(self.dut, period_ns, reset_cycles)
+        cocotb.start_soon(self.driver.run())
 
-    async def _step(self):
-        triggers, _ = _cocotb()
-        clk, parts, counter = self.dut.clk, self.parts, self.counter
-        falling, rising = triggers.FallingEdge(clk), triggers.RisingEdge(clk)
-        while True:
-            await falling
-            for part in parts:
-                part.sample()
-            await rising
-            counter.cycle += 1
-            for part in parts:
-                part.drive()
+    @property
+    def in_transfers(self):
+        d = self.driver
+        return d.sent_cycles[self.in_port]
+
+    @property
+    def out_transfers(self):
+        d = self.driver
+        return d.received_cycles[self.out_port]
 
     async def run(self, values, *, timeout_cycles=None, expect=None, raw=False):
         """Send ``values`` (packed with ``in_shape`` unless ``raw``), wait for ``expect`` outputs
         (default: one per input) and return them (unpacked with ``out_shape`` unless ``raw``)."""
         triggers, _ = _cocotb()
-        first = len(self.out_monitor.transfers)
+        d = self.driver
+        got = d.received[self.out_port]
+        first = len(got)
         count = 0
         for value in values:
-            self.source.send(value if raw else pack(self.in_shape, value))
+            d.send(self.in_port, value if raw else pack(self.in_shape, value))
             count += 1
         expect = count if expect is None else expect
         limit = timeout_cycles or 100 + 20 * max(count, expect)
-        start = self.counter.cycle
-        while len(self.out_monitor.transfers) - first < expect:
+        start = d.cycle
+        while len(got) - first < expect:
             await triggers.RisingEdge(self.dut.clk)
-            if self.counter.cycle - start > limit:
-                raise AssertionError(f"timeout: {len(self.out_monitor.transfers) - first} of "
-                                     f"{expect} outputs after {limit} cycles")
-        got = self.out_monitor.transfers[first:first + expect]
-        return [t.bits if raw else unpack(self.out_shape, t.bits) for t in got]
+            if d.errors:
+                raise AssertionError(d.errors[0])
+            if d.cycle - start > limit:
+                raise AssertionError(f"timeout: {len(got) - first} of {expect} outputs after {limit} cycles")
+        return [b if raw else unpack(self.out_shape, b) for b in got[first:first + expect]]
+
+
+# --------------------------------------------------------------------------------------------
+# The result record every cocotb bench writes
+# --------------------------------------------------------------------------------------------
+
+def write_result(path, unit, failures, tests=(), **details):
+    """Write the one result record of a cocotb bench to ``path`` (JSON) and return it:
+    ``{"unit": <short name, gen.registry>, "passed": not failures, "failures": [str],
+    "tests": [cocotb tests that ran to their verdict], **details}``. ``details`` are the bench's own
+    figures (counts, cycles, coverage); readers decide by ``passed`` / ``failures`` alone
+    (:func:`check_result`). A bench with several cocotb tests calls it after each with the
+    accumulated record."""
+    record = dict(details, unit=unit, passed=not failures, failures=list(failures)[:50], tests=list(tests))
+    if path:
+        with open(path, "w") as fh:
+            json.dump(record, fh, indent=1, sort_keys=True)
+    return record
+
+
+def check_result(path, tests=()):
+    """Read a bench's result record (:func:`write_result`) and raise ``AssertionError`` naming the
+    first failures unless it passed and every test of ``tests`` reached its verdict. Returns it."""
+    record = json.loads(Path(path).read_text())
+    assert record["passed"], "; ".join(record["failures"][:2])
+    missing = [t for t in tests if t not in record["tests"]]
+    assert not missing, f"cocotb tests without a verdict: {missing}"
+    return record
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ The rule checked everywhere: after a synchronous reset (``rst`` high for one or 
 any point of a stream, under back-pressure or not) no output from before the reset appears, and
 a fresh stream gives exactly the golden model's outputs of that fresh stream alone.
 
-Conventions: one coroutine samples every handshake at the falling clock edge (signals settled)
-and drives new values just after the rising edge. A handshake sampled while ``rst`` is high does
-not count: producer and consumer are reset together with the design.
+Conventions: the streams are driven by ``sim.bench.common.StreamDriver`` (stepped by the tests,
+one :meth:`step` per cycle; :meth:`reset` asserts ``rst``). A handshake sampled while ``rst`` is
+high does not count: producer and consumer are reset together with the design.
 
 Configuration keys: ``unit`` (``"shifter"`` or ``"forward"``), ``params`` (``gen.units.Params``
 keyword arguments), ``seed``, ``trials``; ``summary`` (path of a JSON summary, optional).
@@ -24,99 +24,7 @@ try:
 except ImportError:                 # importable without cocotb (for documentation tools)
     cocotb = None
 
-
-class Streams:
-    """Per-cycle driver/monitor of every stream of a DUT.
-
-    ``sources``: input stream names, each fed from a deque of payload integers; ``sinks``: output
-    stream names, transfers collected into lists. ``gap`` / ``bp``: probability of an idle input
-    cycle / of ``ready`` low. Hold rules are checked on every output stream."""
-
-    def __init__(self, dut, sources, sinks, rng, gap=0.2, bp=0.2):
-        self.dut, self.rng, self.gap, self.bp = dut, rng, gap, bp
-        self.h = {}
-        for name in list(sources) + list(sinks):
-            for part in ("valid", "ready", "payload"):
-                self.h[f"{name}__{part}"] = getattr(dut, f"{name}__{part}")
-        self.sources, self.sinks = list(sources), list(sinks)
-        self.queues = {name: collections.deque() for name in self.sources}
-        self.valid = {name: False for name in self.sources}
-        self.got = {name: [] for name in self.sinks}
-        self.hold = {name: None for name in self.sinks}
-        self.sent = {name: 0 for name in self.sources}
-        self.errors = []
-        self.cycle = 0
-        self.in_reset = False
-        self.enabled = set(self.sources)        # sources allowed to offer data
-
-    def reset_state(self):
-        """The environment's own reset: drop offered inputs and pending holds."""
-        for name in self.sources:
-            self.queues[name].clear()
-            self.valid[name] = False
-        for name in self.sinks:
-            self.hold[name] = None
-
-    def sample(self):
-        """At the falling edge: record the handshakes of the coming rising edge."""
-        rst = int(self.dut.rst.value)
-        for name in self.sources:
-            if self.valid[name] and int(self.h[f"{name}__ready"].value) and not rst:
-                self.valid[name] = False
-                self.sent[name] += 1
-        for name in self.sinks:
-            valid = int(self.h[f"{name}__valid"].value)
-            ready = int(self.h[f"{name}__ready"].value)
-            bits = self.h[f"{name}__payload"].value.to_unsigned() if valid else None
-            hold = self.hold[name]
-            if hold is not None and not rst and (not valid or bits != hold):
-                self.errors.append(f"cycle {self.cycle}: stream {name}: valid or payload changed while stalled")
-            self.hold[name] = None
-            if valid and not rst:
-                if ready:
-                    self.got[name].append(bits)
-                else:
-                    self.hold[name] = bits
-
-    def drive(self):
-        """Just after the rising edge: offer inputs, set ready."""
-        self.cycle += 1
-        for name in self.sources:
-            if not self.valid[name] and self.queues[name] and name in self.enabled \
-                    and not (self.gap and self.rng.random() < self.gap):
-                self.h[f"{name}__payload"].value = self.queues[name].popleft()
-                self.valid[name] = True
-            self.h[f"{name}__valid"].value = int(self.valid[name])
-        for name in self.sinks:
-            self.h[f"{name}__ready"].value = int(not (self.bp and self.rng.random() < self.bp))
-
-    async def step(self):
-        await FallingEdge(self.dut.clk)
-        self.sample()
-        await RisingEdge(self.dut.clk)
-        self.drive()
-
-    async def reset(self, cycles, keep_valid=False):
-        """Assert ``rst`` for ``cycles`` rising edges. With ``keep_valid`` the inputs stay valid
-        during the reset (random payloads), as a producer on another reset would do."""
-        self.dut.rst.value = 1
-        for _ in range(cycles):
-            await FallingEdge(self.dut.clk)
-            self.sample()
-            await RisingEdge(self.dut.clk)
-            self.cycle += 1
-            for name in self.sources:
-                v = keep_valid and self.rng.random() < 0.7
-                self.h[f"{name}__valid"].value = int(v)
-                if v:
-                    width = len(self.h[f"{name}__payload"])
-                    self.h[f"{name}__payload"].value = self.rng.getrandbits(width)
-            for name in self.sinks:
-                self.h[f"{name}__ready"].value = self.rng.randrange(2)
-        self.dut.rst.value = 0
-        self.reset_state()
-        for name in self.sources:
-            self.h[f"{name}__valid"].value = 0
+from sim.bench.common import StreamDriver  # noqa: E402
 
 
 async def _start(dut):
@@ -127,10 +35,10 @@ async def _start(dut):
     dut.rst.value = 0
 
 
-def _write_summary(cfg, summary):
-    if cfg.get("summary"):
-        with open(cfg["summary"], "w") as fh:
-            json.dump(summary, fh, indent=1, sort_keys=True)
+def _write_summary(cfg, test, stats, failures):
+    """The bench's result record (``sim.bench.common.write_result``): ``stats`` and the failures."""
+    from sim.bench.common import write_result
+    write_result(cfg.get("summary"), cfg["unit"], failures, tests=[test], stats=dict(stats))
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,22 +85,22 @@ if cocotb is not None:
         fmt, bfp = p.float_format, p.bfp
         rng = random.Random(cfg.get("seed", 1))
         await _start(dut)
-        st = Streams(dut, ["i"], ["o"], rng)
+        st = StreamDriver(dut, ["i"], ["o"], rng=rng)
         stats = collections.Counter()
         failures = []
         for trial in range(cfg.get("trials", 40)):
             # 1. some blocks of a first stream, possibly interrupted anywhere
-            st.gap, st.bp = rng.choice([0.0, 0.3, 0.6]), rng.choice([0.0, 0.3, 0.9])
+            st.idle, st.backpressure = rng.choice([0.0, 0.3, 0.6]), rng.choice([0.0, 0.3, 0.9])
             first = [_random_words(fmt, bfp.block, rng) for _ in range(rng.randint(0, 8))]
-            st.queues["i"].extend(_pack_words(fmt, w) for w in first)
+            st.queue["i"].extend(_pack_words(fmt, w) for w in first)
             for _ in range(rng.randint(0, 12)):
                 await st.step()
-            in_flight = st.sent["i"] - len(st.got["o"])
+            in_flight = st.sent["i"] - len(st.received["o"])
             stats["resets"] += 1
             stats["resets_with_blocks_in_flight"] += in_flight > 0
-            stats["resets_while_output_stalled"] += st.hold["o"] is not None
+            stats["resets_while_output_stalled"] += st.held["o"] is not None
             # the prefix delivered before the reset must be right
-            before = [unpack(comp.output_layout, bits) for bits in st.got["o"]]
+            before = [unpack(comp.output_layout, bits) for bits in st.received["o"]]
             for k, got_b in enumerate(before):
                 b = float_to_bfp(fmt, bfp, first[k])
                 if got_b["exponent"] != b.exponent or got_b["codes"] != [bfp.to_bits(q) for q in b.codes]:
@@ -207,13 +115,13 @@ if cocotb is not None:
             await RisingEdge(dut.clk)
             st.drive()
             # 3. a fresh stream; nothing of the first may come out
-            st.got["o"].clear()
+            st.received["o"].clear()
             st.sent["i"] = 0
-            st.gap, st.bp = rng.choice([0.0, 0.0, 0.3]), rng.choice([0.0, 0.3])
+            st.idle, st.backpressure = rng.choice([0.0, 0.0, 0.3]), rng.choice([0.0, 0.3])
             fresh = [_random_words(fmt, bfp.block, rng) for _ in range(rng.randint(1, 10))]
-            st.queues["i"].extend(_pack_words(fmt, w) for w in fresh)
+            st.queue["i"].extend(_pack_words(fmt, w) for w in fresh)
             limit = st.cycle + 40 * len(fresh) + 50
-            while (len(st.got["o"]) < len(fresh) or st.queues["i"]) and st.cycle < limit:
+            while (len(st.received["o"]) < len(fresh) or st.queue["i"]) and st.cycle < limit:
                 await st.step()
             for _ in range(6):                  # anything extra (stale) would show up here
                 await st.step()
@@ -222,15 +130,15 @@ if cocotb is not None:
                 b = float_to_bfp(fmt, bfp, words)
                 want.append({"exponent": b.exponent, "codes": [bfp.to_bits(q) for q in b.codes],
                              "flags": {k: int(v) for k, v in b.flags.items()}})
-            got = [unpack(comp.output_layout, bits) for bits in st.got["o"]]
+            got = [unpack(comp.output_layout, bits) for bits in st.received["o"]]
             if got != want:
                 failures.append(f"trial {trial}: after reset got {len(got)} blocks, want {len(want)}; "
                                 f"first difference at {next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))}")
             stats["fresh_blocks"] += len(fresh)
-            st.got["o"].clear()
+            st.received["o"].clear()
             st.sent["i"] = 0
         failures += st.errors
-        _write_summary(cfg, {"stats": dict(stats), "failures": failures[:20]})
+        _write_summary(cfg, "shifter_reset_mid_stream", stats, failures)
         assert not failures, "\n".join(failures[:10])
 
 
@@ -262,20 +170,20 @@ async def _fwd_run(st, p, steps, *, stop=None, limit_per_step=None):
     cmd_l = cmd_layout(p.max_count, p.chunks)
     prm_l = params_layout(p.internal)
     for i, s in enumerate(steps):
-        st.queues["x"].extend(block_word(p.bfp, b) for b in s["x"])
-        st.queues["params"].extend(pack(prm_l, r) for r in s["params"])
-        st.queues["cmd"].append(pack(cmd_l, s["cmd"]))
+        st.queue["x"].extend(block_word(p.bfp, b) for b in s["x"])
+        st.queue["params"].extend(pack(prm_l, r) for r in s["params"])
+        st.queue["cmd"].append(pack(cmd_l, s["cmd"]))
         sent_cmd = st.sent["cmd"]
-        want_y = len(st.got["y"]) + len(s["y"])
-        want_s = len(st.got["stats"]) + len(s["stats"])
+        want_y = len(st.received["y"]) + len(s["y"])
+        want_s = len(st.received["stats"]) + len(s["stats"])
         limit = st.cycle + (limit_per_step or 60 * (len(s["x"]) + 1) + 300 * p.channels + 2000)
         while True:
             if stop is not None and stop(st, i):
                 return i
             await st.step()
             accepted = st.sent["cmd"] > sent_cmd
-            if accepted and not int(st.dut.busy.value) and len(st.got["y"]) >= want_y \
-                    and len(st.got["stats"]) >= want_s and not st.queues["x"] and not st.valid["x"]:
+            if accepted and not int(st.dut.busy.value) and len(st.received["y"]) >= want_y \
+                    and len(st.received["stats"]) >= want_s and not st.queue["x"] and not st.active["x"]:
                 break
             if s["bad"] and accepted:
                 break
@@ -287,7 +195,7 @@ async def _fwd_run(st, p, steps, *, stop=None, limit_per_step=None):
 
 def _fwd_compare(p, steps, st, label, failures):
     y, stats = _fwd_expected(p, steps)
-    for name, got, want in (("y", st.got["y"], y), ("stats", st.got["stats"], stats)):
+    for name, got, want in (("y", st.received["y"], y), ("stats", st.received["stats"], stats)):
         if got != want:
             k = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
             failures.append(f"{label}: {name}: got {len(got)} records, want {len(want)}; first difference at {k}")
@@ -313,7 +221,7 @@ if cocotb is not None:
         await _start(dut)
         for name in FWD_SOURCES:
             getattr(dut, f"{name}__valid").value = 0
-        st = Streams(dut, FWD_SOURCES, FWD_SINKS, rng, gap=0.1, bp=0.2)
+        st = StreamDriver(dut, FWD_SOURCES, FWD_SINKS, idle=0.1, backpressure=0.2, rng=rng)
         failures, stats = [], collections.Counter()
 
         def plan(seed, variant):
@@ -344,15 +252,15 @@ if cocotb is not None:
         n_long = min(p.max_count, 8 * K)
         n_long -= n_long % K
         points = [("stats pass", lambda s: s.sent["x"] >= 2),
-                  ("finalize", lambda s: len(s.got["stats"]) >= 1),
-                  ("normalize pass", lambda s: len(s.got["y"]) >= 1),
-                  ("normalize pass, y stalled", lambda s: len(s.got["y"]) >= 1 and s.hold["y"] is not None),
+                  ("finalize", lambda s: len(s.received["stats"]) >= 1),
+                  ("normalize pass", lambda s: len(s.received["y"]) >= 1),
+                  ("normalize pass, y stalled", lambda s: len(s.received["y"]) >= 1 and s.held["y"] is not None),
                   ("right after the command", lambda s: s.sent["cmd"] >= 1)]
         for trial in range(cfg.get("trials", 2)):
             for where, cond in points:
-                st.got["y"].clear(); st.got["stats"].clear()
+                st.received["y"].clear(); st.received["stats"].clear()
                 st.sent = {k: 0 for k in st.sent}
-                st.bp = 0.5 if "stalled" in where else 0.2
+                st.backpressure = 0.5 if "stalled" in where else 0.2
                 first = plan(100 + trial, n_long)
                 interrupted = await _fwd_run(st, p, first[:1], stop=lambda s, i: cond(s),
                                              limit_per_step=None)
@@ -368,20 +276,20 @@ if cocotb is not None:
                 await RisingEdge(dut.clk)
                 st.drive()
                 # idle a few cycles: nothing may come out
-                st.got["y"].clear(); st.got["stats"].clear()
+                st.received["y"].clear(); st.received["stats"].clear()
                 st.sent = {k: 0 for k in st.sent}
                 for _ in range(8):
                     await st.step()
-                if st.got["y"] or st.got["stats"]:
+                if st.received["y"] or st.received["stats"]:
                     failures.append(f"reset '{where}': stale output after reset")
-                st.got["y"].clear(); st.got["stats"].clear()
-                st.bp = 0.2
+                st.received["y"].clear(); st.received["stats"].clear()
+                st.backpressure = 0.2
                 fresh = plan(200 + trial, 2 * K if trial % 2 else n_long)
                 await _fwd_run(st, p, fresh)
                 _fwd_compare(p, fresh, st, f"fresh pass after reset '{where}'", failures)
                 stats[f"reset: {where}"] += 1
         failures += st.errors
-        _write_summary(cfg, {"stats": dict(stats), "failures": failures[:20]})
+        _write_summary(cfg, "forward_reset_and_back_to_back", stats, failures)
         assert not failures, "\n".join(failures[:10])
 
 
@@ -397,13 +305,13 @@ async def _bwd_run(st, p, steps, *, stop=None):
     """Drive ``sim.bench.backward_core.BackwardPlan`` steps one command after another (the next
     command is offered when the core is idle again); ``stop(st)`` -> True aborts."""
     for i, s in enumerate(steps):
-        st.queues["cmd"].append(s["word"])
-        st.queues["stats"].extend(s["stats"])
-        st.queues["xg"].extend(s["xg"])
-        st.queues["g"].extend(s["g"])
+        st.queue["cmd"].append(s["word"])
+        st.queue["stats"].extend(s["stats"])
+        st.queue["xg"].extend(s["xg"])
+        st.queue["g"].extend(s["g"])
         sent_cmd = st.sent["cmd"]
-        want_g = len(st.got["grads"]) + len(s["grads"])
-        want_d = len(st.got["dx"]) + len(s["dx"])
+        want_g = len(st.received["grads"]) + len(s["grads"])
+        want_d = len(st.received["dx"]) + len(s["dx"])
         limit = st.cycle + 60 * (len(s["xg"]) + len(s["g"]) + 1) + 400 * p.channels + 2000
         while True:
             if stop is not None and stop(st):
@@ -412,9 +320,9 @@ async def _bwd_run(st, p, steps, *, stop=None):
             accepted = st.sent["cmd"] > sent_cmd
             if s["bad"] and accepted:
                 break
-            if accepted and not int(st.dut.busy.value) and len(st.got["grads"]) >= want_g \
-                    and len(st.got["dx"]) >= want_d \
-                    and not any(st.queues[n] or st.valid[n] for n in ("stats", "xg", "g")):
+            if accepted and not int(st.dut.busy.value) and len(st.received["grads"]) >= want_g \
+                    and len(st.received["dx"]) >= want_d \
+                    and not any(st.queue[n] or st.active[n] for n in ("stats", "xg", "g")):
                 break
             if st.cycle > limit:
                 st.errors.append(f"step {i} ({s['tag']}): timeout")
@@ -425,7 +333,7 @@ async def _bwd_run(st, p, steps, *, stop=None):
 def _bwd_compare(steps, st, label, failures):
     for name in BWD_SINKS:
         want = [w for s in steps for w in s[name]]
-        got = st.got[name]
+        got = st.received[name]
         if got != want:
             k = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
             failures.append(f"{label}: {name}: got {len(got)} records, want {len(want)}; first difference at {k}")
@@ -450,7 +358,7 @@ if cocotb is not None:
         await _start(dut)
         for name in BWD_SOURCES:
             getattr(dut, f"{name}__valid").value = 0
-        st = Streams(dut, BWD_SOURCES, BWD_SINKS, rng, gap=0.1, bp=0.2)
+        st = StreamDriver(dut, BWD_SOURCES, BWD_SINKS, idle=0.1, backpressure=0.2, rng=rng)
         failures, stats = [], collections.Counter()
 
         def plan(seed, n=None):
@@ -479,16 +387,16 @@ if cocotb is not None:
         n_long = min(p.max_count, 8 * K)
         n_long -= n_long % K
         points = [("reduction pass", lambda s: s.sent["xg"] >= 2),
-                  ("finalize", lambda s: len(s.got["grads"]) >= 1),
-                  ("dx pass", lambda s: len(s.got["dx"]) >= 1),
-                  ("dx pass, dx stalled", lambda s: len(s.got["dx"]) >= 1 and s.hold["dx"] is not None),
+                  ("finalize", lambda s: len(s.received["grads"]) >= 1),
+                  ("dx pass", lambda s: len(s.received["dx"]) >= 1),
+                  ("dx pass, dx stalled", lambda s: len(s.received["dx"]) >= 1 and s.held["dx"] is not None),
                   ("right after the command", lambda s: s.sent["cmd"] >= 1)]
         for trial in range(cfg.get("trials", 1)):
             for where, cond in points:
                 for name in BWD_SINKS:
-                    st.got[name].clear()
+                    st.received[name].clear()
                 st.sent = {k: 0 for k in st.sent}
-                st.bp = 0.5 if "stalled" in where else 0.2
+                st.backpressure = 0.5 if "stalled" in where else 0.2
                 first = plan(100 + trial, n_long)
                 interrupted = await _bwd_run(st, p, first[:1], stop=cond)
                 if interrupted is None:
@@ -503,19 +411,19 @@ if cocotb is not None:
                 await RisingEdge(dut.clk)
                 st.drive()
                 for name in BWD_SINKS:
-                    st.got[name].clear()
+                    st.received[name].clear()
                 st.sent = {k: 0 for k in st.sent}
                 for _ in range(8):
                     await st.step()
-                if st.got["dx"] or st.got["grads"]:
+                if st.received["dx"] or st.received["grads"]:
                     failures.append(f"reset '{where}': stale output after reset")
                 for name in BWD_SINKS:
-                    st.got[name].clear()
-                st.bp = 0.2
+                    st.received[name].clear()
+                st.backpressure = 0.2
                 fresh = plan(200 + trial, 2 * K if trial % 2 else n_long)
                 await _bwd_run(st, p, fresh)
                 _bwd_compare(fresh, st, f"fresh pass after reset '{where}'", failures)
                 stats[f"reset: {where}"] += 1
         failures += st.errors
-        _write_summary(cfg, {"stats": dict(stats), "failures": failures[:20]})
+        _write_summary(cfg, "backward_reset_and_back_to_back", stats, failures)
         assert not failures, "\n".join(failures[:10])

@@ -411,65 +411,58 @@ def lint(text, top, workdir):
 
 @dataclass
 class UnitBench:
-    """How to run one unit's cocotb regression on a mutant."""
-    unit: str                   # Verilog module name in gen.units.UNITS
+    """How to run one unit's cocotb regression on a mutant. Every bench writes the one result
+    record of ``sim.bench.common.write_result`` to ``result.json`` in its test directory; a mutant
+    is killed when that record did not pass (:meth:`judge`, the one way results are read)."""
+    unit: str                   # Verilog module name in gen.registry.REGISTRY
     params: dict                # gen.units.Params keyword arguments (small configuration)
-    module: str                 # cocotb test module
+    module: str                 # cocotb test module (the registry's Unit.bench)
     config: object              # function(params, vectors) -> LN_CONFIG dict
-    judge: object               # function(test_dir, info) -> None, raises AssertionError
-    info: object = None         # function(component) -> JSON-able dict handed to judge
+    tests: tuple                # cocotb tests that must reach their verdict
+    info: object = None         # function(component) -> JSON-able dict (kept in the job file)
     formal: bool = False        # survivors can be classified by sim.verify.formal
     notes: str = ""
     pipeline: tuple = None      # (payload, valid): output of a stall-as-a-whole pipeline
                                 # (survivors in it go through pipeline_equivalent)
 
+    def judge(self, test_dir, info=None):
+        """Raise ``AssertionError`` unless the bench's result record passed."""
+        from sim.bench.common import check_result
+        check_result(Path(test_dir) / RESULT_FILE, self.tests)
+
+
+#: The result record's file name in a bench's test directory.
+RESULT_FILE = "result.json"
+
 
 def _shifter_config(p, vectors):
     return {"unit": "shifter", "in_format": p.in_format, "width": p.width, "block": p.block,
-            "exp_bits": p.bfp.exp_bits, "random_blocks": vectors, "seed": 1, "summary": "summary.json"}
-
-
-def _shifter_judge(test_dir, info):
-    # The checks of tests/test_bfp_shifter.py::_check, on the summary the cocotb module writes.
-    s = json.loads((Path(test_dir) / "summary.json").read_text())
-    assert s["mismatches"] == 0, s["line"]
-    assert s["latency"] == [info["latency"]], f"latency {s['latency']}"
-    assert s["throughput"] == 1.0, f"throughput {s['throughput']}"
-    assert s["throughput_cycles"] == s["throughput_blocks"] + info["latency"], "throughput cycles"
-    assert s["hold_checks"] > 0, "no hold checks"
+            "exp_bits": p.bfp.exp_bits, "random_blocks": vectors, "seed": 1, "summary": RESULT_FILE}
 
 
 def _core_config(p, vectors):
     return {"params": p.as_dict(), "seed": 1, "elements": vectors, "gap": 0.2, "backpressure": 0.2,
-            "idle": 0.2, "result": "result.json", "result_file": "result.json"}
-
-
-def _forward_judge(test_dir, info):
-    # tests/test_forward_core.py::_check on the bench's result file
-    r = json.loads((Path(test_dir) / "result.json").read_text())
-    assert not r["errors"], r["errors"][:2]
-    assert not any(r["mismatches"].values()), r["mismatches"]
-
-
-def _backward_judge(test_dir, info):
-    r = json.loads((Path(test_dir) / "result.json").read_text())
-    assert r["grads_mismatches"] == 0 and r["dx_mismatches"] == 0, r["first_mismatches"][:2]
-    assert not r["protocol_errors"] and not r["status_errors"], (r["protocol_errors"][:2], r["status_errors"][:2])
-    assert tuple(r["extra_outputs"]) == (0, 0) and r["idle_at_end"], "extra outputs / busy at end"
+            "idle": 0.2, "result": RESULT_FILE, "result_file": RESULT_FILE}
 
 
 _CORE_PARAMS = dict(width=4, block=4, in_format="fp10", chunks=2, channels=5, max_count=64, internal_frac_bits=8)
 
+
+def _bench(unit, params, config, tests, **kw):
+    """A :class:`UnitBench` whose cocotb module is the unit's bench in ``gen.registry``."""
+    from gen import registry
+    return UnitBench(unit, params, registry.unit(unit).bench, config, tests, **kw)
+
+
 UNIT_BENCHES = {
-    "ln_bfp_shifter": UnitBench(
+    "ln_bfp_shifter": _bench(
         "ln_bfp_shifter", dict(width=4, block=2, in_format="e3m2", chunks=1, channels=1, max_count=2),
-        "sim.bench.bfp_shifter", _shifter_config, _shifter_judge, info=lambda c: {"latency": c.latency},
+        _shifter_config, ("throughput_and_latency", "regression"), info=lambda c: {"latency": c.latency},
         formal=True),
-    "ln_forward_core": UnitBench(
-        "ln_forward_core", _CORE_PARAMS, "sim.bench.forward_core", _core_config, _forward_judge,
+    "ln_forward_core": _bench(
+        "ln_forward_core", _CORE_PARAMS, _core_config, ("forward_core_vs_golden",),
         pipeline=("y__payload", "y__valid")),
-    "ln_backward_core": UnitBench(
-        "ln_backward_core", _CORE_PARAMS, "sim.bench.backward_core", _core_config, _backward_judge),
+    "ln_backward_core": _bench("ln_backward_core", _CORE_PARAMS, _core_config, ("backward_regression",)),
 }
 
 

@@ -191,14 +191,15 @@ def emit_spec(fmt, bfp, name="spec_float_to_bfp"):
 # --------------------------------------------------------------------------------------------
 
 def emit_unit(name, params):
-    """``(verilog_text, ports, component)`` of unit ``name`` from ``gen.units.UNITS``, built
+    """``(verilog_text, ports, component)`` of unit ``name`` of ``gen.registry.REGISTRY``, built
     exactly as ``python -m gen`` builds it."""
-    from gen.units import all_units, build_unit
+    from gen import registry
     from gen.verilog import emit, ports
-    factories = dict(all_units())
-    if name not in factories:
-        raise ValueError(f"unknown unit {name!r}; known: {', '.join(factories)}")
-    component = build_unit(factories[name], params)
+    try:
+        entry = registry.unit(name)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+    component = entry.build(params)
     return emit(component, name), ports(component), component
 
 

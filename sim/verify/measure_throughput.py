@@ -27,7 +27,8 @@ def measure_forward(p, n, seed=0):
     from hw.bn_layouts import cmd_layout, params_layout
     from hw.forward_core import ForwardCore
     from sim.model import golden_bn as gbn
-    from sim.bench.forward_core import block_word, channel_params, random_blocks
+    from sim.bench.forward_core import block_word
+    from sim.bench.stimulus import channel_params, random_blocks
 
     core = ForwardCore.from_params(p)
     K = p.chunks

@@ -40,6 +40,7 @@ import json
 import os
 import random
 import re
+import signal
 import shutil
 import subprocess
 import sys
@@ -553,18 +554,25 @@ def _spawn(job, workdir, timeout):
     if vp:
         env["PATH"] = str(vp) + os.pathsep + env.get("PATH", "")
     t0 = time.monotonic()
+    # The worker runs in its own session; on a timeout the whole process group goes (the worker
+    # and the simulator it started), so no hung mutant outlives the run.
+    proc = subprocess.Popen([sys.executable, "-m", "sim.verify.fault_inject", "--worker", str(workdir / "job.json")],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
-        proc = subprocess.run([sys.executable, "-m", "sim.verify.fault_inject", "--worker", str(workdir / "job.json")],
-                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-                              start_new_session=True)
-        out = proc.stdout + proc.stderr
-        m = re.search(r"^FAULT_INJECT_RESULT (.*)$", out, re.M)
-        if m:
-            r = json.loads(m[1])
-            return r["status"], r["message"], time.monotonic() - t0
-        return "invalid", "worker crashed: " + out.strip()[-300:], time.monotonic() - t0
+        out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
         return "timeout", f"no result after {timeout} s (hang)", time.monotonic() - t0
+    m = re.search(r"^FAULT_INJECT_RESULT (.*)$", out, re.M)
+    if m:
+        r = json.loads(m[1])
+        return r["status"], r["message"], time.monotonic() - t0
+    return "invalid", "worker crashed: " + out.strip()[-300:], time.monotonic() - t0
 
 
 _NAMED = r"(?:signed\s+)?(?:\[[^\]]*\]\s*)?(\\\S+|[A-Za-z_][\w$]*)"

@@ -77,3 +77,27 @@ def test_pipeline_equivalence_rejects_a_payload_change(shifter_text):
     mutated = shifter_text.replace(d[0], f"{d[1]}~{d[2]};", 1)
     assert fi.pipeline_equivalent(shifter_text, mutated, "ln_bfp_shifter", payload="o__payload",
                                   valid="o__valid", seq=3) is False
+
+
+def test_timeout_kills_the_worker_and_its_children(tmp_path, monkeypatch):
+    """A hung mutant: the worker and the simulator it started both go when the timeout fires."""
+    import os
+    import sys
+    import time
+    from sim.verify import fault_inject
+    pidfile = tmp_path / "child.pid"
+    fake = tmp_path / "fake_python"
+    fake.write_text(f"#!/bin/sh\nsleep 120 &\necho $! > {pidfile}\nsleep 120\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    status, message, _ = fault_inject._spawn({}, tmp_path / "w", timeout=1)
+    assert status == "timeout", (status, message)
+    child = int(pidfile.read_text())
+    time.sleep(0.2)
+    try:
+        os.kill(child, 0)
+        state = open(f"/proc/{child}/stat").read().split()[2]
+        alive = state != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        alive = False
+    assert not alive, "the worker's child outlived the timeout"

@@ -22,7 +22,7 @@ from sim.model import golden_bn as gbn
 from sim.bench.common import fit_count
 from sim.model.golden import Block, float_to_bfp  # noqa: F401
 from sim.bench import stimulus as _stimulus
-from sim.bench.stimulus import (activations, channel_params, to_blocks, NO_FLAGS as _NO_FLAGS,  # noqa: F401
+from sim.bench.stimulus import (bn_config, activations, channel_params, to_blocks, NO_FLAGS as _NO_FLAGS,  # noqa: F401
                                 GROUP_EDGE_KINDS as EDGE_KINDS, edge_blocks_per_group as edge_blocks)
 
 __all__ = ["BackwardPlan", "Step", "saved_record", "activations", "to_blocks", "random_blocks",
@@ -76,8 +76,7 @@ class BackwardPlan:
         self.steps = []
 
     def cfg(self, K, c_scale=None):
-        return gbn.BNConfig(self.bfp, self.C, chunks=K, internal_frac_bits=self.p.frac_bits, c_scale=c_scale,
-                            stats=self.p.stats, stats_guard=self.p.stats_guard)
+        return bn_config(self.p, K, c_scale)
 
     @property
     def elements(self):
@@ -407,6 +406,15 @@ class BackwardPlan:
 MODEL_OPT = {"OPT_FAST": "-O1", "OPT_SLOW": "-O0"}
 
 
+def queue_step(drv, step):
+    """Queue one planned command's words on the bench's stream driver: the command, its stats
+    records, its x / g pairs and its g blocks (each stream in order)."""
+    drv.send("cmd", step["word"])
+    for name in ("stats", "xg", "g"):
+        for w in step[name]:
+            drv.send(name, w)
+
+
 def build_core(verilog, label, toplevel="ln_backward_core"):
     """Build ``verilog`` at ``MODEL_OPT`` (``sim.bench.common.build``, cached per text) and return the
     build directory, ready for ``run_cocotb(..., build_dir=...)``."""
@@ -456,13 +464,7 @@ async def _run_plan(dut, conf, steps, idle, backpressure, seed):
     drv.watchers.append(status_watch)
 
     for step in steps:
-        drv.send("cmd", step["word"])
-        for w in step["stats"]:
-            drv.send("stats", w)
-        for w in step["xg"]:
-            drv.send("xg", w)
-        for w in step["g"]:
-            drv.send("g", w)
+        queue_step(drv, step)
     want_grads = [w for s in steps for w in s["grads"]]
     want_dx = [w for s in steps for w in s["dx"]]
     blocks = sum(len(s["xg"]) + len(s["g"]) for s in steps)

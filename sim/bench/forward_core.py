@@ -15,7 +15,7 @@ from sim.model.golden import Block, float_to_bfp
 from sim.model import golden_bn as gbn
 from sim.bench.common import fit_count
 
-from sim.bench.stimulus import (DISTRIBUTIONS, activations, channel_params, to_blocks, random_blocks,  # noqa: F401
+from sim.bench.stimulus import (bn_config, DISTRIBUTIONS, activations, channel_params, to_blocks, random_blocks,  # noqa: F401
                                 flat_lanes, permute_within_chunks, edge_blocks_per_channel as edge_blocks,
                                 NO_FLAGS as _NO_FLAGS)
 
@@ -71,8 +71,7 @@ class Planner:
         self.steps = []
 
     def cfg(self, K, c_scale=None):
-        return gbn.BNConfig(self.bfp, self.C, chunks=K, internal_frac_bits=self.p.frac_bits, c_scale=c_scale,
-                            stats=self.p.stats, stats_guard=self.p.stats_guard)
+        return bn_config(self.p, K, c_scale)
 
     @property
     def elements(self):

@@ -19,9 +19,17 @@ import numpy as np
 from hw.formats import float_format
 from sim.model.golden import Block, float_to_bfp
 
-__all__ = ["DISTRIBUTIONS", "GRADIENT", "activations", "to_blocks", "channel_params", "random_blocks",
+__all__ = ["bn_config", "DISTRIBUTIONS", "GRADIENT", "activations", "to_blocks", "channel_params", "random_blocks",
            "CHANNEL_EDGE_KINDS", "GROUP_EDGE_KINDS", "edge_blocks_per_channel", "edge_blocks_per_group",
            "flat_lanes", "permute_within_chunks", "NO_FLAGS"]
+
+def bn_config(p, K, c_scale=None):
+    """The golden model's configuration for generator parameters ``p`` (``gen.units.Params``) at
+    run-time K: what both core benches compare against."""
+    from sim.model import golden_bn
+    return golden_bn.BNConfig(p.bfp, p.channels, chunks=K, internal_frac_bits=p.frac_bits, c_scale=c_scale,
+                              stats=p.stats, stats_guard=p.stats_guard)
+
 
 #: Activation distributions of the forward regression and of the error table.
 DISTRIBUTIONS = ("gauss", "relu", "laplace", "student", "offset")

@@ -49,6 +49,7 @@ if cocotb is not None:
     async def backward_throughput(dut):
         from gen.units import Params
         from sim.bench import common as bench
+        from sim.bench.backward_core import queue_step
         conf = bench.config()
         p = Params(**conf["params"])
         steps = _plan(p, conf["n"])
@@ -70,13 +71,7 @@ if cocotb is not None:
         # The second command is queued only after the first finished, so that the stats source
         # does not run ahead (it is not anyway: the core takes stats only in finalize).
         for step in steps:
-            drv.send("cmd", step["word"])
-            for w in step["stats"]:
-                drv.send("stats", w)
-            for w in step["xg"]:
-                drv.send("xg", w)
-            for w in step["g"]:
-                drv.send("g", w)
+            queue_step(drv, step)
         limit = 100000 + 20 * sum(len(s["xg"]) + len(s["g"]) + 64 * len(s["stats"]) for s in steps)
         while len(busy_end) < len(steps):
             await RisingEdge(clk)

@@ -22,6 +22,10 @@ two's complement; even ``-2**(W-1)`` is handled exactly) in a block with shared 
    high operand is always 0, so the jammed low operand is the round-to-odd image of the exact low
    operand on the window's integer grid, and ``high +- low_jammed`` is the round-to-odd image of
    the exact sum on that grid (adding an even integer keeps the "odd or exact" property).
+   The hardware takes the distance as ``dd`` XOR its sign (``dd = top_b - top_P``): a low ``b``
+   enters the shifter one bit lower (``mb`` has at least two zero bits below it in the field) and
+   moves by ``|dd| - 1``, the same bits with no incrementer; the exponent key is the high
+   operand's own (``E + ea`` or ``eb + bias_bfp - 2``), selected, not added.
 3. ``|high +- low_jammed|`` (``N + 1`` bits), its sign and the exponent of bit 0
    (``max(top) - N``) form one exact-or-rounded-to-odd element for the :class:`BlockQuantizer`.
 
@@ -53,7 +57,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith import add_const, cond_neg, fold_u, s_add, shift_right_jam, widen
+from hw.arith import add_const, cond_neg, fold_u, shift_right_jam, widen
 from hw.bfp_shifter import BlockQuantizer
 from hw.checks import check_instance
 from hw.formats import BFPFormat, FloatFormat
@@ -89,8 +93,8 @@ class BFPAffine(wiring.Component):
 
     Timing
     ------
-    ``latency`` = 4 + the quantizer's latency: stage 0 decodes the codes and floats and takes the
-    exponent difference, stage 1 multiplies (register to register, so the multiplier block's
+    ``latency`` = 4 + the quantizer's latency: stage 0 decodes the codes and floats, takes the
+    exponent difference and picks the high operand and its exponent key, stage 1 multiplies (register to register, so the multiplier block's
     delay is alone on its path) and orders the operands, stage 2 aligns (with jamming), stage 3
     adds and takes the magnitude, then
     :class:`hw.bfp_shifter.BlockQuantizer` (its comparator variant: lane keys, clamped keys,
@@ -164,8 +168,8 @@ class BFPAffine(wiring.Component):
         blk = self.i.payload.block
         ew = max(bfp.exp_bits, f.exp_bits)
         lane0 = data.StructLayout({
-            "qmag": W, "ma": M + 1, "mb": M + 1, "sp": 1, "sb": 1, "bz": 1,
-            "kp0": ew + 1, "dd": signed(ew + 3),
+            "qmag": W, "ma": M + 1, "mb": M + 1, "sp": 1, "sb": 1, "b_high": 1,
+            "key": kw, "dd": signed(ew + 2),
         })
         s0_valid = Signal()
         s0 = Signal(data.ArrayLayout(lane0, B))
@@ -178,17 +182,25 @@ class BFPAffine(wiring.Component):
             sb, eb, fb = b[-1], b[M:M + f.exp_bits], b[:M]
             qmag = Signal(W, name=f"qmag{l}")
             m.d.comb += qmag.eq(fold_u(m, cond_neg(m, q, q[-1], f"qneg{l}"), W, f"qf{l}"))
-            # kp0 = E + ea = kP - 2;  dd = kb - kP = eb - kp0 + (bias_bfp - 2).
+            # kP = kp0 + 2 with kp0 = E + ea, kb = ebc + 2 with ebc = eb + bias_bfp - 2, and
+            # dd = kb - kP: two adders and a subtraction (the key is one of kp0, ebc: no adder).
             kp0 = Signal(ew + 1, name=f"kp0_{l}")
             m.d.comb += kp0.eq(widen(blk.exponent, ew) + widen(ea, ew))
-            diff = Signal(signed(ew + 2), name=f"diff{l}")
-            m.d.comb += diff.eq(widen(eb, ew + 1) - kp0)
+            ebc = add_const(m, Cat(eb, Const(0, ew + 1 - f.exp_bits)).as_signed(), bfp.bias - 2, f"ebc{l}")
+            # |dd| < 2**(ew + 1): kp0 < 2**(ew + 1) and ebc < 2**ew + 2**(ew - 1).
+            dd = Signal(signed(ew + 2), name=f"dd{l}")     # exact: the dropped bits are sign copies
+            m.d.comb += dd.eq(ebc - kp0)
+            # The operand whose field top is higher stays (b on a tie; a zero operand never).
+            pz = ~qmag.any() | ~ea.any()                # the product is zero
+            b_high = Signal(name=f"b_high{l}")
+            m.d.comb += b_high.eq(eb.any() & (pz | ~dd[-1]))
+            key = Signal(kw, name=f"key{l}")
+            m.d.comb += key.eq(fold_u(m, Mux(b_high, ebc[:ew + 1], kp0), kw, f"kf{l}"))
             lanes0.append({
                 "qmag": qmag,
                 "ma": Mux(ea.any(), Cat(fa, Const(1, 1)), Const(0, M + 1)),
                 "mb": Mux(eb.any(), Cat(fb, Const(1, 1)), Const(0, M + 1)),
-                "sp": q[-1] ^ sa, "sb": sb, "bz": ~eb.any(), "kp0": kp0,
-                "dd": add_const(m, diff, bfp.bias - 2, f"ddc{l}"),
+                "sp": q[-1] ^ sa, "sb": sb, "b_high": b_high, "key": key, "dd": dd,
             })
         with m.If(advance):
             m.d.sync += s0_valid.eq(self.i.valid)
@@ -201,24 +213,22 @@ class BFPAffine(wiring.Component):
             z = s0[l]
             prod = Signal(Wp, name=f"prod{l}")
             m.d.comb += prod.eq(z.qmag * z.ma)
-            dd = z.dd
-            pz = ~z.qmag.any() | ~z.ma.any()            # the product is zero
-            b_high = Signal(name=f"b_high{l}")
-            m.d.comb += b_high.eq(~z.bz & (pz | ~dd[-1]))
+            dd, b_high = z.dd, z.b_high
             pf = Cat(Const(0, N - Wp), prod)
             bf = Cat(Const(0, N - M - 1), z.mb)
-            tabs = Signal(ew + 3, name=f"tabs{l}")          # |kb - kP|
-            m.d.comb += tabs.eq(fold_u(m, cond_neg(m, dd, dd[-1], f"tneg{l}"), ew + 3, f"tf{l}"))
+            # The low operand moves right by |dd|. With ``b`` low (dd < 0) it enters one bit lower
+            # (``bf`` has N - M - 1 >= 2 zero low bits, so nothing is lost) and moves by
+            # ``~dd = |dd| - 1``: the distance is ``dd`` XOR its sign, with no incrementer.
+            tabs = Signal(ew + 1, name=f"tabs{l}")
+            m.d.comb += tabs.eq(dd[:ew + 1] ^ dd[-1].replicate(ew + 1))
             t = Signal(t_width, name=f"t{l}")
             if len(tabs) > t_width:
                 m.d.comb += t.eq(Mux(tabs[t_width:].any(), Const((1 << t_width) - 1, t_width), tabs[:t_width]))
             else:
                 m.d.comb += t.eq(tabs)
-            key = Signal(kw, name=f"key{l}")
-            m.d.comb += key.eq(fold_u(m, s_add(widen(z.kp0, ew + 3).as_signed(), Mux(b_high, dd, Const(0, signed(ew + 3)))), kw, f"kf{l}"))
             lanes1.append({
-                "hi": Mux(b_high, bf, pf), "lo": Mux(b_high, pf, bf), "t": t,
-                "key": key, "sign": Mux(b_high, z.sb, z.sp), "sub": z.sb ^ z.sp,
+                "hi": Mux(b_high, bf, pf), "lo": Mux(b_high, pf, bf[1:]), "t": t,
+                "key": z.key, "sign": Mux(b_high, z.sb, z.sp), "sub": z.sb ^ z.sp,
             })
         with m.If(advance):
             m.d.sync += s1_valid.eq(s0_valid)

@@ -103,7 +103,9 @@ class BackwardCore(wiring.Component):
       a ``g`` block's acceptance to its ``dx`` block (one stage reads the ``a`` / ``b``
       memories and registers the position compares, made on the chunk entries read one block
       ahead; one selects ``b``). ``g.ready`` is the affine pipeline's
-      ``i.ready`` (``dx.ready | ~dx.valid``): the whole dx pipeline advances together.
+      ``i.ready``, a register (its credit for the output queue, ``BFPAffine.QUEUE_DEPTH``
+      blocks): the two stages here advance with it, and while ``dx`` stalls ``g`` is still
+      taken until the queue's credit runs out.
     * Parameters-only mode saves the whole dx pass: ``n * groups`` cycles of ``g`` input plus the
       pipeline drain (``latency`` and a few hand-over cycles; ``sim/verify/measure_backward.py`` measures
       it), and the second read of g. It writes no chunk entries, which would also save
@@ -481,7 +483,7 @@ class BackwardCore(wiring.Component):
         # results; the a and b memories are read for it as it is taken (read enable = the
         # pipeline advances), so their data matches D1 and holds while the pipeline is stalled.
         # Stage D2: each lane's a and selected b (the b select alone on its path). D1 and D2
-        # advance with the affine pipeline, on its ``i.ready`` (``o.ready | ~o.valid``).
+        # advance with the affine pipeline, on its ``i.ready`` (a register: the affine's queue credit).
         d1_valid = Signal()
         d1_block = Signal(bfp.block_layout())
         d1_grp = Signal(range(max(G, 2)))

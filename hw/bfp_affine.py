@@ -55,6 +55,7 @@ shared exponent clamped to ``[1, exp_max]`` (0 for an all-zero block), codes sat
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from hw.arith import add_const, cond_neg, fold_u, shift_right_jam, widen
@@ -93,24 +94,33 @@ class BFPAffine(wiring.Component):
 
     Timing
     ------
-    ``latency`` = 4 + the quantizer's latency: stage 0 decodes the codes and floats, takes the
-    exponent difference and picks the high operand and its exponent key, stage 1 multiplies (register to register, so the multiplier block's
-    delay is alone on its path) and orders the operands, stage 2 aligns (with jamming), stage 3
-    adds and takes the magnitude, then
+    ``latency`` = 6 + the quantizer's latency: stage 0 decodes the codes and floats, takes the
+    exponent difference and picks the high operand and its exponent key, stage 1 multiplies
+    (register to register, so the multiplier block's delay is alone on its path) and orders the
+    operands, stage 2 aligns (with jamming), stage 3 adds and takes the magnitude, then
     :class:`hw.bfp_shifter.BlockQuantizer` (its comparator variant: lane keys, clamped keys,
     partial maxima, shared exponent, shift amounts, shift, round; 7 stages for ``B <= 16``, 8 up
-    to ``B = 64``), so 11 for ``B <= 16`` and 12 beyond. A block accepted on clock edge ``t`` is
-    on ``o`` (``o.valid`` high) from edge ``t + latency - 1`` and is transferred at edge
-    ``t + latency`` when ``o.ready`` is high. W=8 B=16 M=12 alone (``ln_part_forward_affine``,
-    ``python -m gen area``): ECP5 about 109 MHz.
-    Throughput: one block per cycle while ``o.ready`` is high. Back-pressure: one enable for all
-    the registers (the quantizer's, ``o.ready | ~o.valid``), which is also ``i.ready``: the
-    pipeline advances as a whole, so ``i.ready`` is combinational from ``o.ready`` and
-    ``o.valid`` only; ``o.valid`` never depends on ``o.ready``; ``o`` holds while stalled;
-    bubbles are not squeezed out while ``o`` stalls. (Per-stage enables ``ready = next.ready |
-    ~valid`` chain through all the stages, each link driving a whole register's enables, and
-    limited the clock.)
+    to ``B = 64``), then the output queue (2: written, then read into its output register), so 13
+    for ``B <= 16`` and 14 beyond. A block accepted on clock edge ``t`` is on ``o`` (``o.valid``
+    high) from edge ``t + latency - 1`` when nothing waits ahead of it, and is transferred at the
+    first edge after that with ``o.ready`` high.
+    Throughput: one block per cycle while ``o.ready`` is high (``QUEUE_DEPTH`` > ``latency`` + 1,
+    so the credit never runs out then). Back-pressure: the pipeline never stalls, and none of its
+    registers has an enable; its blocks collect in an output queue of ``QUEUE_DEPTH`` = 17 blocks
+    (``amaranth.lib.fifo.SyncFIFOBuffered``; LUT RAM on ECP5). ``i.ready`` is a register, high
+    while fewer than ``QUEUE_DEPTH`` blocks are taken and not yet delivered, so the queue never
+    overflows and ``i.ready`` does not depend on ``o.ready`` in the same cycle; ``o.valid``
+    never depends on ``o.ready``; ``o`` holds while stalled. While ``o`` stalls, ``i`` keeps
+    being taken until ``QUEUE_DEPTH`` blocks are outstanding. (The earlier scheme, one enable
+    ``o.ready | ~o.valid`` for every register, made the consumer's ``ready`` a net of thousands
+    of loads: it limited the backward core to 82 MHz at B = 16.)
     """
+
+    #: Blocks the output queue holds (``SyncFIFOBuffered``: 16 in memory, one in its output
+    #: register); more than the blocks in flight at full throughput (``latency + 1``).
+    QUEUE_DEPTH = 17
+    #: Cycles the queue adds to the pipeline (write, then the buffered read).
+    QUEUE_EXTRA_LATENCY = 2
 
     def __init__(self, bfp, internal):
         check_instance("bfp", bfp, BFPFormat)
@@ -130,7 +140,8 @@ class BFPAffine(wiring.Component):
         self._quant = BlockQuantizer(
             bfp, self.window + 1, self.key_width, exp_signed=False,
             exp_offset=-(bfp.bias + 124 + self._bias_shift + self.window))
-        self.latency = 4 + self._quant.latency
+        self.latency = 4 + self._quant.latency + self.QUEUE_EXTRA_LATENCY
+        assert self.QUEUE_DEPTH > self.latency + 1      # full throughput (see Timing)
         self.input_layout = data.StructLayout({
             "block": bfp.block_layout(),
             "a": data.ArrayLayout(internal.width, B),
@@ -158,10 +169,10 @@ class BFPAffine(wiring.Component):
         s1 = Signal(data.ArrayLayout(lane1, B))
         s2_valid = Signal()
         s2 = Signal(data.ArrayLayout(lane2, B))
-        # One enable for the whole pipeline: the quantizer's (its comparator variant loads all its
-        # registers together, when its output loads).
-        advance = Signal()
-        m.d.comb += [advance.eq(quant.i.ready), self.i.ready.eq(advance)]
+        # The pipeline never stalls (no register of it has an enable): a block is taken only when
+        # the output queue has room for it and every block ahead of it (``credit``, below).
+        take = Signal()
+        m.d.comb += take.eq(self.i.valid & self.i.ready)
 
         # Stage 0: decode the codes and floats, exponent difference. Stage 1: exact product (the
         # multiplier runs register to register), distance, key, operand swap.
@@ -202,11 +213,10 @@ class BFPAffine(wiring.Component):
                 "mb": Mux(eb.any(), Cat(fb, Const(1, 1)), Const(0, M + 1)),
                 "sp": q[-1] ^ sa, "sb": sb, "b_high": b_high, "key": key, "dd": dd,
             })
-        with m.If(advance):
-            m.d.sync += s0_valid.eq(self.i.valid)
-            for l, fields in enumerate(lanes0):
-                for name, value in fields.items():
-                    m.d.sync += s0[l][name].eq(value)
+        m.d.sync += s0_valid.eq(take)
+        for l, fields in enumerate(lanes0):
+            for name, value in fields.items():
+                m.d.sync += s0[l][name].eq(value)
 
         lanes1 = []
         for l in range(B):
@@ -230,25 +240,23 @@ class BFPAffine(wiring.Component):
                 "hi": Mux(b_high, bf, pf), "lo": Mux(b_high, pf, bf[1:]), "t": t,
                 "key": z.key, "sign": Mux(b_high, z.sb, z.sp), "sub": z.sb ^ z.sp,
             })
-        with m.If(advance):
-            m.d.sync += s1_valid.eq(s0_valid)
-            for l, fields in enumerate(lanes1):
-                for name, value in fields.items():
-                    m.d.sync += s1[l][name].eq(value)
+        m.d.sync += s1_valid.eq(s0_valid)
+        for l, fields in enumerate(lanes1):
+            for name, value in fields.items():
+                m.d.sync += s1[l][name].eq(value)
 
         # Stage 2: align with jamming.
         jammed = [shift_right_jam(m, s1[l].lo, s1[l].t, f"lo{l}") for l in range(B)]
-        with m.If(advance):
-            m.d.sync += s2_valid.eq(s1_valid)
-            for l in range(B):
-                lane = s1[l]
-                m.d.sync += [
-                    s2[l].hi.eq(lane.hi),
-                    s2[l].lo.eq(jammed[l]),
-                    s2[l].key.eq(lane.key),
-                    s2[l].sign.eq(lane.sign),
-                    s2[l].sub.eq(lane.sub),
-                ]
+        m.d.sync += s2_valid.eq(s1_valid)
+        for l in range(B):
+            lane = s1[l]
+            m.d.sync += [
+                s2[l].hi.eq(lane.hi),
+                s2[l].lo.eq(jammed[l]),
+                s2[l].key.eq(lane.key),
+                s2[l].sign.eq(lane.sign),
+                s2[l].sub.eq(lane.sub),
+            ]
 
         # Stage 3: add or subtract, magnitude.
         qi = quant.i.payload
@@ -267,20 +275,29 @@ class BFPAffine(wiring.Component):
             mag = Signal(N + 1, name=f"mag{l}")
             m.d.comb += mag.eq(fold_u(m, cond_neg(m, total, neg, f"mneg{l}"), N + 1, f"mf{l}"))
             lanes3.append((mag, lane.key, lane.sign ^ neg))
-        with m.If(advance):
-            m.d.sync += [
-                quant.i.valid.eq(s2_valid),
-                qi.flags.eq(0),
-            ]
-            for l, (mag, key, sign) in enumerate(lanes3):
-                m.d.sync += [qi.lanes[l].mag.eq(mag), qi.lanes[l].exp.eq(key), qi.lanes[l].sign.eq(sign)]
+        m.d.sync += [quant.i.valid.eq(s2_valid), qi.flags.eq(0)]
+        for l, (mag, key, sign) in enumerate(lanes3):
+            m.d.sync += [qi.lanes[l].mag.eq(mag), qi.lanes[l].exp.eq(key), qi.lanes[l].sign.eq(sign)]
 
-        # ``quant.o.ready`` is also raised while ``quant.o`` is empty: no transfer can happen then, so
-        # this changes nothing for a correct stream sink (and keeps working with a quantizer whose
-        # last stage would otherwise hold a block it has already passed on).
+        # Output queue and credit. The quantizer always moves on (``o.ready`` = 1 removes its
+        # enables), so each of its output blocks is valid for one cycle and is written into the
+        # queue then. ``credit`` counts the blocks taken and not yet delivered (in the pipeline or
+        # in the queue): a block is taken only while ``credit < QUEUE_DEPTH``, so the queue never
+        # overflows. ``i.ready`` is a register.
+        depth = self.QUEUE_DEPTH
+        m.submodules.queue = queue = SyncFIFOBuffered(width=len(quant.o.payload.as_value()), depth=depth)
         m.d.comb += [
-            self.o.valid.eq(quant.o.valid),
-            self.o.payload.eq(quant.o.payload),
-            quant.o.ready.eq(self.o.ready | ~quant.o.valid),
+            quant.o.ready.eq(1),
+            queue.w_en.eq(quant.o.valid),
+            queue.w_data.eq(quant.o.payload),
+            self.o.valid.eq(queue.r_rdy),
+            self.o.payload.eq(queue.r_data),
+            queue.r_en.eq(self.o.ready),
         ]
+        credit = Signal(range(depth + 1))
+        credit_next = Signal(range(depth + 1))
+        m.d.comb += credit_next.eq(credit + take - (self.o.valid & self.o.ready))
+        room = Signal(init=1)
+        m.d.sync += [credit.eq(credit_next), room.eq(credit_next != depth)]
+        m.d.comb += self.i.ready.eq(room)
         return m

@@ -71,7 +71,8 @@ class ForwardCore(wiring.Component):
       command.
     * Normalize pass: ``x`` feeds ``BFPAffine`` directly: one block per cycle sustained,
       ``latency`` cycles from an ``x`` block to its ``y`` block (the affine pipeline; ``x.ready``
-      follows ``y.ready`` through the pipeline's own back-pressure).
+      is the pipeline's credit register: while ``y`` stalls, ``x`` is still taken until
+      ``BFPAffine.QUEUE_DEPTH`` blocks are outstanding).
     """
 
     def __init__(self, bfp, internal, channels, max_count, max_chunks, *, momentum_shift=3, eps_log2=-16,

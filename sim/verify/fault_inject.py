@@ -461,8 +461,7 @@ UNIT_BENCHES = {
         _shifter_config, ("throughput_and_latency", "regression"), info=lambda c: {"latency": c.latency},
         formal=True),
     "ln_forward_core": _bench(
-        "ln_forward_core", _CORE_PARAMS, _core_config, ("forward_core_vs_golden",),
-        pipeline=("y__payload", "y__valid")),
+        "ln_forward_core", _CORE_PARAMS, _core_config, ("forward_core_vs_golden",)),
     "ln_backward_core": _bench("ln_backward_core", _CORE_PARAMS, _core_config, ("backward_regression",)),
 }
 
@@ -770,7 +769,7 @@ def mutant_stage(text, mutant, payload):
 def pipeline_equivalent(text, mutated, top, *, payload, valid, seq, workdir=None, timeout=1800,
                         max_depth=None, min_depth=0):
     """Equivalence of a mutant inside a stall-as-a-whole pipeline (one load enable for every stage,
-    as ``BFPAffine`` and its quantizer have): what a stream sink of ``payload``/``valid`` sees.
+    as :class:`hw.bfp_shifter.BlockQuantizer`'s comparator variant has on its own): what a stream sink of ``payload``/``valid`` sees.
 
     Every register that loads with the output register's enable (the whole pipeline, payloads and
     valid bits) is made to load every cycle in both designs and is left unpaired; ``payload`` is

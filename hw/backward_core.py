@@ -277,6 +277,11 @@ class BackwardCore(wiring.Component):
         in_grp = Signal(range(max(G, 2)))
         in_chan = Signal(range(C + 1))
         kk = Signal(range(max(Kmax, 2)))
+        # ``in_chan != C`` and ``kk == k_last``, registered: they gate ``stats.ready`` and
+        # ``fin.i.valid``, whose loads lie far apart (a compare of ``in_chan`` on that path
+        # limited the core's clock).
+        in_open = Signal()
+        kk_last = Signal()
         # Output side (BackwardFinalize -> grads, b memory).
         out_lane = Signal(range(max(B, 2)))
         out_grp = Signal(range(max(G, 2)))
@@ -357,14 +362,14 @@ class BackwardCore(wiring.Component):
                     m.d.comb += [red_rd_en.eq(1), red_rd_addr.eq(0)]
                     m.d.sync += [
                         in_lane.eq(0), in_grp.eq(0), in_chan.eq(0), kk.eq(0),
+                        in_open.eq(1), kk_last.eq(k_last == 0),
                         out_lane.eq(0), out_grp.eq(0), out_chan.eq(0),
                         n_grp.eq(0), n_k.eq(0),     # FINAL reads chunk-entry row (0, 0)
                     ]
                     m.next = "FINAL"
 
             with m.State("FINAL"):
-                in_open = in_chan != C
-                last_chunk = params_only | (kk == k_last)
+                last_chunk = params_only | kk_last
                 m.d.comb += [
                     fin.i.valid.eq(in_open & self.stats.valid & last_chunk),
                     self.stats.ready.eq(in_open & last_chunk & fin.i.ready),
@@ -381,13 +386,14 @@ class BackwardCore(wiring.Component):
                         a_wr.data[lane].eq(st.a),
                     ]
                 with m.If(in_open & self.stats.valid & ~last_chunk):
-                    m.d.sync += kk.eq(kk + 1)
+                    m.d.sync += [kk.eq(kk + 1), kk_last.eq(kk + 1 == k_last)]
                 with m.If(self.stats.valid & self.stats.ready):
                     m.d.comb += [
                         a_wr.addr.eq(in_grp),
                         a_wr.en.eq(Const(1, B) << in_lane),
                     ]
-                    m.d.sync += [kk.eq(0), in_chan.eq(in_chan + 1)]
+                    m.d.sync += [kk.eq(0), kk_last.eq(k_last == 0),
+                                 in_chan.eq(in_chan + 1), in_open.eq(in_chan != C - 1)]
                     with m.If((in_lane == B - 1) | (in_chan == C - 1)):
                         m.d.sync += [in_lane.eq(0), in_grp.eq(in_grp + 1)]
                         # the next group's sums, valid from the next cycle on

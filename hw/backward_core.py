@@ -311,6 +311,13 @@ class BackwardCore(wiring.Component):
             red.i.payload.eq(self.xg.payload),
         ]
 
+        # GradReduce's clear, a register: high from the entry into IDLE until a command is taken
+        # (the reduction is idle then). Driven from the command handshake it was the core's
+        # limiting path: ``cmd.valid`` -> ``cmd_ok`` -> the synchronous reset of every
+        # accumulator bit (with one group the accumulator row is a register).
+        red_clear = Signal(init=1)
+        m.d.comb += red.clear.eq(red_clear)
+
         in_fx = Signal()
         take = Signal()
         d1_ready = Signal()
@@ -324,8 +331,8 @@ class BackwardCore(wiring.Component):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     with m.If(cmd_ok):
-                        m.d.comb += red.clear.eq(1)
                         m.d.sync += [
+                            red_clear.eq(0),
                             self.count_error.eq(0),
                             n.eq(cmd.count), cl2.eq(cmd.chunks_log2), c_scale.eq(cmd.c_scale),
                             params_only.eq(cmd.params_only),
@@ -430,6 +437,7 @@ class BackwardCore(wiring.Component):
                             o_pos.eq(0), o_grp.eq(0),
                         ]
                         with m.If(params_only):
+                            m.d.sync += red_clear.eq(1)
                             m.next = "IDLE"
                         with m.Else():
                             m.next = "DX"
@@ -459,6 +467,7 @@ class BackwardCore(wiring.Component):
                     with m.If(end_pos):
                         m.d.sync += [o_grp.eq(0), o_pos.eq(o_pos + 1)]
                         with m.If(o_pos == n_last):
+                            m.d.sync += red_clear.eq(1)
                             m.next = "IDLE"
                     with m.Else():
                         m.d.sync += o_grp.eq(o_grp + 1)

@@ -29,8 +29,9 @@ needed; with one group the row is a register that ``clear`` zeroes instead.
 
 Ports
 -----
-``clear`` (in, pulse): start a pass: group counter to 0, next ``groups`` blocks are position 0.
-    Only while no block is transferred.
+``clear`` (in): start a pass: group counter to 0, next ``groups`` blocks are position 0. May
+    be held high for any number of cycles (the backward core holds it, from a register, while
+    idle), only while no block is transferred.
 ``i`` (in stream of ``hw.bn_layouts.pair_layout(bfp)``): ``i.ready`` is always 1.
 ``busy`` (out): a block is in the pipeline (its sums are not yet written).
 ``overflow`` (out, sticky until ``clear``): an accumulator wrapped. The sizing below makes this

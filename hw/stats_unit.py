@@ -37,8 +37,8 @@ cycle, both equal to the group counter).
 Ports
 -----
 ``start`` (in, pulse): begin a pass with ``count`` (n) and ``chunks_log2``, both sampled with
-    ``start`` (they need not be held); clears every channel's ``sum`` and ``range`` (so the
-    previous pass's results are gone: read them before). Only while no block is in the unit. The caller guarantees a good count
+    ``start`` (they need not be held); clears every channel's ``sum`` and ``range`` on the next
+    cycle, from a register (so the previous pass's results are gone: read them before). Only while no block is in the unit. The caller guarantees a good count
     (``golden_bn.check_count``); the forward core checks it.
 ``i`` (in stream of ``bfp.block_layout()``): ``n * groups`` blocks; ``i.ready`` is high while the
     pass is open (no back-pressure: one block per cycle sustained).
@@ -287,7 +287,13 @@ class StatsUnit(wiring.Component):
             m.d.sync += [banks[g][l].eq(banks[(g + 1) % G][l]) for g in range(G) for l in range(L)]
             if low:
                 m.d.sync += [bank_f[g].eq(bank_f[(g + 1) % G]) for g in range(G)]
-        with m.If(self.start):      # after the bank updates: takes priority (a pass is idle then)
+        # The sums are cleared the cycle after ``start``, from a register: ``start`` comes from the
+        # caller's command handshake, and the clear resets every sum bit of every bank (a net of
+        # ``sum_width * channels`` loads). The first block of the pass reaches the banks two
+        # cycles after it is accepted, so it never meets the clear.
+        clear = Signal()
+        m.d.sync += clear.eq(self.start)
+        with m.If(clear):      # after the bank updates: takes priority (no block reaches the banks then)
             m.d.sync += [banks[g][l].sum.eq(0) for g in range(G) for l in range(L)]
             if K > 1:
                 m.d.sync += [banks[g][l].rng.eq(0) for g in range(G) for l in range(L)]

@@ -95,7 +95,7 @@ class BackwardCore(wiring.Component):
       while the previous channel is computed, so with ``stats`` valid and ``grads`` ready a
       channel costs ``max(K, finalize initiation interval)`` cycles
       (``finalize_cycles_per_channel(K)``). ``hw.finalize.BackwardFinalize`` is a sequential
-      engine: ``finalize_latency`` (150 + 7 M; 234 for M = 12) cycles per channel and an
+      engine: ``finalize_latency`` (156 + 7 M; 240 for M = 12) cycles per channel and an
       initiation interval one more than that, so finalize takes ``channels * (latency + 1)``
       cycles; the last ``grads`` record leaves ``finalize_latency`` cycles after the last
       hand-over, and the dx pass opens the cycle after it.
@@ -110,7 +110,7 @@ class BackwardCore(wiring.Component):
       pipeline drain (``latency`` and a few hand-over cycles; ``sim/verify/measure_backward.py`` measures
       it), and the second read of g. It writes no chunk entries, which would also save
       ``K - initiation interval`` cycles per channel if K exceeded the finalize engine's
-      initiation interval (it never does with ``hw.finalize``: 151 + 7 M cycles).
+      initiation interval (it never does with ``hw.finalize``: 157 + 7 M cycles).
       ``busy`` falls the cycle after the last ``grads`` record leaves.
     """
 

@@ -28,7 +28,9 @@ register values):
 ``opr``  OPR <- the top ``NO`` bits of a normalized ACC (exact: every value moved there has at most
          ``NO`` significant bits).
 ``mq``   MQ <- a float's significand, ``c_scale`` or a constant, left-aligned.
-``mul``  ACC <- OPR * MQ, exactly, one multiplier bit per cycle (MSB first, shift-and-add).
+``mul``  ACC <- OPR * MQ, exactly, one multiplier bit per cycle (MSB first, shift-and-add), plus
+         one cycle: the add is two carry chains of about ``NW / 2`` bits, the high one a cycle
+         behind the low one.
 ``hold`` HOLD <- ACC (optionally negated).
 ``add``  ACC <- ACC + HOLD, both normalized with at least two zero low bits (every term has at
          most ``NW - 2`` significant bits). The operand with the larger exponent ("high") stays;
@@ -103,8 +105,8 @@ latched on the transfer edge ``t``. The result is on ``o`` (``o.valid`` high) af
 that loads ``o``, so with ``o.ready`` high a new channel is accepted every
 ``cycles_per_channel = latency + 1`` cycles. If ``o`` is still full when a result is ready, the
 engine waits. ``latency`` is a constant per configuration (predicated micro-code, no data-dependent
-branches): with ``C_WIDTH`` = 18 and ``momentum_shift`` = 3 it is ``184 + 6 M`` forward and
-``150 + 7 M`` backward (M = 8: 232 / 206; M = 12: 256 / 234; M = 23: 322 / 311).
+branches): with ``C_WIDTH`` = 18 and ``momentum_shift`` = 3 it is ``189 + 6 M`` forward and
+``156 + 7 M`` backward (M = 8: 237 / 212; M = 12: 261 / 240; M = 23: 327 / 317).
 
 Pipelined steps: the ``ld``, ``add`` and ``rnd`` datapaths are cut by free-running register
 stages:
@@ -119,12 +121,12 @@ stages:
 A step lasts as many cycles as its slowest micro-operation (register copies take 1) and writes
 every architectural register on its last cycle only. A step's inputs do not change during it, so
 the free-running stages hold the right values by then, and "every micro-operation reads the old
-register values" still holds. ``mul`` takes one bit per cycle (one ``NW``-bit add), ``div`` two
-(the trial subtraction is registered before the remainder is updated from its sign); both must be
-alone in their step. The step controls are registers decoded from the next token. No path spans
+register values" still holds. ``mul`` takes one bit per cycle plus one (the ``NW``-bit add is
+split in two chains, the high half one cycle behind), ``div`` two (the trial subtraction is
+registered before the remainder is updated from its sign); both must be alone in their step. The step controls are registers decoded from the next token. No path spans
 more than one wide carry chain or one logarithmic shifter stage group, which lets the engines
 reach about 100 MHz on ECP5 (``docs/area.md``). The price is cycles: at M = 12 a channel takes
-256 cycles forward (124 with single-cycle steps) and 234 backward (133), for about 3.5 times the
+261 cycles forward (124 with single-cycle steps) and 240 backward (133), for about 3.5 times the
 clock.
 
 :func:`run_model` executes the same micro-program on Python integers (the register-transfer
@@ -200,11 +202,11 @@ RND_CYCLES = 3
 
 
 def _steps_cycles(step, k_div):
-    """Cycles of one micro-instruction: ``mul`` one per multiplier bit, ``div`` two per quotient
+    """Cycles of one micro-instruction: ``mul`` one per multiplier bit plus one, ``div`` two per quotient
     bit plus one; any other step as many as its slowest micro-operation's pipeline
     (:data:`LD_CYCLES`, :data:`ADD_CYCLES`, :data:`RND_CYCLES`; register copies take 1)."""
     if isinstance(step.acc, tuple) and step.acc[0] == "mul":
-        return step.acc[1]
+        return step.acc[1] + 1
     if step.acc == "div":
         return 1 + 2 * k_div
     cycles = 1
@@ -520,11 +522,28 @@ class _FinalizeEngine(wiring.Component):
         ld_mag = shift_left(m, ld3_mag, ld2_lz[:3], "ld_norm_lo")
         ld_exp = ld3_exp
 
-        # --- MUL: one shift-and-add step (MSB first); bit NW-1 of ACC is 0 during a product -----
-        mul_base = Mux(first, Const(0, NW), Cat(acc[NW - 1], acc[:NW - 1]))
-        mul_add = Mux(mq[-1], zext_to(opr, NW), Const(0, NW))
-        mul_acc = Signal(NW)
-        m.d.comb += mul_acc.eq(fold_u(m, mul_base + mul_add, NW, "mul_sum"))
+        # --- MUL: one shift-and-add step per multiplier bit (MSB first) ---------------------------
+        # ACC <- 2 ACC + b OPR as two carry chains: the low ML bits are updated on cycles 1..k of
+        # the step, the high NW - ML bits one cycle behind (cycles 2..k + 1), from the low half's
+        # registered carry, top bit and multiplier bit. With ``Lo = ACC mod 2**ML`` the low sum
+        # ``2 (Lo mod 2**(ML-1)) + b OPR_lo`` is below ``2**(ML+1)`` (a carry of one bit) and the
+        # high half takes ``2 H + top(Lo) + b OPR_hi + carry``. Bit NW-1 of ACC is 0 during a
+        # product, so the high half's shift drops nothing.
+        ML = NW // 2
+        opr_lo = zext_to(opr[:min(NO, ML)], ML)
+        mul_lo = Signal(ML + 1, name="mul_lo")
+        m.d.comb += mul_lo.eq(Cat(Const(0, 1), Mux(first, Const(0, ML - 1), acc[:ML - 1]))
+                              + Mux(mq[-1], opr_lo, Const(0, ML)))
+        mul_c, mul_t, mul_b, first_d = (Signal(name=n) for n in ("mul_c", "mul_t", "mul_b", "first_d"))
+        m.d.sync += [mul_c.eq(mul_lo[ML]), mul_t.eq(~first & acc[ML - 1]), mul_b.eq(mq[-1]),
+                     first_d.eq(first)]
+        HW = NW - ML
+        opr_hi = zext_to(opr[ML:], HW) if NO > ML else Const(0, HW)
+        # Cat(c, x) + Cat(c, y) = 2 (x + y + c): the carry enters the chain's first bit (bit 0 of
+        # the sum is 0); the sum is below 2**NW, so its bits above the high half are 0.
+        mul_hi2 = as_sig(m, Cat(mul_c, mul_t, Mux(first_d, Const(0, HW - 1), acc[ML:NW - 1]))
+                         + Cat(mul_c, Mux(mul_b, opr_hi, Const(0, HW))), "mul_hi2")
+        mul_hi = fold_u(m, Cat(mul_hi2[1] | mul_hi2[0], mul_hi2[2:]), HW, "mul_hi")
         mul_e = Signal(es)
         m.d.comb += mul_e.eq(fold_s(m, s_add(opr_e, mq_e), EW, "mul_ef"))
 
@@ -648,8 +667,12 @@ class _FinalizeEngine(wiring.Component):
         with m.If(busy):
             # The iterative steps (one multiplier or quotient bit per cycle) write every cycle.
             with m.If(c_mul):
-                m.d.sync += [acc.eq(mul_acc), acc_s.eq(opr_s ^ mq_s), acc_e.eq(mul_e),
+                m.d.sync += [acc_s.eq(opr_s ^ mq_s), acc_e.eq(mul_e),
                              mq.eq(Cat(Const(0, 1), mq[:K - 1])), stk.eq(0)]
+                with m.If(~last):
+                    m.d.sync += acc[:ML].eq(mul_lo[:ML])
+                with m.If(~first):
+                    m.d.sync += acc[ML:].eq(mul_hi)
             with m.If(c_div):
                 with m.If(first):
                     m.d.sync += [acc.eq(Cat(acc[1:], acc[0])), mq.eq(0), mq_s.eq(acc_s ^ opr_s),

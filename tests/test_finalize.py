@@ -561,7 +561,7 @@ def test_rtl_timing():
         _, ins, outs = simulate(eng, recs)
         assert [o - i for i, o in zip(ins, outs)] == [eng.latency + 1] * 3
         assert [b - a for a, b in zip(ins, ins[1:])] == [eng.cycles_per_channel] * 2
-    assert fwd.latency == 184 + 6 * 12 and bwd.latency == 150 + 7 * 12
+    assert fwd.latency == 189 + 6 * 12 and bwd.latency == 156 + 7 * 12
 
 
 # --- Verilator: thousands of channels through the RTL ---------------------------------------------

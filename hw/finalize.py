@@ -111,7 +111,8 @@ branches): with ``C_WIDTH`` = 18 and ``momentum_shift`` = 3 it is ``189 + 6 M`` 
 Pipelined steps: the ``ld``, ``add`` and ``rnd`` datapaths are cut by free-running register
 stages:
 
-* ``ld``: source select and exponent | leading-zero count | shift by the count's high bits |
+* ``ld``: source select and its exponent | leading-zero count and the exponent's constant terms |
+  shift by the count's high bits |
   by its three low bits into ACC (:data:`LD_CYCLES` = 4);
 * ``add``: operand order and saturated exponent distance | jamming shift by the distance's high
   bits | by its four low bits | add | magnitude | into ACC (:data:`ADD_CYCLES` = 6);
@@ -495,8 +496,12 @@ class _FinalizeEngine(wiring.Component):
         if "acc" in sel_ld:
             exp_terms.append((sel_ld["acc"], acc_e))
         src_exp = as_sig(m, select(exp_terms, EW).as_signed(), "src_exp")
+        # The selected exponent is registered before its constant terms are added (stage 2, beside
+        # the leading-zero count): the select and the adders in one stage limited the clock.
+        ld1_src_exp = Signal.like(src_exp, name="ld1_src_exp")
+        m.d.sync += ld1_src_exp.eq(src_exp)
         kl = self._chunks_log2(inp)
-        e1 = as_sig(m, s_add(src_exp, c_ld_exp), "ld_e1")
+        e1 = as_sig(m, s_add(ld1_src_exp, c_ld_exp), "ld_e1")
         kl_term = Mux(c_ld_kl, kl, Const(0, len(kl)))
         e2 = as_sig(m, s_add(e1, widen(kl_term, EW + 1).as_signed(), sub=True), "ld_e2")
         xe_names = sorted({st.acc.xe for st in prog if isinstance(st.acc, Ld) and st.acc.xe})
@@ -506,18 +511,18 @@ class _FinalizeEngine(wiring.Component):
                                getattr(inp, n)) for n in xe_names], xw)
             e2 = as_sig(m, s_add(e2, widen(xe_term, xw + 1).as_signed()), "ld_e2x")
         # LD pipeline (LD_CYCLES = 4; free-running registers, the step's inputs hold still):
-        # 1 source and exponent, 2 leading-zero count, 3 shift by the count's high bits, 4 by its
-        # three low bits into ACC.
-        ld1_mag, ld1_sign, ld1_e2 = Signal(NW, name="ld1_mag"), Signal(name="ld1_sign"), Signal.like(e2, name="ld1_e2")
-        m.d.sync += [ld1_mag.eq(src_mag), ld1_sign.eq(src_sign ^ c_ld_neg), ld1_e2.eq(e2)]
+        # 1 source and its exponent, 2 leading-zero count and the exponent's constant terms, 3 shift
+        # by the count's high bits, 4 by its three low bits into ACC.
+        ld1_mag, ld1_sign, ld2_e2 = Signal(NW, name="ld1_mag"), Signal(name="ld1_sign"), Signal.like(e2, name="ld2_e2")
+        m.d.sync += [ld1_mag.eq(src_mag), ld1_sign.eq(src_sign ^ c_ld_neg), ld2_e2.eq(e2)]
         lz = count_leading_zeros(m, ld1_mag, "ld_lz")
         ld2_lz, ld2_nz = Signal(b_sh, name="ld2_lz"), Signal(name="ld2_nz")
         m.d.sync += [ld2_lz.eq(lz), ld2_nz.eq(ld1_mag.any())]
-        e3 = as_sig(m, s_add(ld1_e2, widen(ld2_lz, EW + 2).as_signed(), sub=True), "ld_e3")
+        e3 = as_sig(m, s_add(ld2_e2, widen(ld2_lz, EW + 2).as_signed(), sub=True), "ld_e3")
         ld3_mag, ld3_exp = Signal(NW, name="ld3_mag"), Signal(es, name="ld3_exp")
         m.d.sync += [
             ld3_mag.eq(shift_left(m, ld1_mag, Cat(Const(0, 3), ld2_lz[3:]), "ld_norm_hi")),
-            ld3_exp.eq(fold_s(m, Mux(ld2_nz, e3, ld1_e2), EW, "ld_ef")),
+            ld3_exp.eq(fold_s(m, Mux(ld2_nz, e3, ld2_e2), EW, "ld_ef")),
         ]
         ld_mag = shift_left(m, ld3_mag, ld2_lz[:3], "ld_norm_lo")
         ld_exp = ld3_exp

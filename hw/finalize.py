@@ -112,8 +112,7 @@ Pipelined steps: the ``ld``, ``add`` and ``rnd`` datapaths are cut by free-runni
 stages:
 
 * ``ld``: source select and its exponent | leading-zero count and the exponent's constant terms |
-  shift by the count's high bits |
-  by its three low bits into ACC (:data:`LD_CYCLES` = 4);
+  shift by the count's high bits | by its three low bits into ACC (:data:`LD_CYCLES` = 4);
 * ``add``: operand order and saturated exponent distance | jamming shift by the distance's high
   bits | by its four low bits | add | magnitude | into ACC (:data:`ADD_CYCLES` = 6);
 * ``rnd``: sticky bits, biased exponent and both outcomes of the rounding carry | increment and

@@ -94,14 +94,14 @@ class BFPAffine(wiring.Component):
 
     Timing
     ------
-    ``latency`` = 6 + the quantizer's latency: stage 0 decodes the codes and floats, takes the
+    ``latency`` = 7 + the quantizer's latency: stage 0 decodes the codes and floats, takes the
     exponent difference and picks the high operand and its exponent key, stage 1 multiplies
-    (register to register, so the multiplier block's delay is alone on its path) and orders the
-    operands, stage 2 aligns (with jamming), stage 3 adds and takes the magnitude, then
-    :class:`hw.bfp_shifter.BlockQuantizer` (its comparator variant: lane keys, clamped keys,
-    partial maxima, shared exponent, shift amounts, shift, round; 7 stages for ``B <= 16``, 8 up
-    to ``B = 64``), then the output queue (2: written, then read into its output register), so 13
-    for ``B <= 16`` and 14 beyond. A block accepted on clock edge ``t`` is on ``o`` (``o.valid``
+    (register to register, so the multiplier block's delay and its routing are alone on their
+    path), stage 2 orders the operands, stage 3 aligns (with jamming), stage 4 adds and takes
+    the magnitude, then :class:`hw.bfp_shifter.BlockQuantizer` (its comparator variant: lane
+    keys, clamped keys, partial maxima, shared exponent, shift amounts, shift, round; 7 stages for
+    ``B <= 16``, 8 up to ``B = 64``), then the output queue (2: written, then read into its output
+    register), so 14 for ``B <= 16`` and 15 beyond. A block accepted on clock edge ``t`` is on ``o`` (``o.valid``
     high) from edge ``t + latency - 1`` when nothing waits ahead of it, and is transferred at the
     first edge after that with ``o.ready`` high.
     Throughput: one block per cycle while ``o.ready`` is high (``QUEUE_DEPTH`` > ``latency`` + 1,
@@ -140,7 +140,7 @@ class BFPAffine(wiring.Component):
         self._quant = BlockQuantizer(
             bfp, self.window + 1, self.key_width, exp_signed=False,
             exp_offset=-(bfp.bias + 124 + self._bias_shift + self.window))
-        self.latency = 4 + self._quant.latency + self.QUEUE_EXTRA_LATENCY
+        self.latency = 5 + self._quant.latency + self.QUEUE_EXTRA_LATENCY
         assert self.QUEUE_DEPTH > self.latency + 1      # full throughput (see Timing)
         self.input_layout = data.StructLayout({
             "block": bfp.block_layout(),
@@ -174,8 +174,7 @@ class BFPAffine(wiring.Component):
         take = Signal()
         m.d.comb += take.eq(self.i.valid & self.i.ready)
 
-        # Stage 0: decode the codes and floats, exponent difference. Stage 1: exact product (the
-        # multiplier runs register to register), distance, key, operand swap.
+        # Stage 0: decode the codes and floats, exponent difference, high operand and its key.
         blk = self.i.payload.block
         ew = max(bfp.exp_bits, f.exp_bits)
         lane0 = data.StructLayout({
@@ -218,11 +217,24 @@ class BFPAffine(wiring.Component):
             for name, value in fields.items():
                 m.d.sync += s0[l][name].eq(value)
 
-        lanes1 = []
+        # Stage 1: the exact product, register to register (the DSP block's output is registered
+        # before any logic: on ECP5 the multiplier column is far from the lane logic).
+        lanep = data.StructLayout({
+            "prod": Wp, "mb": M + 1, "sp": 1, "sb": 1, "b_high": 1, "key": kw, "dd": signed(ew + 2),
+        })
+        sp_valid = Signal()
+        sp = Signal(data.ArrayLayout(lanep, B))
+        m.d.sync += sp_valid.eq(s0_valid)
         for l in range(B):
             z = s0[l]
-            prod = Signal(Wp, name=f"prod{l}")
-            m.d.comb += prod.eq(z.qmag * z.ma)
+            m.d.sync += sp[l].prod.eq(z.qmag * z.ma)
+            for name in ("mb", "sp", "sb", "b_high", "key", "dd"):
+                m.d.sync += sp[l][name].eq(z[name])
+
+        lanes1 = []
+        for l in range(B):
+            z = sp[l]
+            prod = z.prod
             dd, b_high = z.dd, z.b_high
             pf = Cat(Const(0, N - Wp), prod)
             bf = Cat(Const(0, N - M - 1), z.mb)
@@ -240,12 +252,12 @@ class BFPAffine(wiring.Component):
                 "hi": Mux(b_high, bf, pf), "lo": Mux(b_high, pf, bf[1:]), "t": t,
                 "key": z.key, "sign": Mux(b_high, z.sb, z.sp), "sub": z.sb ^ z.sp,
             })
-        m.d.sync += s1_valid.eq(s0_valid)
+        m.d.sync += s1_valid.eq(sp_valid)
         for l, fields in enumerate(lanes1):
             for name, value in fields.items():
                 m.d.sync += s1[l][name].eq(value)
 
-        # Stage 2: align with jamming.
+        # Stage 3: align with jamming.
         jammed = [shift_right_jam(m, s1[l].lo, s1[l].t, f"lo{l}") for l in range(B)]
         m.d.sync += s2_valid.eq(s1_valid)
         for l in range(B):
@@ -258,7 +270,7 @@ class BFPAffine(wiring.Component):
                 s2[l].sub.eq(lane.sub),
             ]
 
-        # Stage 3: add or subtract, magnitude.
+        # Stage 4: add or subtract, magnitude.
         qi = quant.i.payload
         lanes3 = []
         for l in range(B):

@@ -268,6 +268,16 @@ class BackwardCore(wiring.Component):
         a_wr, b_wr, c_wr = (_Port(st.wr_addr, st.wr_en, st.wr_data) for st in (amem, bmem, cmem))
         a_rd, b_rd, c_rd = (_Port(st.rd_addr, st.rd_en, st.rd_data) for st in (amem, bmem, cmem))
 
+        # The channel's ``a`` is written into ``amem`` the cycle after its record is taken, from
+        # registers: the handshake (``fsm_state``, ``kk_last``, ``fin.i.ready``) drove the enables
+        # of every ``amem`` bit and limited the core's clock. ``amem`` is read in the dx pass only.
+        a_pend = Signal(f.width)
+        a_pend_addr = Signal.like(a_wr.addr)
+        a_pend_en = Signal(B)
+        m.d.sync += a_pend_en.eq(0)
+        m.d.comb += [a_wr.addr.eq(a_pend_addr), a_wr.en.eq(a_pend_en)]
+        m.d.comb += [a_wr.data[lane].eq(a_pend) for lane in range(B)]
+
         def cmem_addr(grp, k):
             return Cat(k[:log2_kmax], grp) if log2_kmax else grp
 
@@ -390,15 +400,11 @@ class BackwardCore(wiring.Component):
                         c_wr.data[lane].argmax.eq(st.argmax[kk]),
                         c_wr.data[lane].argmin.eq(st.argmin[kk]),
                         c_wr.data[lane].flat.eq(st.chunk_flat[kk]),
-                        a_wr.data[lane].eq(st.a),
                     ]
                 with m.If(in_open & self.stats.valid & ~last_chunk):
                     m.d.sync += [kk.eq(kk + 1), kk_last.eq(kk + 1 == k_last)]
                 with m.If(self.stats.valid & self.stats.ready):
-                    m.d.comb += [
-                        a_wr.addr.eq(in_grp),
-                        a_wr.en.eq(Const(1, B) << in_lane),
-                    ]
+                    m.d.sync += [a_pend_addr.eq(in_grp), a_pend_en.eq(Const(1, B) << in_lane), a_pend.eq(st.a)]
                     m.d.sync += [kk.eq(0), kk_last.eq(k_last == 0),
                                  in_chan.eq(in_chan + 1), in_open.eq(in_chan != C - 1)]
                     with m.If((in_lane == B - 1) | (in_chan == C - 1)):

@@ -101,9 +101,9 @@ class BFPAffine(wiring.Component):
     the magnitude, then :class:`hw.bfp_shifter.BlockQuantizer` (its comparator variant: lane
     keys, clamped keys, partial maxima, shared exponent, shift amounts, shift, round; 7 stages for
     ``B <= 16``, 8 up to ``B = 64``), then the output queue (2: written, then read into its output
-    register), so 14 for ``B <= 16`` and 15 beyond. A block accepted on clock edge ``t`` is on ``o`` (``o.valid``
-    high) from edge ``t + latency - 1`` when nothing waits ahead of it, and is transferred at the
-    first edge after that with ``o.ready`` high.
+    register), so 14 for ``B <= 16`` and 15 beyond. A block accepted on clock edge ``t`` is on
+    ``o`` (``o.valid`` high) from edge ``t + latency - 1`` when nothing waits ahead of it, and is
+    transferred at the first edge after that with ``o.ready`` high.
     Throughput: one block per cycle while ``o.ready`` is high (``QUEUE_DEPTH`` > ``latency`` + 1,
     so the credit never runs out then). Back-pressure: the pipeline never stalls, and none of its
     registers has an enable; its blocks collect in an output queue of ``QUEUE_DEPTH`` = 17 blocks
@@ -231,6 +231,7 @@ class BFPAffine(wiring.Component):
             for name in ("mb", "sp", "sb", "b_high", "key", "dd"):
                 m.d.sync += sp[l][name].eq(z[name])
 
+        # Stage 2: distance (clamped) and operand swap.
         lanes1 = []
         for l in range(B):
             z = sp[l]

@@ -69,6 +69,11 @@ def _backward_core(p):
     return unit(p)
 
 
+def _bn_core(p):
+    from hw.bn_core import BNCore
+    return BNCore.from_params(p)
+
+
 def _baseline(kind, suffix):
     compute, io = BASELINE_FORMATS[suffix]
 
@@ -125,10 +130,13 @@ REGISTRY = (
          _LN, bench="sim.bench.bfp_shifter", short="shifter", attachments=("shifter",)),
     Unit("ln_forward_core", "lightnorm", _forward_core,
          "Range-BN forward: statistics pass, finalize, normalize + affine pass",
-         _LN, bench="sim.bench.forward_core", short="forward", attachments=("forward", "bn")),
+         _LN, bench="sim.bench.forward_core", short="forward", attachments=("forward",)),
     Unit("ln_backward_core", "lightnorm", _backward_core,
          "Range-BN backward: reduction pass, finalize, dx pass",
-         _LN, bench="sim.bench.backward_core", short="backward", attachments=("bn",)),
+         _LN, bench="sim.bench.backward_core", short="backward"),
+    Unit("ln_bn_core", "lightnorm", _bn_core,
+         "Range-BN forward + backward cores sharing one a x + b datapath (training unit)",
+         _LN, bench="sim.bench.bn_core", short="bn", attachments=("bn",)),
 ) + tuple(
     Unit(f"float_bn_{kind}_{suffix}", "baseline", _baseline(kind, suffix),
          f"float BN {'forward' if kind == 'fwd' else 'backward'}, {BASELINE_LABELS[suffix]} "

@@ -19,7 +19,8 @@ def emit(component, name, hierarchy=False):
 
     * ``pmuxtree`` turns parallel multiplexers into ``?:`` trees (Yosys writes a ``$pmux`` as a
       ``casez`` whose arms overlap; the selects are one-hot, Verilator cannot know that);
-    * ``wreduce`` drops result bits nothing reads (the carry of ``a + b`` kept in ``a``'s width);
+    * ``wreduce`` drops result bits nothing reads (the carry of ``a + b`` kept in ``a``'s width),
+      twice: a bit may become unread only once another cell's bits were dropped;
     * :func:`normalize_widths` gives every operand the width Verilog's expression rules give it;
     * internal nets are renamed ``_N_`` and split by driver (Yosys otherwise keeps named wires that
       partly alias other nets, whose unused bits Verilator flags), and registers carry no
@@ -53,7 +54,7 @@ def flat_rtlil(yosys, rtlil_text):
     """Amaranth's RTLIL processed, flattened, with parallel multiplexers as ``?:`` trees and unread
     result bits dropped: what :func:`normalize_widths` rewrites."""
     script = [_read(rtlil_text), "proc", "memory_collect", "flatten", "pmuxtree", "opt_clean -purge",
-              "wreduce", "opt_clean -purge", "write_rtlil"]
+              "wreduce", "opt_clean -purge", "wreduce", "opt_clean -purge", "write_rtlil"]
     return yosys.run(["-q", "-"], "\n".join(script), ignore_warnings=True)
 
 

@@ -160,34 +160,21 @@ def forward_attachment(params):
         params=_core_params(params))
 
 
-class _BN(Elaboratable):
-    def __init__(self, fwd, bwd):
-        self.fwd, self.bwd = fwd, bwd
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.forward = self.fwd
-        m.submodules.backward = self.bwd
-        return m
-
-
 def bn_attachment(params):
-    """Forward and backward cores side by side (the host carries the forward ``stats`` records
-    back into the backward core, so it can check them too). Input ports: 0 ``cmd``, 1 ``x``,
-    2 ``params`` (forward), 3 ``bcmd``, 4 ``saved`` (backward ``stats``), 5 ``xg``, 6 ``g``;
-    output ports: 0 ``stats``, 1 ``y``, 2 ``grads``, 3 ``dx``. Status bits: forward ``busy``,
-    ``count_error``, backward ``busy``, ``count_error``."""
-    from hw.backward_core import BackwardCore
-    from hw.forward_core import ForwardCore
-    fwd = ForwardCore.from_params(params)
-    bwd = BackwardCore(params.bfp, params.internal, params.channels, params.max_count, params.chunks)
+    """The training unit ``hw.bn_core.BNCore`` (forward and backward cores sharing one affine; the
+    host carries the forward ``stats`` records back into the backward core, so it can check them
+    too). Input ports: 0 ``cmd``, 1 ``x``, 2 ``params`` (forward), 3 ``bcmd``, 4 ``saved``
+    (backward ``stats``), 5 ``xg``, 6 ``g``; output ports: 0 ``stats``, 1 ``y``, 2 ``grads``, 3 ``dx``.
+    Status bits: forward ``busy``, ``count_error``, backward ``busy``, ``count_error``."""
+    from hw.bn_core import BNCore
+    bn = BNCore.from_params(params)
     return Attachment(
-        "bn", _BN(fwd, bwd),
-        inputs=[("cmd", fwd.cmd), ("x", fwd.x), ("params", fwd.params),
-                ("bcmd", bwd.cmd), ("saved", bwd.stats), ("xg", bwd.xg), ("g", bwd.g)],
-        outputs=[("stats", fwd.stats), ("y", fwd.y), ("grads", bwd.grads), ("dx", bwd.dx)],
-        status=[("fwd_busy", fwd.busy), ("fwd_count_error", fwd.count_error),
-                ("bwd_busy", bwd.busy), ("bwd_count_error", bwd.count_error)],
+        "bn", bn,
+        inputs=[("cmd", bn.fwd_cmd), ("x", bn.fwd_x), ("params", bn.fwd_params),
+                ("bcmd", bn.bwd_cmd), ("saved", bn.bwd_stats), ("xg", bn.bwd_xg), ("g", bn.bwd_g)],
+        outputs=[("stats", bn.fwd_stats), ("y", bn.fwd_y), ("grads", bn.bwd_grads), ("dx", bn.bwd_dx)],
+        status=[("fwd_busy", bn.fwd_busy), ("fwd_count_error", bn.fwd_count_error),
+                ("bwd_busy", bn.bwd_busy), ("bwd_count_error", bn.bwd_count_error)],
         params=_core_params(params))
 
 

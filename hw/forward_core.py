@@ -73,10 +73,14 @@ class ForwardCore(wiring.Component):
       ``latency`` cycles from an ``x`` block to its ``y`` block (the affine pipeline; ``x.ready``
       is the pipeline's credit register: while ``y`` stalls, ``x`` is still taken until
       ``BFPAffine.QUEUE_DEPTH`` blocks are outstanding).
+
+    ``affine``: an outside ``BFPAffine`` to drive instead of building one: any object with the
+    unit's ``i`` / ``o`` ports and ``latency`` (a ``hw.stream_share.StreamShare`` client port,
+    ``hw.bn_core``). The core then drives it and does not instantiate it.
     """
 
     def __init__(self, bfp, internal, channels, max_count, max_chunks, *, momentum_shift=3, eps_log2=-16,
-                 stats="exact", stats_guard=STATS_GUARD_DEFAULT):
+                 stats="exact", stats_guard=STATS_GUARD_DEFAULT, affine=None):
         check_bn_args(bfp, internal, channels, max_count, max_chunks)     # the generator's limits
         check_stats(stats, stats_guard)
         self.stats_mode, self.stats_guard = stats, stats_guard
@@ -91,7 +95,8 @@ class ForwardCore(wiring.Component):
 
         self._stats_unit = StatsUnit(bfp, channels, max_count, max_chunks, stats, stats_guard)
         self._finalize = self._make_finalize()
-        self._affine = self._make_affine()
+        self._owns_affine = affine is None
+        self._affine = self._make_affine() if affine is None else affine
         self.lanes = self._stats_unit.lanes
         self.latency = self._affine.latency
         self.finalize_latency = getattr(self._finalize, "latency", None)
@@ -180,7 +185,9 @@ class ForwardCore(wiring.Component):
         Kmax, f = self.max_chunks, self.internal
         m.submodules.stats_unit = su = self._stats_unit
         m.submodules.finalize = fin = self._finalize
-        m.submodules.affine = aff = self._affine
+        aff = self._affine
+        if self._owns_affine:
+            m.submodules.affine = aff
 
         # --- command --------------------------------------------------------------------------
         cmd = self.cmd.payload

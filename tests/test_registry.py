@@ -33,10 +33,11 @@ def test_benches_and_attachments_exist():
     from hw.board_top import ATTACHMENTS
     for u in registry.units(kind="lightnorm"):
         assert u.bench and importlib.util.find_spec(u.bench) is not None, u.name
-        assert u.short and u.attachments, u.name
+        assert u.short, u.name
     named = {a for u in REGISTRY for a in u.attachments}
     assert named == set(ATTACHMENTS)
-    assert registry.hosted_by("bn") == ["ln_forward_core", "ln_backward_core"]
+    # the backward core reaches a board inside ln_bn_core
+    assert registry.hosted_by("bn") == ["ln_bn_core"]
 
 
 def test_bad_entry_is_refused():

@@ -439,10 +439,13 @@ def _params(conf):
     return Params(**conf["params"])
 
 
-async def _run_plan(dut, conf, steps, idle, backpressure, seed):
-    """Drive ``steps`` through the core; returns a result dict (counts, mismatches, cycles)."""
+async def run_plan(dut, conf, steps, idle, backpressure, seed, *, reset=True):
+    """Drive ``steps`` through the core (``dut``: anything with the core's ports as attributes, and
+    ``clk``); returns a result dict (counts, mismatches, cycles). ``reset``: start the clock and
+    reset first (``sim.bench.bn_core`` does it once for both cores)."""
     from sim.bench import common as bench
-    await bench.start_clock_and_reset(dut)
+    if reset:
+        await bench.start_clock_and_reset(dut)
     drv = StreamDriver(dut, ("cmd", "stats", "xg", "g"), ("grads", "dx"), idle=idle,
                        backpressure=backpressure, seed=seed)
     status_errors = []
@@ -512,6 +515,7 @@ async def _run_plan(dut, conf, steps, idle, backpressure, seed):
         di += nd
     return {
         "cycles": cycles,
+        "dx_cycles": list(drv.received_cycles["dx"]),
         "commands": report,
         "elements": sum(s["elements"] for s in steps),
         "dx_elements": sum(s["elements"] for s in steps if s["dx"]),
@@ -529,6 +533,23 @@ async def _run_plan(dut, conf, steps, idle, backpressure, seed):
     }
 
 
+def plan_problems(result):
+    """The failures in a :func:`run_plan` result, one line each."""
+    problems = []
+    if result["grads_mismatches"] or result["dx_mismatches"]:
+        problems.append(f"{result['grads_mismatches']} grads and {result['dx_mismatches']} dx "
+                        f"mismatches: " + "; ".join(result["first_mismatches"]))
+    if result["protocol_errors"]:
+        problems.append("stream protocol: " + "; ".join(result["protocol_errors"]))
+    if result["status_errors"]:
+        problems.append("status: " + "; ".join(result["status_errors"][:5]))
+    if result["extra_outputs"] != (0, 0):
+        problems.append(f"extra outputs (grads, dx): {result['extra_outputs']}")
+    if not result["idle_at_end"]:
+        problems.append("busy still high after the last output")
+    return problems
+
+
 if cocotb is not None:
     @cocotb.test()
     async def backward_regression(dut):
@@ -537,20 +558,10 @@ if cocotb is not None:
         conf = bench.config()
         p = _params(conf)
         steps = BackwardPlan(p, conf["seed"]).build(conf["elements"])
-        result = await _run_plan(dut, conf, steps, conf.get("idle", 0.3), conf.get("backpressure", 0.3),
-                                 conf["seed"])
-        problems = []
-        if result["grads_mismatches"] or result["dx_mismatches"]:
-            problems.append(f"{result['grads_mismatches']} grads and {result['dx_mismatches']} dx "
-                            f"mismatches: " + "; ".join(result["first_mismatches"]))
-        if result["protocol_errors"]:
-            problems.append("stream protocol: " + "; ".join(result["protocol_errors"]))
-        if result["status_errors"]:
-            problems.append("status: " + "; ".join(result["status_errors"][:5]))
-        if result["extra_outputs"] != (0, 0):
-            problems.append(f"extra outputs (grads, dx): {result['extra_outputs']}")
-        if not result["idle_at_end"]:
-            problems.append("busy still high after the last output")
+        result = await run_plan(dut, conf, steps, conf.get("idle", 0.3), conf.get("backpressure", 0.3),
+                                conf["seed"])
+        problems = plan_problems(result)
+        del result["dx_cycles"]
         bench.write_result(conf.get("result_file"), "backward", problems, tests=["backward_regression"],
                            **result)
         assert not problems, "\n".join(problems)

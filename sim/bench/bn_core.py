@@ -1,0 +1,72 @@
+"""cocotb bench of ``hw.bn_core.BNCore``: the forward and the backward bench at the same time.
+
+Both cores' plans (``sim.bench.forward_core.Planner``, ``sim.bench.backward_core.BackwardPlan``) run
+concurrently on one DUT, each through its own prefixed ports (``fwd_``, ``bwd_``) with its own
+random gaps and back-pressure, so the two cores contend for the shared affine throughout: every
+``y`` block, ``stats`` record, ``grads`` record and ``dx`` block is checked bit for bit against the
+golden model, as in the separate benches. The forward plan's timing steps are recorded but not
+enforced (the other core may hold the affine; ``sim.bench.forward_core`` enforces them on the
+forward core alone, whose timing the share leaves unchanged). The result records how often the
+affine changed hands (``affine_switches``), so a test can check that the cores did contend.
+
+Configuration (``LN_CONFIG``): ``params``, ``seed``, ``elements`` (per core), ``result``.
+"""
+
+try:
+    import cocotb
+except ImportError:         # importable without cocotb
+    cocotb = None
+
+
+class Prefixed:
+    """A view of a DUT whose ports are ``prefix + name``; ``clk``, ``rst`` and private attributes
+    (``_log``) are the DUT's own."""
+
+    def __init__(self, dut, prefix):
+        self._dut, self._prefix = dut, prefix
+
+    def __getattr__(self, name):
+        if name in ("clk", "rst") or name.startswith("_"):
+            return getattr(self._dut, name)
+        return getattr(self._dut, self._prefix + name)
+
+
+def affine_switches(y_cycles, dx_cycles):
+    """How often the affine's outputs changed hands: alternations between ``y`` and ``dx`` in the
+    merged order of their transfer cycles (the share hands over only when the unit is empty, so
+    each alternation is one hand-over with both cores active)."""
+    merged = sorted([(c, 0) for c in y_cycles] + [(c, 1) for c in dx_cycles])
+    return sum(a[1] != b[1] for a, b in zip(merged, merged[1:]))
+
+
+if cocotb is not None:
+    @cocotb.test()
+    async def bn_core_vs_golden(dut):
+        """Forward and backward plans at once, bit for bit against the golden model."""
+        from gen.units import Params
+        from sim.bench import backward_core, forward_core
+        from sim.bench.common import config, start_clock_and_reset, write_result
+
+        conf = config()
+        fwd, bwd = Prefixed(dut, "fwd_"), Prefixed(dut, "bwd_")
+        for port in ("cmd", "x", "params"):
+            getattr(fwd, f"{port}__valid").value = 0
+        for port in ("y", "stats"):
+            getattr(fwd, f"{port}__ready").value = 0
+        for port in ("cmd", "stats", "xg", "g"):
+            getattr(bwd, f"{port}__valid").value = 0
+        for port in ("grads", "dx"):
+            getattr(bwd, f"{port}__ready").value = 0
+        await start_clock_and_reset(dut)
+        steps = backward_core.BackwardPlan(Params(**conf["params"]), conf["seed"]).build(conf["elements"])
+        f_task = cocotb.start_soon(forward_core.run_forward(fwd, conf, reset=False, timing=False))
+        b_task = cocotb.start_soon(backward_core.run_plan(bwd, conf, steps, 0.3, 0.3, conf["seed"] + 1,
+                                                          reset=False))
+        f_failures, f_result = await f_task
+        b_result = await b_task
+        switches = affine_switches(f_result.pop("y_cycles"), b_result.pop("dx_cycles"))
+        failures = [f"forward: {x}" for x in f_failures]
+        failures += [f"backward: {x}" for x in backward_core.plan_problems(b_result)]
+        write_result(conf["result"], "bn", failures, tests=["bn_core_vs_golden"],
+                     forward=f_result, backward=b_result, affine_switches=switches)
+        assert not failures, "\n".join(failures[:5])

@@ -22,10 +22,10 @@ In one run:
    with the exact command and the measured run time, written between the ``BEGIN``/``END``
    markers so hand-written analysis outside them is kept; ``benchmark.json`` beside the plot.
 
-"LightNorm forward + backward" is the sum of the registered units whose name contains
-``forward`` or ``backward`` (the cores, which contain the shifter, statistics, finalize and
-affine units as submodules); until those are registered it is the sum of every registered unit,
-and the report says so.
+"LightNorm forward + backward" is the training unit ``ln_bn_core`` (both cores, one shared
+affine); without it, the sum of the registered units whose name contains ``forward`` or
+``backward``; until those are registered, the sum of every registered unit, and the report says
+so.
 """
 
 import json
@@ -48,10 +48,15 @@ __all__ = ["main", "core_units", "splice"]
 
 GOALS = {"fp32": 1 / 8, "bf16": 1 / 3}
 CORE_PATTERN = re.compile(r"forward|backward")
+#: The training unit: forward + backward with the shared affine (``hw.bn_core``).
+TRAINING_UNIT = "ln_bn_core"
 
 
 def core_units(names):
     """(names summed as "LightNorm forward + backward", description)."""
+    if TRAINING_UNIT in names:
+        return [TRAINING_UNIT], (f"the training unit {TRAINING_UNIT}: forward + backward cores sharing "
+                                 "one a x + b datapath (hw.bn_core)")
     cores = [n for n in names if CORE_PATTERN.search(n)]
     if cores:
         return cores, "forward + backward cores (" + ", ".join(cores) + ")"

@@ -113,12 +113,13 @@ class BackwardCore(wiring.Component):
       initiation interval (it never does with ``hw.finalize``: 157 + 7 M cycles).
       ``busy`` falls the cycle after the last ``grads`` record leaves.
 
-    ``affine``: an outside ``BFPAffine`` to drive instead of building one (as ``ForwardCore``'s:
-    a ``hw.stream_share.StreamShare`` client port, ``hw.bn_core``).
+    ``finalize``, ``affine``: an outside finalize engine / ``BFPAffine`` to drive instead of
+    building one (as ``ForwardCore``'s: a ``hw.stream_share.StreamShare`` client port,
+    ``hw.bn_core``).
     """
 
     def __init__(self, bfp, internal, channels, max_count, max_chunks, stats="exact",
-                 stats_guard=STATS_GUARD_DEFAULT, affine=None):
+                 stats_guard=STATS_GUARD_DEFAULT, finalize=None, affine=None):
         check_bn_args(bfp, internal, channels, max_count, max_chunks)     # the generator's limits
         check_stats(stats, stats_guard)
         self.stats_mode, self.stats_guard = stats, stats_guard
@@ -130,7 +131,8 @@ class BackwardCore(wiring.Component):
         self.groups = -(-channels // bfp.block)
 
         self._reduce = GradReduce(bfp, channels, max_count, stats, stats_guard)
-        self._finalize = self._make_finalize()
+        self._owns_finalize = finalize is None
+        self._finalize = self._make_finalize() if finalize is None else finalize
         self._owns_affine = affine is None
         self._affine = self._make_affine() if affine is None else affine
         self.finalize_latency = getattr(self._finalize, "latency", None)
@@ -237,7 +239,9 @@ class BackwardCore(wiring.Component):
         pw = position_width(self.max_count)
         log2_kmax = Kmax.bit_length() - 1
         m.submodules.reduce = red = self._reduce
-        m.submodules.finalize = fin = self._finalize
+        fin = self._finalize
+        if self._owns_finalize:
+            m.submodules.finalize = fin
         aff = self._affine
         if self._owns_affine:
             m.submodules.affine = aff

@@ -1,11 +1,14 @@
-"""The Range-BN unit for training: forward and backward cores sharing one ``a x + b`` datapath.
+"""The Range-BN unit for training: forward and backward cores sharing one ``a x + b`` datapath
+and one finalize engine.
 
 Forward normalize (``y = a x + b``) and backward dx (``dx = a g + b_sel``) are the same
 operation on the same formats, one ``hw.bfp_affine.BFPAffine`` each in the separate cores, and
-the largest part of both (docs/area.md). In training a layer's backward pass starts after its
-forward pass, so :class:`BNCore` builds one ``BFPAffine`` and lets both cores drive it through a
-``hw.stream_share.StreamShare``: the cores are the unchanged ``ForwardCore`` and
-``BackwardCore``, each given a client port instead of its own affine.
+the largest part of both (docs/area.md); the two finalize engines are one micro-coded datapath
+running two programs. In training a layer's backward pass starts after its forward pass, so
+:class:`BNCore` builds one ``BFPAffine`` and one ``hw.finalize.SharedFinalize`` (both programs,
+chosen per record) and lets both cores drive each through a ``hw.stream_share.StreamShare``: the
+cores are the unchanged ``ForwardCore`` and ``BackwardCore``, each given client ports instead of
+its own units.
 
 Ports: every port of ``ForwardCore`` prefixed ``fwd_`` and every port of ``BackwardCore`` prefixed
 ``bwd_`` (``fwd_cmd``, ``fwd_x``, ``fwd_params``, ``fwd_stats``, ``fwd_y``, ``fwd_busy``,
@@ -14,9 +17,11 @@ Ports: every port of ``ForwardCore`` prefixed ``fwd_`` and every port of ``Backw
 
 Timing: each core's own (its docstring, docs/forward.md, docs/backward.md) whenever the other
 core's affine pass is not running: the share adds no cycle. The two cores may run at the same
-time; everything outside the affine (statistics, reductions, finalize) overlaps freely, and a
-core whose normalize / dx pass finds the affine in use waits (``x.ready`` / ``g.ready`` low) until
-the other's pass has ended and its last output block has been taken. Outputs are bit for bit those
+time; the statistics and the reductions overlap freely; a core whose normalize / dx pass finds
+the affine in use waits (``x.ready`` / ``g.ready`` low) until the other's pass has ended and its
+last output block has been taken, and a core whose finalize finds the engine in use waits for
+it between channels (the engine is handed over whenever it is idle and empty, so both cores'
+finalize phases interleave channel by channel). Outputs are bit for bit those
 of the separate cores (``sim.bench.bn_core`` runs both benches' plans at once).
 """
 
@@ -26,6 +31,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.backward_core import BackwardCore
 from hw.bfp_affine import BFPAffine
+from hw.finalize import SharedFinalize
 from hw.formats import STATS_GUARD_DEFAULT
 from hw.forward_core import ForwardCore
 from hw.stream_share import StreamShare
@@ -33,31 +39,48 @@ from hw.stream_share import StreamShare
 __all__ = ["BNCore"]
 
 
-class _AffineClient:
-    """A client port of the share standing in for the affine: its ``i``, ``o`` and ``latency``."""
+class _Client:
+    """A client port of a share standing in for the shared unit: its ``i``, ``o`` and the unit's
+    timing attributes for this client (``latency``, ``cycles_per_channel``)."""
 
-    def __init__(self, port, latency):
-        self.i, self.o, self.latency = port.i, port.o, latency
+    def __init__(self, port, **timing):
+        self.i, self.o = port.i, port.o
+        for name, value in timing.items():
+            setattr(self, name, value)
 
 
 class BNCore(wiring.Component):
     """Forward + backward Range-BN cores with one shared ``BFPAffine`` (module docstring).
     Arguments as ``ForwardCore`` / ``BackwardCore``."""
 
-    PREFIXES = {"fwd_": "forward", "bwd_": "backward"}
+    #: Blocks a core may still send through the affine while the other waits (``StreamShare``'s
+    #: ``burst``): each hand-over drains the pipeline (about ``latency`` cycles), so 64 blocks keep
+    #: both cores at about 80 % of full rate when both stream; the finalize engine alternates
+    #: channel by channel (burst 1).
+    AFFINE_BURST = 64
 
     def __init__(self, bfp, internal, channels, max_count, max_chunks, *, stats="exact",
                  stats_guard=STATS_GUARD_DEFAULT):
         self._affine = BFPAffine(bfp, internal)
-        self._share = StreamShare(self._affine.input_layout, bfp.flagged_block_layout(), n=2,
-                                  max_outstanding=BFPAffine.QUEUE_DEPTH)
-        lat = self._affine.latency
-        self.forward = ForwardCore(bfp, internal, channels, max_count, max_chunks, stats=stats,
-                                   stats_guard=stats_guard,
-                                   affine=_AffineClient(self._share.clients[0], lat))
-        self.backward = BackwardCore(bfp, internal, channels, max_count, max_chunks, stats=stats,
-                                     stats_guard=stats_guard,
-                                     affine=_AffineClient(self._share.clients[1], lat))
+        self._affine_share = StreamShare(self._affine.input_layout, bfp.flagged_block_layout(), n=2,
+                                         max_outstanding=BFPAffine.QUEUE_DEPTH, burst=self.AFFINE_BURST)
+        self._finalize = SharedFinalize(bfp, internal, max_count, max_chunks, stats=stats,
+                                        stats_guard=stats_guard)
+        # The engine takes a record only while idle and holds one result: at most two untaken.
+        self._finalize_share = StreamShare(self._finalize.input_layout, self._finalize.output_layout,
+                                           n=2, max_outstanding=2, burst=1)
+        aff_lat = self._affine.latency
+        fin_lat = self._finalize.mode_latency
+        self.forward = ForwardCore(
+            bfp, internal, channels, max_count, max_chunks, stats=stats, stats_guard=stats_guard,
+            affine=_Client(self._affine_share.clients[0], latency=aff_lat),
+            finalize=_Client(self._finalize_share.clients[0], latency=fin_lat["forward"],
+                             cycles_per_channel=fin_lat["forward"] + 1))
+        self.backward = BackwardCore(
+            bfp, internal, channels, max_count, max_chunks, stats=stats, stats_guard=stats_guard,
+            affine=_Client(self._affine_share.clients[1], latency=aff_lat),
+            finalize=_Client(self._finalize_share.clients[1], latency=fin_lat["backward"],
+                             cycles_per_channel=fin_lat["backward"] + 1))
         members = {}
         for prefix, core in (("fwd_", self.forward), ("bwd_", self.backward)):
             for name, member in core.signature.members.items():
@@ -73,11 +96,15 @@ class BNCore(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.affine = aff = self._affine
-        m.submodules.share = share = self._share
+        m.submodules.affine_share = a_share = self._affine_share
+        m.submodules.finalize = fin = self._finalize
+        m.submodules.finalize_share = f_share = self._finalize_share
         m.submodules.forward = self.forward
         m.submodules.backward = self.backward
-        wiring.connect(m, share.unit_i, aff.i)
-        wiring.connect(m, aff.o, share.unit_o)
+        for unit, share in ((aff, a_share), (fin, f_share)):
+            wiring.connect(m, share.unit_i, unit.i)
+            wiring.connect(m, unit.o, share.unit_o)
+        m.d.comb += f_share.clients[1].i.payload.backward.eq(1)    # the backward core's records
         for prefix, core in (("fwd_", self.forward), ("bwd_", self.backward)):
             for name, member in core.signature.members.items():
                 outer, inner = getattr(self, prefix + name), getattr(core, name)

@@ -147,7 +147,7 @@ from hw.bn_layouts import C_WIDTH, chunks_log2_width, count_width
 from hw.checks import check_instance, check_int
 from hw.formats import C_FRAC_BITS, STATS_GUARD_DEFAULT, BFPFormat, FloatFormat, check_stats
 
-__all__ = ["ForwardFinalize", "BackwardFinalize", "run_model"]
+__all__ = ["ForwardFinalize", "BackwardFinalize", "SharedFinalize", "run_model"]
 
 
 # --- micro-code ----------------------------------------------------------------------------------
@@ -371,6 +371,8 @@ class _FinalizeEngine(wiring.Component):
         m.d.comb += self.i.ready.eq(~busy)
         accept = Signal()
         m.d.comb += accept.eq(self.i.valid & ~busy)
+        # The record's program starts at step ``entries[start_sel]`` (one program: step 0).
+        start_sel = self._entry_select(self.i.payload)
         decoded = {}
         advancing = Signal()                    # the token moves to the next step at this edge
 
@@ -385,7 +387,8 @@ class _FinalizeEngine(wiring.Component):
                 ctl = Signal(name=f"ctl{len(decoded)}")
                 prev = [step[i - 1] for i in key if i > 0]
                 with m.If(accept):
-                    m.d.sync += ctl.eq(int(0 in key))
+                    m.d.sync += ctl.eq(Cat(*[start_sel == j for j, e in enumerate(self.entries)
+                                             if e in key]).any())
                 with m.Elif(advancing):
                     m.d.sync += ctl.eq(Cat(*prev).any() if prev else 0)
                 decoded[key] = ctl
@@ -417,6 +420,9 @@ class _FinalizeEngine(wiring.Component):
         }
 
         def float_value(name):
+            """A float register, else the input field; ``in.<field>`` is always the input field."""
+            if name.startswith("in."):
+                return getattr(inp, name[3:])
             return regs[name] if name in regs else getattr(inp, name)
 
         # Control signals (OR of the token bits of the steps that use them).
@@ -727,7 +733,9 @@ class _FinalizeEngine(wiring.Component):
                 m.d.comb += cnt_next.eq(Cat(dec[0] & dec[cnt_w], dec[1:cnt_w]))
                 m.d.sync += first.eq(0)
         with m.If(accept):
-            m.d.comb += [step_next.eq(1), cnt_next.eq(self.cycles[0] - 1)]
+            for j, e in enumerate(self.entries):
+                with m.If(start_sel == j):
+                    m.d.comb += [step_next.eq(1 << e), cnt_next.eq(self.cycles[e] - 1)]
             m.d.sync += [inp.eq(self.i.payload), busy.eq(1), first.eq(1), ovf.eq(0)]
         with m.If(self.o.valid & self.o.ready & ~(busy & c_out)):
             m.d.sync += self.o.valid.eq(0)
@@ -744,6 +752,18 @@ class _FinalizeEngine(wiring.Component):
 
     def _drive_output(self, m, regs, ovf, flat):
         raise NotImplementedError
+
+    #: Entry steps of the programs the engine holds (one program: step 0); see :meth:`_entry_select`.
+    entries = (0,)
+
+    def _entry_select(self, payload):
+        """Index into :attr:`entries` of the program a record runs (a value of the input payload)."""
+        return Const(0, 1)
+
+    def program_span(self, record):
+        """``(first, last)`` step indices of the program ``record`` runs (the model's view of
+        :meth:`_entry_select`)."""
+        return 0, len(self.program) - 1
 
     def _training(self, inp):
         return Const(1)
@@ -1049,6 +1069,85 @@ class BackwardFinalize(_FinalizeEngine):
         m.d.sync += o.overflow.eq(ovf)
 
 
+def _step_with_inputs(step, names):
+    """``step`` with every float source in ``names`` read as an input field (``flt:in.<name>``)."""
+    def fix(src):
+        return f"flt:in.{src[4:]}" if src.startswith("flt:") and src[4:] in names else src
+    acc = step.acc
+    if isinstance(acc, Ld):
+        acc = Ld(fix(acc.src), acc.exp, acc.kl, acc.neg, acc.xe)
+    mq = Mq(fix(step.mq.src), step.mq.value, step.mq.width) if step.mq is not None else None
+    return Step(acc=acc, opr=step.opr, mq=mq, hold=step.hold, rnd=step.rnd, sets=step.sets, out=step.out)
+
+
+class SharedFinalize(_FinalizeEngine):
+    """One engine for both cores (``hw.bn_core``): :class:`ForwardFinalize`'s program followed by
+    :class:`BackwardFinalize`'s, on one datapath sized for both (``NW``, ``NO``, ``k`` the larger of
+    the two engines'). A record runs one program, chosen by its ``backward`` bit, and gives exactly
+    what that program's own engine gives, in the same number of cycles (``mode_latency``: the
+    steps' cycle counts do not depend on the widths).
+
+    Records: ``input_layout`` is every field of both engines' inputs plus ``backward`` (the fields
+    with the same name -- ``count``, ``chunks_log2``, ``c_scale`` -- are one); a driver sets only
+    its own fields (the others are 0). ``output_layout``: every output of both, ``overflow`` shared.
+    The backward program's float inputs ``mu``, ``inv``, ``a`` (the forward pass's saved values)
+    share their names with forward result registers, so its steps read them as ``in.<name>``.
+
+    Arguments as :class:`ForwardFinalize`. Timing: as the two engines; one record at a time
+    (``i.ready`` = not busy), at most two records untaken (one in ``o``, one running).
+    """
+
+    def __init__(self, bfp, internal, max_count, max_chunks, *, eps_log2=-16, momentum_shift=3,
+                 stats="exact", stats_guard=STATS_GUARD_DEFAULT):
+        fwd = ForwardFinalize(bfp, internal, max_count, max_chunks, eps_log2=eps_log2,
+                              momentum_shift=momentum_shift, stats=stats, stats_guard=stats_guard)
+        bwd = BackwardFinalize(bfp, internal, max_count, max_chunks, stats=stats, stats_guard=stats_guard)
+        for template in (fwd, bwd):     # their programs and sizes are used, never their hardware
+            template._MustUse__silence = True
+        self._fwd, self._bwd = fwd, bwd
+        self.eps_log2, self.momentum_shift = eps_log2, momentum_shift
+        self.stats_mode, self.stats_guard = stats, stats_guard
+        self.INT_FIELDS = {**fwd.INT_FIELDS, **bwd.INT_FIELDS}
+        self.FLOAT_INPUTS = fwd.FLOAT_INPUTS + tuple(f"in.{n}" for n in bwd.FLOAT_INPUTS)
+        self.FLOAT_REGS = fwd.FLOAT_REGS + bwd.FLOAT_REGS
+        self.OUTPUT_FLOATS = fwd.OUTPUT_FLOATS + bwd.OUTPUT_FLOATS
+        self.OUTPUT_BITS = ("flat", "overflow")
+        self.SET_SOURCES = dict(fwd.SET_SOURCES)
+        self.entries = (0, len(fwd.program))
+        super().__init__(bfp, internal, max_count, max_chunks)
+        n_f = len(fwd.program)
+        self.mode_latency = {"forward": sum(self.cycles[:n_f]), "backward": sum(self.cycles[n_f:])}
+        assert self.mode_latency == {"forward": fwd.latency, "backward": bwd.latency}
+
+    def _input_fields(self):
+        return {**self._fwd._input_fields(), **self._bwd._input_fields(), "backward": 1}
+
+    def _term_widths(self):
+        a, b = self._fwd._term_widths(), self._bwd._term_widths()
+        return tuple(x + y for x, y in zip(a, b))
+
+    def _program(self):
+        return self._fwd.program + [_step_with_inputs(st, self._bwd.FLOAT_INPUTS) for st in self._bwd.program]
+
+    def _entry_select(self, payload):
+        return payload.backward
+
+    def program_span(self, record):
+        n_f = len(self._fwd.program)
+        return (n_f, len(self.program) - 1) if record.get("backward", 0) else (0, n_f - 1)
+
+    def _training(self, inp):
+        return inp.training
+
+    def _flat(self, inp):
+        return inp.training & ~inp.range.any()
+
+    def _drive_output(self, m, regs, ovf, flat):
+        o = self.o.payload
+        m.d.sync += [getattr(o, name).eq(regs[name]) for name in self.OUTPUT_FLOATS]
+        m.d.sync += [o.flat.eq(flat), o.overflow.eq(ovf)]
+
+
 # --- register-transfer model (plain Python) ------------------------------------------------------
 
 def run_model(engine, record, trace=None):
@@ -1066,6 +1165,8 @@ def run_model(engine, record, trace=None):
     flat = int(bool(training) and record.get("range", 1) == 0)
 
     def fval(name):
+        if name.startswith("in."):
+            return record[name[3:]]
         return regs[name] if name in regs else record[name]
 
     def decode(word):
@@ -1099,7 +1200,9 @@ def run_model(engine, record, trace=None):
             return f.pack(s, f.exp_max, (1 << M) - 1), True
         return f.pack(s, b, mant & ((1 << M) - 1)), False
 
-    for index, step in enumerate(engine.program):
+    first, last = engine.program_span(record)
+    for index in range(first, last + 1):
+        step = engine.program[index]
         new = dict(st)
         new_regs = dict(regs)
         if isinstance(step.acc, Ld):

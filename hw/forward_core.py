@@ -74,13 +74,15 @@ class ForwardCore(wiring.Component):
       is the pipeline's credit register: while ``y`` stalls, ``x`` is still taken until
       ``BFPAffine.QUEUE_DEPTH`` blocks are outstanding).
 
-    ``affine``: an outside ``BFPAffine`` to drive instead of building one: any object with the
-    unit's ``i`` / ``o`` ports and ``latency`` (a ``hw.stream_share.StreamShare`` client port,
-    ``hw.bn_core``). The core then drives it and does not instantiate it.
+    ``finalize``, ``affine``: an outside finalize engine / ``BFPAffine`` to drive instead of
+    building one: any object with the unit's ``i`` / ``o`` ports and ``latency`` (the engine also
+    ``cycles_per_channel``; a ``hw.stream_share.StreamShare`` client port, ``hw.bn_core``). The
+    core then drives it and does not instantiate it; its records are the core's own engine's (a
+    wider record is fine: the core sets only its own fields).
     """
 
     def __init__(self, bfp, internal, channels, max_count, max_chunks, *, momentum_shift=3, eps_log2=-16,
-                 stats="exact", stats_guard=STATS_GUARD_DEFAULT, affine=None):
+                 stats="exact", stats_guard=STATS_GUARD_DEFAULT, finalize=None, affine=None):
         check_bn_args(bfp, internal, channels, max_count, max_chunks)     # the generator's limits
         check_stats(stats, stats_guard)
         self.stats_mode, self.stats_guard = stats, stats_guard
@@ -94,7 +96,8 @@ class ForwardCore(wiring.Component):
         self.groups = -(-channels // bfp.block)
 
         self._stats_unit = StatsUnit(bfp, channels, max_count, max_chunks, stats, stats_guard)
-        self._finalize = self._make_finalize()
+        self._owns_finalize = finalize is None
+        self._finalize = self._make_finalize() if finalize is None else finalize
         self._owns_affine = affine is None
         self._affine = self._make_affine() if affine is None else affine
         self.lanes = self._stats_unit.lanes
@@ -184,7 +187,9 @@ class ForwardCore(wiring.Component):
         bfp, B, G, L, C = self.bfp, self.bfp.block, self.groups, self.lanes, self.channels
         Kmax, f = self.max_chunks, self.internal
         m.submodules.stats_unit = su = self._stats_unit
-        m.submodules.finalize = fin = self._finalize
+        fin = self._finalize
+        if self._owns_finalize:
+            m.submodules.finalize = fin
         aff = self._affine
         if self._owns_affine:
             m.submodules.affine = aff

@@ -13,7 +13,7 @@ from fractions import Fraction
 import pytest
 from amaranth.lib import data
 
-from hw.finalize import BackwardFinalize, ForwardFinalize, run_model
+from hw.finalize import BackwardFinalize, ForwardFinalize, SharedFinalize, run_model
 from hw.formats import BFPFormat, float_format, internal_format
 from sim.bench.amaranth_sim import run_stream
 from sim.model import golden_bn as gbn
@@ -562,6 +562,70 @@ def test_rtl_timing():
         assert [o - i for i, o in zip(ins, outs)] == [eng.latency + 1] * 3
         assert [b - a for a, b in zip(ins, ins[1:])] == [eng.cycles_per_channel] * 2
     assert fwd.latency == 189 + 6 * 12 and bwd.latency == 156 + 7 * 12
+
+
+# --- the shared engine (both programs on one datapath, hw.bn_core) -------------------------------
+
+def _shared(cfg, stats="exact", guard=4):
+    fmt, W, B, M, count, chunks = cfg
+    bfp = BFPFormat.for_float(float_format(fmt), W, B)
+    return SharedFinalize(bfp, internal_format(M), count, chunks, stats=stats, stats_guard=guard)
+
+
+def _shared_records(eng, rng, n_each, low=False):
+    """Forward and backward records, shuffled, each completed to the shared input record (the
+    other program's fields 0, ``backward`` set for backward records)."""
+    fwd, bwd = eng._fwd, eng._bwd
+    if low:
+        f_recs, b_recs = low_forward_records(fwd, rng, n_each), low_backward_records(bwd, rng, n_each)
+    else:
+        f_recs, b_recs = forward_records(fwd, rng, n_each), backward_records(bwd, rng, n_each)
+    zero = {name: 0 for name, _ in eng.input_layout}
+    recs = [dict(zero, **r, backward=0) for r in f_recs] + [dict(zero, **r, backward=1) for r in b_recs]
+    rng.shuffle(recs)
+    return recs
+
+
+def _check_shared(eng, recs, outs):
+    """Each output against its own program's golden result, on that program's output fields."""
+    bad = []
+    for rec, got in zip(recs, outs):
+        want = (backward_golden(eng._bwd, rec) if rec["backward"] else forward_golden(eng._fwd, rec))
+        if {k: got[k] for k in want} != want:
+            bad.append((rec, got, want))
+    assert len(outs) == len(recs)
+    assert not bad, f"{len(bad)} of {len(recs)} mismatches; first: record {bad[0][0]}, got {bad[0][1]}, " \
+                    f"expected {bad[0][2]}"
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_ids)
+def test_model_shared(cfg):
+    """The shared engine's register-transfer model, both programs, exact and low statistics."""
+    eng = _shared(cfg)
+    rng = random.Random(_ids(cfg) + "shared")
+    recs = _shared_records(eng, rng, 150)
+    _check_shared(eng, recs, [run_model(eng, r) for r in recs])
+    eng = _shared(cfg, "low", 4)
+    recs = _shared_records(eng, rng, 100, low=True)
+    _check_shared(eng, recs, [run_model(eng, r) for r in recs])
+    assert eng.nw == max(eng._fwd.nw, eng._bwd.nw)
+
+
+@pytest.mark.parametrize("cfg,stats", [(CONFIGS[0], "exact"), (CONFIGS[5], "low"), (CONFIGS[1], "exact")],
+                         ids=lambda v: _ids(v) if isinstance(v, tuple) else v)
+def test_rtl_pysim_shared(cfg, stats):
+    """The shared engine's RTL: forward and backward records interleaved, with gaps and
+    back-pressure, each bit for bit against its program's golden result; each mode's latency is
+    its own engine's."""
+    eng = _shared(cfg, stats)
+    rng = random.Random(_ids(cfg) + "simshared")
+    recs = _pick(_shared_records(eng, rng, 12, low=stats == "low"), 8, rng)
+    assert {r["backward"] for r in recs} == {0, 1}
+    outs, _, _ = simulate(eng, recs, seed=5, gap=0.3, stall=0.3)
+    _check_shared(eng, recs, outs)
+    _, ins, outs_c = simulate(eng, recs[:4])
+    lat = [eng.mode_latency["backward" if r["backward"] else "forward"] + 1 for r in recs[:4]]
+    assert [o - i for i, o in zip(ins, outs_c)] == lat
 
 
 # --- Verilator: thousands of channels through the RTL ---------------------------------------------

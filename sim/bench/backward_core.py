@@ -439,10 +439,11 @@ def _params(conf):
     return Params(**conf["params"])
 
 
-async def run_plan(dut, conf, steps, idle, backpressure, seed, *, reset=True):
+async def run_plan(dut, conf, steps, idle, backpressure, seed, *, reset=True, timeout_scale=1):
     """Drive ``steps`` through the core (``dut``: anything with the core's ports as attributes, and
     ``clk``); returns a result dict (counts, mismatches, cycles). ``reset``: start the clock and
-    reset first (``sim.bench.bn_core`` does it once for both cores)."""
+    reset first (``sim.bench.bn_core`` does it once for both cores); ``timeout_scale`` stretches
+    the time limit (a core sharing its units waits for them)."""
     from sim.bench import common as bench
     if reset:
         await bench.start_clock_and_reset(dut)
@@ -472,7 +473,8 @@ async def run_plan(dut, conf, steps, idle, backpressure, seed, *, reset=True):
     want_dx = [w for s in steps for w in s["dx"]]
     blocks = sum(len(s["xg"]) + len(s["g"]) for s in steps)
     finalize = 200 * len(want_grads)
-    limit = 200 + int((blocks + finalize + 20 * len(steps)) * 4 / max(0.05, (1 - idle) * (1 - backpressure)))
+    limit = 200 + int(timeout_scale * (blocks + finalize + 20 * len(steps)) * 4
+                      / max(0.05, (1 - idle) * (1 - backpressure)))
     task = cocotb.start_soon(drv.run())
     clk = dut.clk
     while (len(drv.received["grads"]) < len(want_grads) or len(drv.received["dx"]) < len(want_dx)
@@ -515,7 +517,7 @@ async def run_plan(dut, conf, steps, idle, backpressure, seed, *, reset=True):
         di += nd
     return {
         "cycles": cycles,
-        "dx_cycles": list(drv.received_cycles["dx"]),
+        "transfer_cycles": {k: list(drv.received_cycles[k]) for k in ("dx", "grads")},
         "commands": report,
         "elements": sum(s["elements"] for s in steps),
         "dx_elements": sum(s["elements"] for s in steps if s["dx"]),
@@ -561,7 +563,7 @@ if cocotb is not None:
         result = await run_plan(dut, conf, steps, conf.get("idle", 0.3), conf.get("backpressure", 0.3),
                                 conf["seed"])
         problems = plan_problems(result)
-        del result["dx_cycles"]
+        del result["transfer_cycles"]
         bench.write_result(conf.get("result_file"), "backward", problems, tests=["backward_regression"],
                            **result)
         assert not problems, "\n".join(problems)

@@ -7,7 +7,8 @@ random gaps and back-pressure, so the two cores contend for the shared affine th
 golden model, as in the separate benches. The forward plan's timing steps are recorded but not
 enforced (the other core may hold the affine; ``sim.bench.forward_core`` enforces them on the
 forward core alone, whose timing the share leaves unchanged). The result records how often the
-affine changed hands (``affine_switches``), so a test can check that the cores did contend.
+affine and the finalize engine changed hands (``hand_overs``), so a test can check that the
+cores did contend for both.
 
 Configuration (``LN_CONFIG``): ``params``, ``seed``, ``elements`` (per core), ``result``.
 """
@@ -16,6 +17,11 @@ try:
     import cocotb
 except ImportError:         # importable without cocotb
     cocotb = None
+
+
+#: How much longer than alone a core may take (each waits for the shared units: a finalize channel
+#: for up to two of the other core's, the affine for a burst and a drain).
+TIMEOUT_SCALE = 4
 
 
 class Prefixed:
@@ -31,11 +37,12 @@ class Prefixed:
         return getattr(self._dut, self._prefix + name)
 
 
-def affine_switches(y_cycles, dx_cycles):
-    """How often the affine's outputs changed hands: alternations between ``y`` and ``dx`` in the
-    merged order of their transfer cycles (the share hands over only when the unit is empty, so
+def hand_overs(fwd_cycles, bwd_cycles):
+    """How often a shared unit's outputs changed hands: alternations between the forward core's
+    and the backward core's outputs of that unit (``y`` / ``dx``, ``stats`` / ``grads``) in the
+    merged order of their transfer cycles (a share hands over only when the unit is empty, so
     each alternation is one hand-over with both cores active)."""
-    merged = sorted([(c, 0) for c in y_cycles] + [(c, 1) for c in dx_cycles])
+    merged = sorted([(c, 0) for c in fwd_cycles] + [(c, 1) for c in bwd_cycles])
     return sum(a[1] != b[1] for a, b in zip(merged, merged[1:]))
 
 
@@ -59,14 +66,16 @@ if cocotb is not None:
             getattr(bwd, f"{port}__ready").value = 0
         await start_clock_and_reset(dut)
         steps = backward_core.BackwardPlan(Params(**conf["params"]), conf["seed"]).build(conf["elements"])
-        f_task = cocotb.start_soon(forward_core.run_forward(fwd, conf, reset=False, timing=False))
+        f_task = cocotb.start_soon(forward_core.run_forward(fwd, conf, reset=False, timing=False,
+                                                                   timeout_scale=TIMEOUT_SCALE))
         b_task = cocotb.start_soon(backward_core.run_plan(bwd, conf, steps, 0.3, 0.3, conf["seed"] + 1,
-                                                          reset=False))
+                                                          reset=False, timeout_scale=TIMEOUT_SCALE))
         f_failures, f_result = await f_task
         b_result = await b_task
-        switches = affine_switches(f_result.pop("y_cycles"), b_result.pop("dx_cycles"))
+        fc, bc = f_result.pop("transfer_cycles"), b_result.pop("transfer_cycles")
+        switches = {"affine": hand_overs(fc["y"], bc["dx"]), "finalize": hand_overs(fc["stats"], bc["grads"])}
         failures = [f"forward: {x}" for x in f_failures]
         failures += [f"backward: {x}" for x in backward_core.plan_problems(b_result)]
         write_result(conf["result"], "bn", failures, tests=["bn_core_vs_golden"],
-                     forward=f_result, backward=b_result, affine_switches=switches)
+                     forward=f_result, backward=b_result, hand_overs=switches)
         assert not failures, "\n".join(failures[:5])

@@ -414,17 +414,18 @@ if cocotb is not None:
         from sim.bench.common import config, write_result
         conf = config()
         failures, result = await run_forward(dut, conf)
-        del result["y_cycles"]
+        del result["transfer_cycles"]
         write_result(conf["result"], "forward", failures, tests=["forward_core_vs_golden"], **result)
         assert not failures, f"{failures[:3]}"
 
 
-async def run_forward(dut, conf, *, reset=True, timing=True):
+async def run_forward(dut, conf, *, reset=True, timing=True, timeout_scale=1):
     """The forward bench on ``dut`` (anything with the core's ports as attributes, and ``clk``):
-    returns ``(failures, result)`` (``result["y_cycles"]``: the cycle of every ``y`` transfer). ``reset``: start the clock and reset first (a caller that runs
+    returns ``(failures, result)`` (``result["transfer_cycles"]``: the cycle of every ``y`` and ``stats`` transfer). ``reset``: start the clock and reset first (a caller that runs
     several benches on one DUT does it once). ``timing``: the documented timing of the timing steps
     counts as a failure (else it is only recorded; ``sim.bench.bn_core``, where the other core may
-    hold the shared affine)."""
+    hold the shared affine). ``timeout_scale`` stretches each step's time limit (a core sharing
+    its units with another waits for them)."""
     import time
     from cocotb.triggers import RisingEdge
     from gen.units import Params
@@ -585,7 +586,7 @@ async def run_forward(dut, conf, *, reset=True, timing=True):
                 st["y_total"] += len(s["y"])
                 st["s_total"] += len(s["stats"])
                 st["x_total"] += len(s["x"])
-                st["limit"] = cycle + 50 * len(s["x"]) + 200 * p.channels + 10000
+                st["limit"] = cycle + timeout_scale * (50 * len(s["x"]) + 200 * p.channels + 10000)
                 st["phase"] = "drain"
         elif phase == "drain":
             if not int(dut.busy.value) and len(y_got) >= st["y_total"] and len(s_got) >= st["s_total"]:
@@ -630,7 +631,7 @@ async def run_forward(dut, conf, *, reset=True, timing=True):
         "elements": sum(s["elements"] for s in steps), "y_blocks": y_total, "stats_records": s_total,
         "commands": len(steps), "bad_commands": sum(s["bad"] for s in steps),
         "cycles": cycle, "timing": timing, "mismatches": mism, "errors": errors[:20], "notes": notes[:20],
-        "y_cycles": list(drv.received_cycles["y"]),
+        "transfer_cycles": {k: list(drv.received_cycles[k]) for k in ("y", "stats")},
         "plan_seconds": round(t_plan, 1), "sim_seconds": round(time.time() - t0 - t_plan, 1),
         "plan_cpu_seconds": round(c_plan, 1),
         "sim_cpu_seconds": round(time.process_time() - c0 - c_plan, 1),

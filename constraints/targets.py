@@ -40,6 +40,7 @@ class BoardTarget:
     default_baud: int = 115200
     extra_resources: tuple = ()    # (name, pin, attrs dict)
     drive_high: tuple = ()         # (resource name, value)
+    synth_opts: str = ""           # options of synth_<family> (as python -m gen area uses them)
     notes: tuple = field(default=())
 
     def platform(self):
@@ -62,6 +63,7 @@ BOARDS = {
         bitstream="top.bin",
         leds=(("led_g", 0), ("led_r", 0)),
         resources=("ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_DSP", "ICESTORM_SPRAM", "SB_IO", "SB_GB"),
+        synth_opts="-dsp",      # the SB_MAC16 blocks take the multipliers (off by default in synth_ice40)
         presets={
             "shifter": {"width": 8, "block": 8, "in_format": "fp10"},
         },

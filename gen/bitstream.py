@@ -159,7 +159,8 @@ def build(board, params, *, unit=None, baud=None, out=None, rx_fifo_depth=512, p
         saved_env = {k: os.environ.get(k) for k in TOOL_ENV}
         os.environ.update({k: env[k] for k in TOOL_ENV})
         try:
-            plan = platform.prepare(top, name="top", nextpnr_opts="--timing-allow-fail")
+            plan = platform.prepare(top, name="top", nextpnr_opts="--timing-allow-fail",
+                                    synth_opts=target.synth_opts)
         finally:
             for k, v in saved_env.items():
                 if v is None:

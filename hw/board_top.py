@@ -65,7 +65,7 @@ FLAGS = ("framing_error", "overrun", "bad_command")
 UNIT_KINDS = {"shifter": 0, "forward": 1, "bn": 2}
 #: Parameters in the INFO reply, in order (0 where a unit has no such parameter).
 INFO_PARAMS = ("width", "block", "exp_bits", "frac_bits", "channels", "chunks", "max_count",
-               "internal_frac_bits", "divisor", "rx_fifo_depth")
+               "internal_frac_bits", "divisor", "rx_fifo_depth", "stats_low", "stats_guard")
 MAX_RECORD_BYTES = 255
 MAX_COUNT = 0xFFFF
 
@@ -143,7 +143,8 @@ def _core_params(params):
     fmt = params.float_format
     return {"width": params.width, "block": params.block, "exp_bits": fmt.exp_bits,
             "frac_bits": fmt.frac_bits, "channels": params.channels, "chunks": params.chunks,
-            "max_count": params.max_count, "internal_frac_bits": params.frac_bits}
+            "max_count": params.max_count, "internal_frac_bits": params.frac_bits,
+            "stats_low": int(params.stats == "low"), "stats_guard": params.stats_guard}
 
 
 def forward_attachment(params):

@@ -60,13 +60,16 @@ def test_board_uart_long(config, monkeypatch):
 #: unused bits of split nets (UNUSEDSIGNAL); CASEINCOMPLETE, PROCASSINIT and DECLFILENAME for
 #: emitters that keep processes and initialisers. Everything else (latches, multiple drivers,
 #: combinational loops, blocking/non-blocking mixes, ...) must be absent.
-def test_board_uart_bn(monkeypatch):
-    """Forward and backward cores behind the UART (4 channels in one block of 4, K = 2, n = 8 and
-    32): the host's Range-BN session, bit for bit against sim.model.golden_bn. Long: the Verilated
-    model of both cores builds in minutes and runs a few hundred to a few thousand cycles per
-    second, and one session is ~70k cycles at this divisor."""
-    params = Params(width=8, block=4, in_format="fp10", channels=4, chunks=2, max_count=32)
-    _run_board_uart(params, "board_uart_bn_w8_b4_c4_k2", monkeypatch, unit="bn", n=32)
+@pytest.mark.parametrize("stats", ["exact", "low"])
+def test_board_uart_bn(stats, monkeypatch):
+    """The training unit (ln_bn_core) behind the UART (4 channels in one block of 4, K = 2, n = 8
+    and 32): the host's Range-BN session, bit for bit against sim.model.golden_bn, with the
+    statistics mode the board reports in INFO (``low``: G = 2). The Verilated model builds in
+    minutes and runs a few hundred to a few thousand cycles per second; one session is ~70k
+    cycles at this divisor."""
+    params = Params(width=8, block=4, in_format="fp10", channels=4, chunks=2, max_count=32, stats=stats,
+                    stats_guard=2)
+    _run_board_uart(params, f"board_uart_bn_w8_b4_c4_k2_{stats}", monkeypatch, unit="bn", n=32)
 
 
 @pytest.mark.parametrize("unit", ["shifter", "bn"])

@@ -45,7 +45,7 @@ MAGIC = b"LN"
 PROTOCOL_VERSION = 1
 UNIT_KINDS = {0: "shifter", 1: "forward", 2: "bn"}
 INFO_PARAMS = ("width", "block", "exp_bits", "frac_bits", "channels", "chunks", "max_count",
-               "internal_frac_bits", "divisor", "rx_fifo_depth")
+               "internal_frac_bits", "divisor", "rx_fifo_depth", "stats_low", "stats_guard")
 FLAGS = ("framing_error", "overrun", "bad_command")
 
 
@@ -288,7 +288,8 @@ def _bn_setup(info, n, seed):
     while chunks > 1 and (n % chunks or n // chunks < 2):
         chunks //= 2
     cfg = gbn.BNConfig(bfp=bfp, channels=channels, chunks=chunks,
-                       internal_frac_bits=p["internal_frac_bits"], c_scale=gbn.range_scale(n // chunks))
+                       internal_frac_bits=p["internal_frac_bits"], c_scale=gbn.range_scale(n // chunks),
+                       stats="low" if p.get("stats_low") else "exact", stats_guard=p.get("stats_guard", 4))
     rng = random.Random(seed)
     groups = cfg.groups
 

@@ -430,6 +430,11 @@ METHOD = """### Method and caveats
   iterative divider and square root; the backward pass uses `sum g` and `sum g x` and
   `dx = A g + C x + D` (two multiplies and two adds per lane). It has no running statistics or
   inference mode (the LightNorm forward core does), which favours the baseline.
+- Sharing: the LightNorm training unit `ln_bn_core` shares one `a x + b` datapath and one
+  finalize engine between its forward and backward cores (`hw/bn_core.py`; a core waits for a
+  shared unit only while the other core uses it). The baseline's forward and backward units
+  share nothing; a baseline that shared its forward per-lane operators with the backward's could
+  be no smaller than its backward unit alone, which bounds that comparison from below.
 - Baseline correctness: `tests/test_float_bn.py` checks the float units bit for bit against
   `sim/model/float_golden.py` (float64 rounded once to the format: exact for fp32 and bf16 since
   53 >= 2p + 2), and both cores bit for bit against the golden model's forward/backward (same order

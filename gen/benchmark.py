@@ -56,7 +56,7 @@ def core_units(names):
     """(names summed as "LightNorm forward + backward", description)."""
     if TRAINING_UNIT in names:
         return [TRAINING_UNIT], (f"the training unit {TRAINING_UNIT}: forward + backward cores sharing "
-                                 "one a x + b datapath (hw.bn_core)")
+                                 "one a x + b datapath and one finalize engine (hw.bn_core)")
     cores = [n for n in names if CORE_PATTERN.search(n)]
     if cores:
         return cores, "forward + backward cores (" + ", ".join(cores) + ")"

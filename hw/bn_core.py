@@ -93,6 +93,27 @@ class BNCore(wiring.Component):
         return cls(p.bfp, p.internal, p.channels, p.max_count, p.chunks, stats=p.stats,
                    stats_guard=p.stats_guard)
 
+    def manifest_info(self):
+        """Each core's manifest information under ``forward`` / ``backward`` (its timing holds
+        while the other core does not use a shared unit), the port roles prefixed, and what is
+        shared."""
+        info, roles = {}, {}
+        for prefix, key, core in (("fwd_", "forward", self.forward), ("bwd_", "backward", self.backward)):
+            core_info = core.manifest_info()
+            for port, role in core_info.pop("port_roles", {}).items():
+                roles[prefix + port] = f"{key}: {role}"
+            info[key] = core_info
+        info["shared"] = {
+            "affine": {"unit": "hw.bfp_affine.BFPAffine", "latency": self._affine.latency,
+                       "burst": self.AFFINE_BURST},
+            "finalize": {"unit": "hw.finalize.SharedFinalize", "latency": self._finalize.mode_latency,
+                         "burst": 1},
+            "arbitration": "hw.stream_share.StreamShare: a unit changes hands only when empty; while "
+                           "the other core waits, the owner may send 'burst' more items, then yields",
+        }
+        info["port_roles"] = roles
+        return info
+
     def elaborate(self, platform):
         m = Module()
         m.submodules.affine = aff = self._affine

@@ -203,3 +203,19 @@ def test_stream_share_bounded_wait(burst):
     assert len(runs) >= 10 and set(runs[1:]) == {burst + 1}, runs[:12]
     _, order = run(1 << 16)
     assert set(order) == {0}
+
+
+def test_bn_core_manifest():
+    """The manifest entry of ln_bn_core: every port has its core's role, each core's timing is
+    the separate core's, and the shared units are named."""
+    from gen.units import Params, manifest_entry
+    from hw.backward_core import BackwardCore
+    from hw.bn_core import BNCore
+    from hw.forward_core import ForwardCore
+    p = Params(width=6, block=3, channels=7, chunks=2)
+    e = manifest_entry("ln_bn_core", BNCore.from_params(p))
+    assert all(q["role"] != "control" for q in e["ports"]), [q["name"] for q in e["ports"] if q["role"] == "control"]
+    assert e["forward"]["timing"] == ForwardCore.from_params(p).manifest_info()["timing"]
+    bwd = BackwardCore(p.bfp, p.internal, p.channels, p.max_count, p.chunks)
+    assert e["backward"]["timing"] == bwd.manifest_info()["timing"]
+    assert set(e["shared"]) == {"affine", "finalize", "arbitration"}

@@ -102,10 +102,12 @@ class BackwardCore(wiring.Component):
     * dx pass: one block per cycle sustained; ``latency`` = ``2 + BFPAffine latency`` cycles from
       a ``g`` block's acceptance to its ``dx`` block (one stage reads the ``a`` / ``b``
       memories and registers the position compares, made on the chunk entries read one block
-      ahead; one selects ``b``). ``g.ready`` is the affine pipeline's
-      ``i.ready``, a register (its credit for the output queue, ``BFPAffine.QUEUE_DEPTH``
-      blocks): the two stages here advance with it, and while ``dx`` stalls ``g`` is still
-      taken until the queue's credit runs out.
+      ahead; one selects ``b``). The two stages here advance when the affine's ``i.ready`` (a
+      register: its credit for the output queue, ``BFPAffine.QUEUE_DEPTH`` blocks) is high or
+      the second stage is empty, and ``g.ready`` is that: a function of two registers. So
+      while ``dx`` stalls ``g`` is still taken until the queue's credit runs out and the two
+      stages are full, and a core whose affine is shared (``hw.bn_core``) fills them and
+      offers its first block while the other core owns the affine.
     * Parameters-only mode saves the whole dx pass: ``n * groups`` cycles of ``g`` input plus the
       pipeline drain (``latency`` and a few hand-over cycles; ``sim/verify/measure_backward.py`` measures
       it), and the second read of g. It writes no chunk entries, which would also save
@@ -514,7 +516,7 @@ class BackwardCore(wiring.Component):
         # results; the a and b memories are read for it as it is taken (read enable = the
         # pipeline advances), so their data matches D1 and holds while the pipeline is stalled.
         # Stage D2: each lane's a and selected b (the b select alone on its path). D1 and D2
-        # advance with the affine pipeline, on its ``i.ready`` (a register: the affine's queue credit).
+        # advance on the affine's ``i.ready`` (a register: its queue credit) or into an empty D2.
         d1_valid = Signal()
         d1_block = Signal(bfp.block_layout())
         d1_grp = Signal(range(max(G, 2)))
@@ -524,7 +526,8 @@ class BackwardCore(wiring.Component):
         d2_block = Signal(bfp.block_layout())
         d2_a = Signal(data.ArrayLayout(f.width, B))
         d2_b = Signal(data.ArrayLayout(f.width, B))
-        advance = aff.i.ready
+        advance = Signal()
+        m.d.comb += advance.eq(aff.i.ready | ~d2_valid)
         m.d.comb += in_fx.eq(fsm.ongoing("DX"))
         m.d.comb += d1_ready.eq(advance)
 

@@ -16,8 +16,9 @@ Ports: every port of ``ForwardCore`` prefixed ``fwd_`` and every port of ``Backw
 ``bwd_busy``, ``bwd_count_error``), with the same records and meaning.
 
 Timing: each core's own (its docstring, docs/forward.md, docs/backward.md) whenever the other
-core's affine pass is not running: the share adds no cycle. The two cores may run at the same
-time; the statistics and the reductions overlap freely; a core whose normalize / dx pass finds
+core is not using a shared unit, plus one cycle each time a shared unit changes hands (the
+share's owner is a register, so no core's handshake runs through the other's). The two cores
+may run at the same time; the statistics and the reductions overlap freely; a core whose normalize / dx pass finds
 the affine in use waits (``x.ready`` / ``g.ready`` low) until the other's pass has ended and its
 last output block has been taken, and a core whose finalize finds the engine in use waits for
 it between channels (the engine is handed over whenever it is idle and empty, so both cores'
@@ -53,7 +54,7 @@ class BNCore(wiring.Component):
     """Forward + backward Range-BN cores with one shared ``BFPAffine`` (module docstring).
     Arguments as ``ForwardCore`` / ``BackwardCore``."""
 
-    #: Blocks a core may still send through the affine while the other waits (``StreamShare``'s
+    #: Blocks a core sends through the affine at most while the other waits (``StreamShare``'s
     #: ``burst``): each hand-over drains the pipeline (about ``latency`` cycles), so 64 blocks keep
     #: both cores at about 80 % of full rate when both stream; the finalize engine alternates
     #: channel by channel (burst 1).
@@ -109,7 +110,8 @@ class BNCore(wiring.Component):
             "finalize": {"unit": "hw.finalize.SharedFinalize", "latency": self._finalize.mode_latency,
                          "burst": 1},
             "arbitration": "hw.stream_share.StreamShare: a unit changes hands only when empty; while "
-                           "the other core waits, the owner may send 'burst' more items, then yields",
+                           "the other core waits, the owner sends at most 'burst' items, then yields; a hand-over "
+                           "costs one cycle",
         }
         info["port_roles"] = roles
         return info

@@ -5,36 +5,42 @@ leave in the order its inputs came, one output per input; ``hw.bfp_affine.BFPAff
 Each client sees a port pair shaped like the unit itself (``clients[k].i``, ``clients[k].o``), so a
 core written against the unit works unchanged against its client port.
 
-Rule: the unit belongs to its *owner* (a register) while the owner offers inputs or has items
-in the unit. When the unit is empty (``outstanding`` = 0) and the owner offers nothing, the unit
-is *free*: the first other client (lowest index) that offers an input transfers it, and from that
-edge on owns the unit. So the owner changes only while nothing is in the unit, and every output
-belongs to the owner: outputs are routed by the owner register alone. Waiting is bounded: while
-another client offers, the owner may transfer ``burst`` more items; then it *yields* (its
-``ready`` is held low), the unit drains and passes to the waiting client. ``burst`` trades the
-drain at each hand-over against the wait: a pipeline that streams (``BFPAffine``) takes a long
-burst, a sequential engine that takes one record at a time (``hw.finalize``) a burst of 1, so
-that two clients alternate record by record.
+Rule: the unit belongs to its *owner* (a register), and only the owner's input reaches it: the
+input multiplexer, the unit's ``i.valid`` and every client's ``i.ready`` are functions of
+registers and of the owner's own ``valid``, so no client's handshake passes through another's.
+(Granting a free unit to a waiting client in the same cycle saves the hand-over cycle but puts
+one core's ``valid`` through the grant and the input multiplexer into the unit's first stage:
+``ln_bn_core`` at W8 B4 made 68.6 MHz that way, against 108 and 112 for the separate cores.) When the
+unit is empty (``outstanding`` = 0) and the owner offers nothing, the unit is *free*: at that
+edge it passes to the first other client (lowest index) that offers, which transfers from the
+next cycle on. So the owner changes only while nothing is in the unit, and every output belongs
+to the owner: outputs are routed by the owner register alone. Waiting is bounded: while another
+client offers, the owner transfers at most ``burst`` items; then it *yields* (its ``ready`` is
+held low), the unit drains and passes to the waiting client. ``burst`` trades the drain at each
+hand-over against the wait: a pipeline that streams (``BFPAffine``) takes a long burst, a
+sequential engine that takes one record at a time (``hw.finalize``) a burst of 1, so that two
+clients alternate record by record.
 
-Timing: no cycle is added. A client alone sees exactly the unit's own ``i.ready`` (it is the owner,
-or the unit is free), so a core's documented latency and throughput hold whenever the other
-clients are idle. A client that is not the owner waits until the owner pauses or yields and the
-unit has drained; it is never refused while the unit is free.
+Timing: a hand-over costs one cycle (the edge that moves the owner, with the unit empty); the
+owner sees exactly the unit's own ``i.ready``. So a client alone keeps a core's documented latency
+and throughput once it owns the unit, and its first transfer after another client's pass waits
+one cycle. A client that is not the owner waits until the owner pauses or yields and the unit
+has drained, plus that cycle.
 
-Back-pressure: ``clients[k].i.ready`` = unit ``i.ready`` and (owner = k and not yielding, or free
-and no lower-index non-owner offers); it does not depend on ``clients[k].i.valid`` itself, so a
-client may advance its own pipeline on ``ready`` alone (``hw.backward_core`` does; such a client
-is seen as waiting only once its pipeline offers). ``clients[k].o`` carries the unit's ``o``
-while k owns it (``valid`` low otherwise); the unit's ``o.ready`` is the owner's. Stream rules
-hold on every port: an output's payload holds until taken because the owner cannot change while
-an output waits.
+Back-pressure: ``clients[k].i.ready`` = unit ``i.ready`` and owner = k and not yielding: it
+depends on no client's ``valid``, so a client may advance its own pipeline on ``ready`` alone
+(``hw.backward_core`` does; such a client is seen as waiting only once its pipeline offers).
+``clients[k].o`` carries the unit's ``o`` while k owns it (``valid`` low otherwise); the unit's
+``o.ready`` is the owner's. Stream rules hold on every port: an output's payload holds until
+taken because the owner cannot change while an output waits.
 
-Cost: one input-payload multiplexer (``n - 1`` LUTs per payload bit), an output-valid gate per
-client, a counter of ``bits(max_outstanding)`` bits and one of ``bits(burst)``. ``max_outstanding``: the most inputs the
+Cost: one input-payload multiplexer (``n - 1`` LUTs per payload bit, selected by the owner
+register), an output-valid gate per client, a counter of ``bits(max_outstanding)`` bits and one
+of ``bits(burst)``. ``max_outstanding``: the most inputs the
 unit holds untaken (``BFPAffine.QUEUE_DEPTH``; its credit register enforces it).
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -70,6 +76,21 @@ class StreamShare(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         n, cl = self.n, self.clients
+        owner = self.owner
+        is_owner = [owner == k for k in range(n)]
+
+        yielding = Signal()
+        owner_valid = Signal()
+        for k in range(n):
+            with m.If(is_owner[k]):
+                m.d.comb += [owner_valid.eq(cl[k].i.valid),
+                             self.unit_i.payload.eq(cl[k].i.payload),
+                             self.unit_o.ready.eq(cl[k].o.ready)]
+            m.d.comb += [cl[k].i.ready.eq(self.unit_i.ready & is_owner[k] & ~yielding),
+                         cl[k].o.payload.eq(self.unit_o.payload),
+                         cl[k].o.valid.eq(self.unit_o.valid & is_owner[k])]
+        m.d.comb += self.unit_i.valid.eq(owner_valid & ~yielding)
+
         outstanding = Signal(range(self.max_outstanding + 1))
         took = Signal()
         gave = Signal()
@@ -80,57 +101,24 @@ class StreamShare(wiring.Component):
         with m.Elif(gave & ~took):
             m.d.sync += outstanding.eq(outstanding - 1)
 
-        owner = self.owner
-        owner_valid = Signal()
-        m.d.comb += owner_valid.eq(Mux(owner == 0, cl[0].i.valid, 0))
-        for k in range(1, n):
-            with m.If(owner == k):
-                m.d.comb += owner_valid.eq(cl[k].i.valid)
-        # A non-owner waits (offers an input): after ``burst`` more owner transfers the owner yields
-        # (``yielding``: its ready is held low until the unit has drained and changed hands).
-        sel = Signal(range(n))
+        # The first non-owner that offers (lowest index) is the one waiting; it gets the unit at
+        # the edge where the unit is free. While it waits the owner may transfer ``burst`` items,
+        # then yields (its ready held low until the unit has drained and changed hands).
         waiting = Signal()
-        m.d.comb += waiting.eq(Cat(*[cl[k].i.valid & (owner != k) for k in range(n)]).any())
+        nxt = Signal(range(n))
+        for k in reversed(range(n)):
+            with m.If(cl[k].i.valid & ~is_owner[k]):
+                m.d.comb += [waiting.eq(1), nxt.eq(k)]
+        free = Signal()
+        m.d.comb += free.eq((outstanding == 0) & (~owner_valid | yielding))
         run = Signal(range(self.burst))
-        yielding = Signal()
-        owner_took = Signal()
-        with m.If(took & (sel != owner)):
-            m.d.sync += [run.eq(0), yielding.eq(0)]
+        with m.If(free & waiting):
+            m.d.sync += [owner.eq(nxt), run.eq(0), yielding.eq(0)]
         with m.Elif(~waiting):
-            m.d.sync += run.eq(0)
-        with m.Elif(owner_took):
+            m.d.sync += [run.eq(0), yielding.eq(0)]
+        with m.Elif(took):
             with m.If(run == self.burst - 1):
                 m.d.sync += yielding.eq(1)
             with m.Else():
                 m.d.sync += run.eq(run + 1)
-        free = Signal()
-        m.d.comb += free.eq((outstanding == 0) & (~owner_valid | yielding))
-
-        # sel: the client whose input reaches the unit this cycle.
-        m.d.comb += sel.eq(owner)
-        earlier = Signal(name="earlier_0", init=0)      # a lower-index non-owner offers
-        offers = []                                     # granted offers: at most one is high
-        for k in range(n):
-            is_owner = owner == k
-            grant = Signal(name=f"grant_{k}")
-            m.d.comb += grant.eq(Mux(is_owner, ~yielding, free & ~earlier))
-            m.d.comb += cl[k].i.ready.eq(self.unit_i.ready & grant)
-            offers.append(cl[k].i.valid & grant)
-            with m.If(free & ~is_owner & cl[k].i.valid & ~earlier):
-                m.d.comb += sel.eq(k)
-            nxt = Signal(name=f"earlier_{k + 1}")
-            m.d.comb += nxt.eq(earlier | (~is_owner & cl[k].i.valid))
-            earlier = nxt
-            m.d.comb += [cl[k].o.payload.eq(self.unit_o.payload),
-                         cl[k].o.valid.eq(self.unit_o.valid & is_owner)]
-            with m.If(is_owner):
-                m.d.comb += self.unit_o.ready.eq(cl[k].o.ready)
-
-        m.d.comb += [self.unit_i.valid.eq(Cat(*offers).any()), self.unit_i.payload.eq(cl[0].i.payload)]
-        for k in range(1, n):
-            with m.If(sel == k):
-                m.d.comb += self.unit_i.payload.eq(cl[k].i.payload)
-        m.d.comb += owner_took.eq(took & (sel == owner))
-        with m.If(took):
-            m.d.sync += owner.eq(sel)
         return m

@@ -6,7 +6,7 @@ random gaps and back-pressure, so the two cores contend for the shared affine th
 ``y`` block, ``stats`` record, ``grads`` record and ``dx`` block is checked bit for bit against the
 golden model, as in the separate benches. The forward plan's timing steps are recorded but not
 enforced (the other core may hold the affine; ``sim.bench.forward_core`` enforces them on the
-forward core alone, whose timing the share leaves unchanged). The result records how often the
+forward core alone). The result records how often the
 affine and the finalize engine changed hands (``hand_overs``), so a test can check that the
 cores did contend for both.
 

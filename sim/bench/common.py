@@ -243,7 +243,8 @@ class StreamDriver:
       before an item with probability ``idle`` (:attr:`idle_for` overrides it per stream), then
       raises ``valid`` with the payload and holds both until the transfer: ``valid`` never
       depends on ``ready``. :attr:`pause` ``[name] = k`` holds a source off until its ``ready``
-      has been high for ``k`` more cycles (a late item); a source not in :attr:`enabled` offers
+      has been high for ``k`` more cycles (a late item; the one place where a source waits for
+      ``ready``, so only for a sink whose ``ready`` does not wait for ``valid``); a source not in :attr:`enabled` offers
       nothing;
     * a *sink* (``sinks``: DUT output streams) drives ``ready`` low with probability
       ``backpressure`` each cycle, independent of ``valid``;

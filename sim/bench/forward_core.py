@@ -422,9 +422,12 @@ if cocotb is not None:
 async def run_forward(dut, conf, *, reset=True, timing=True, timeout_scale=1):
     """The forward bench on ``dut`` (anything with the core's ports as attributes, and ``clk``):
     returns ``(failures, result)`` (``result["transfer_cycles"]``: the cycle of every ``y`` and ``stats`` transfer). ``reset``: start the clock and reset first (a caller that runs
-    several benches on one DUT does it once). ``timing``: the documented timing of the timing steps
-    counts as a failure (else it is only recorded; ``sim.bench.bn_core``, where the other core may
-    hold the shared affine). ``timeout_scale`` stretches each step's time limit (a core sharing
+    several benches on one DUT does it once). ``timing``: the core's handshake timing is its own:
+    the documented timing of the timing steps counts as a failure, and now and then a ``params``
+    record is held back until the core has waited for it with ``params.ready`` high. With
+    ``timing=False`` (``sim.bench.bn_core``: the core shares its units, and a shared unit's
+    ``ready`` may wait for ``valid``) the timing is only recorded and no record waits for
+    ``ready``. ``timeout_scale`` stretches each step's time limit (a core sharing
     its units with another waits for them)."""
     import time
     from cocotb.triggers import RisingEdge
@@ -538,7 +541,7 @@ async def run_forward(dut, conf, *, reset=True, timing=True, timeout_scale=1):
     # Timing steps (Planner.timing_steps): no gaps, no late params, no back-pressure; the
     # cycles of their x and y transfers and of the command's acceptance are recorded.
     tm = {"x": [], "y": [], "cmd": None}
-    timing = []
+    timing_rows = []
 
     def new(d, name, cycles):
         """Transfer cycles of ``name`` since the previous call."""
@@ -559,7 +562,7 @@ async def run_forward(dut, conf, *, reset=True, timing=True, timeout_scale=1):
             tm["y"] += ys
         # Now and then a params record comes late: only after the core has waited for it
         # with params.ready high for 1..4 cycles (the transfer cycle counts too).
-        if new(d, "params", d.sent_cycles["params"]) and not in_timing and gap \
+        if new(d, "params", d.sent_cycles["params"]) and timing and not in_timing and gap \
                 and late_rng.random() < 0.25:
             d.pause["params"] = late_rng.randint(2, 5)
         cmd_sent = new(d, "cmd", d.sent_cycles["cmd"])
@@ -592,7 +595,7 @@ async def run_forward(dut, conf, *, reset=True, timing=True, timeout_scale=1):
             if not int(dut.busy.value) and len(y_got) >= st["y_total"] and len(s_got) >= st["s_total"]:
                 check_step(step_i, s)
                 if s.get("timing"):
-                    timing.append(check_timing(step_i, s, tm))
+                    timing_rows.append(check_timing(step_i, s, tm))
                 tm = {"x": [], "y": [], "cmd": None}
                 st["step"], st["phase"] = step_i + 1, "issue"
             elif cycle > st["limit"]:
@@ -630,7 +633,7 @@ async def run_forward(dut, conf, *, reset=True, timing=True, timeout_scale=1):
     result = {
         "elements": sum(s["elements"] for s in steps), "y_blocks": y_total, "stats_records": s_total,
         "commands": len(steps), "bad_commands": sum(s["bad"] for s in steps),
-        "cycles": cycle, "timing": timing, "mismatches": mism, "errors": errors[:20], "notes": notes[:20],
+        "cycles": cycle, "timing": timing_rows, "mismatches": mism, "errors": errors[:20], "notes": notes[:20],
         "transfer_cycles": {k: list(drv.received_cycles[k]) for k in ("y", "stats")},
         "plan_seconds": round(t_plan, 1), "sim_seconds": round(time.time() - t0 - t_plan, 1),
         "plan_cpu_seconds": round(c_plan, 1),

@@ -736,7 +736,13 @@ class _FinalizeEngine(wiring.Component):
             for j, e in enumerate(self.entries):
                 with m.If(start_sel == j):
                     m.d.comb += [step_next.eq(1 << e), cnt_next.eq(self.cycles[e] - 1)]
-            m.d.sync += [inp.eq(self.i.payload), busy.eq(1), first.eq(1), ovf.eq(0)]
+            m.d.sync += [busy.eq(1), first.eq(1), ovf.eq(0)]
+        # The record register follows ``i.payload`` on every idle cycle and holds from the accept
+        # edge on: its enable is ``~busy`` (a register), so ``i.valid`` -- which arrives through
+        # a client's control and a share's grant -- drives a few control bits, not ``|inp|``
+        # enables across the device. Nothing reads ``inp`` while the engine is idle.
+        with m.If(~busy):
+            m.d.sync += inp.eq(self.i.payload)
         with m.If(self.o.valid & self.o.ready & ~(busy & c_out)):
             m.d.sync += self.o.valid.eq(0)
         return m

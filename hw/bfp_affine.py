@@ -114,6 +114,11 @@ class BFPAffine(wiring.Component):
     being taken until ``QUEUE_DEPTH`` blocks are outstanding. (The earlier scheme, one enable
     ``o.ready | ~o.valid`` for every register, made the consumer's ``ready`` a net of thousands
     of loads: it limited the backward core to 82 MHz at B = 16.)
+
+    Reset: the valid bits, the credit and the queue's pointers are reset; the lane registers of
+    stages 0 to 4 and of the quantizer have no reset (``reset_less``): each is written in the
+    cycle before it is read, and nothing reads it while its ``valid`` is low. A synchronous
+    reset would cost a gate per bit in standard cells (docs/area.md, "Registers without reset").
     """
 
     #: Blocks the output queue holds (``SyncFIFOBuffered``: 16 in memory, one in its output
@@ -166,9 +171,9 @@ class BFPAffine(wiring.Component):
         })
         lane2 = data.StructLayout({"hi": N, "lo": N, "key": kw, "sign": 1, "sub": 1})
         s1_valid = Signal()
-        s1 = Signal(data.ArrayLayout(lane1, B))
+        s1 = Signal(data.ArrayLayout(lane1, B), reset_less=True)
         s2_valid = Signal()
-        s2 = Signal(data.ArrayLayout(lane2, B))
+        s2 = Signal(data.ArrayLayout(lane2, B), reset_less=True)
         # The pipeline never stalls (no register of it has an enable): a block is taken only when
         # the output queue has room for it and every block ahead of it (``credit``, below).
         take = Signal()
@@ -182,7 +187,7 @@ class BFPAffine(wiring.Component):
             "key": kw, "dd": signed(ew + 2),
         })
         s0_valid = Signal()
-        s0 = Signal(data.ArrayLayout(lane0, B))
+        s0 = Signal(data.ArrayLayout(lane0, B), reset_less=True)
         lanes0 = []
         for l in range(B):
             q = blk.codes.as_value()[l * W:(l + 1) * W]
@@ -223,7 +228,7 @@ class BFPAffine(wiring.Component):
             "prod": Wp, "mb": M + 1, "sp": 1, "sb": 1, "b_high": 1, "key": kw, "dd": signed(ew + 2),
         })
         sp_valid = Signal()
-        sp = Signal(data.ArrayLayout(lanep, B))
+        sp = Signal(data.ArrayLayout(lanep, B), reset_less=True)
         m.d.sync += sp_valid.eq(s0_valid)
         for l in range(B):
             z = s0[l]

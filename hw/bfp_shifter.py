@@ -254,7 +254,7 @@ class _Stage:
 
     def __init__(self, name, layout):
         self.valid = Signal(name=f"{name}_valid")
-        self.data = Signal(layout, name=f"{name}_data")
+        self.data = Signal(layout, name=f"{name}_data", reset_less=True)
         self.ready = Signal(name=f"{name}_ready")
 
 

@@ -129,6 +129,11 @@ reach about 100 MHz on ECP5 (``docs/area.md``). The price is cycles: at M = 12 a
 261 cycles forward (124 with single-cycle steps) and 240 backward (133), for about 3.5 times the
 clock.
 
+Reset: the control (``busy``, the step token and its counter, the decoded controls, the
+predicates and flags) is reset; the record register, ACC, HOLD, OPR, MQ, the float registers and
+the free-running ``ld`` / ``add`` stages have no reset (``reset_less``). A program writes every
+one of them before it reads it, and nothing reads the record while the engine is idle.
+
 :func:`run_model` executes the same micro-program on Python integers (the register-transfer
 model the tests use to sweep thousands of channels quickly); the Amaranth engine is checked
 against the golden model directly.
@@ -367,7 +372,7 @@ class _FinalizeEngine(wiring.Component):
         m.d.comb += [step_next.eq(step), cnt_next.eq(cnt)]
         m.d.sync += [step.eq(step_next), cnt.eq(cnt_next), last.eq(~cnt_next.any())]
         first = Signal()                        # first cycle of the current step
-        inp = Signal(self.input_layout)
+        inp = Signal(self.input_layout, reset_less=True)
         m.d.comb += self.i.ready.eq(~busy)
         accept = Signal()
         m.d.comb += accept.eq(self.i.valid & ~busy)
@@ -398,13 +403,13 @@ class _FinalizeEngine(wiring.Component):
             return [i for i, st in enumerate(prog) if pred(st)]
 
         # Registers of the datapath.
-        acc, acc_s, acc_e = Signal(NW, name="acc"), Signal(name="acc_s"), Signal(es, name="acc_e")
-        hold, hold_s, hold_e = Signal(NW, name="hold"), Signal(name="hold_s"), Signal(es, name="hold_e")
-        opr, opr_s, opr_e = Signal(NO, name="opr"), Signal(name="opr_s"), Signal(es, name="opr_e")
-        mq, mq_s, mq_e = Signal(K, name="mq"), Signal(name="mq_s"), Signal(es, name="mq_e")
+        acc, acc_s, acc_e = (Signal(w, name=n, reset_less=True) for w, n in ((NW, "acc"), (1, "acc_s"), (es, "acc_e")))
+        hold, hold_s, hold_e = (Signal(w, name=n, reset_less=True) for w, n in ((NW, "hold"), (1, "hold_s"), (es, "hold_e")))
+        opr, opr_s, opr_e = (Signal(w, name=n, reset_less=True) for w, n in ((NO, "opr"), (1, "opr_s"), (es, "opr_e")))
+        mq, mq_s, mq_e = (Signal(w, name=n, reset_less=True) for w, n in ((K, "mq"), (1, "mq_s"), (es, "mq_e")))
         stk = Signal(name="stk")
         ovf = Signal(name="ovf")
-        regs = {name: Signal(f.width, name=f"r_{name}") for name in self.FLOAT_REGS}
+        regs = {name: Signal(f.width, name=f"r_{name}", reset_less=True) for name in self.FLOAT_REGS}
 
         # Predicates.
         training = Signal()
@@ -518,13 +523,14 @@ class _FinalizeEngine(wiring.Component):
         # LD pipeline (LD_CYCLES = 4; free-running registers, the step's inputs hold still):
         # 1 source and its exponent, 2 leading-zero count and the exponent's constant terms, 3 shift
         # by the count's high bits, 4 by its three low bits into ACC.
-        ld1_mag, ld1_sign, ld2_e2 = Signal(NW, name="ld1_mag"), Signal(name="ld1_sign"), Signal.like(e2, name="ld2_e2")
+        ld1_mag, ld1_sign = Signal(NW, name="ld1_mag", reset_less=True), Signal(name="ld1_sign", reset_less=True)
+        ld2_e2 = Signal.like(e2, name="ld2_e2", reset_less=True)
         m.d.sync += [ld1_mag.eq(src_mag), ld1_sign.eq(src_sign ^ c_ld_neg), ld2_e2.eq(e2)]
         lz = count_leading_zeros(m, ld1_mag, "ld_lz")
-        ld2_lz, ld2_nz = Signal(b_sh, name="ld2_lz"), Signal(name="ld2_nz")
+        ld2_lz, ld2_nz = Signal(b_sh, name="ld2_lz", reset_less=True), Signal(name="ld2_nz", reset_less=True)
         m.d.sync += [ld2_lz.eq(lz), ld2_nz.eq(ld1_mag.any())]
         e3 = as_sig(m, s_add(ld2_e2, widen(ld2_lz, EW + 2).as_signed(), sub=True), "ld_e3")
-        ld3_mag, ld3_exp = Signal(NW, name="ld3_mag"), Signal(es, name="ld3_exp")
+        ld3_mag, ld3_exp = Signal(NW, name="ld3_mag", reset_less=True), Signal(es, name="ld3_exp", reset_less=True)
         m.d.sync += [
             ld3_mag.eq(shift_left(m, ld1_mag, Cat(Const(0, 3), ld2_lz[3:]), "ld_norm_hi")),
             ld3_exp.eq(fold_s(m, Mux(ld2_nz, e3, ld2_e2), EW, "ld_ef")),
@@ -566,9 +572,9 @@ class _FinalizeEngine(wiring.Component):
         a_high = Signal()
         m.d.comb += a_high.eq(acc[-1] & (~hold[-1] | ~d_ah[-1]))
         d = as_sig(m, Mux(a_high, d_ah, d_ha), "add_d")        # >= 0 when both are non-zero
-        add1_hi, add1_lo = Signal(NW, name="add1_hi"), Signal(NW, name="add1_lo")
-        add1_ehi, add1_sh = Signal(es, name="add1_ehi"), Signal(b_sh, name="add1_sh")
-        add1_shi, add1_sub = Signal(name="add1_shi"), Signal(name="add1_sub")
+        add1_hi, add1_lo = Signal(NW, name="add1_hi", reset_less=True), Signal(NW, name="add1_lo", reset_less=True)
+        add1_ehi, add1_sh = Signal(es, name="add1_ehi", reset_less=True), Signal(b_sh, name="add1_sh", reset_less=True)
+        add1_shi, add1_sub = Signal(name="add1_shi", reset_less=True), Signal(name="add1_sub", reset_less=True)
         m.d.sync += [
             add1_hi.eq(Mux(a_high, acc, hold)),
             add1_lo.eq(Mux(a_high, hold, acc)),
@@ -582,16 +588,16 @@ class _FinalizeEngine(wiring.Component):
         # Jamming composes (jam(jam(v, H), L) = jam(v, H + L)), so the shift is split in two
         # stages: by the distance's high bits, then by its four low bits.
         sh_lo = min(4, b_sh)
-        add2_loj = Signal(NW, name="add2_loj")
+        add2_loj = Signal(NW, name="add2_loj", reset_less=True)
         m.d.sync += add2_loj.eq(shift_right_jam(m, add1_lo, Cat(Const(0, sh_lo), add1_sh[sh_lo:]), "add_loj_hi"))
-        add2b_loj = Signal(NW, name="add2b_loj")
+        add2b_loj = Signal(NW, name="add2b_loj", reset_less=True)
         m.d.sync += add2b_loj.eq(shift_right_jam(m, add2_loj, add1_sh[:sh_lo], "add_loj_lo"))
         add_sum = Mux(add1_sub, add1_hi - add2b_loj, add1_hi + add2b_loj)
-        add3_total = Signal(add_sum.shape(), name="add3_total")     # signed, NW + 2 bits
+        add3_total = Signal(add_sum.shape(), name="add3_total", reset_less=True)     # signed, NW + 2 bits
         m.d.sync += add3_total.eq(add_sum)
         add_neg = add3_total[-1]
         add_abs = as_sig(m, fold_u(m, cond_neg(m, add3_total, add_neg, "add_abs"), NW + 1, "add_absf"), "add_abs1")
-        add4_mag, add4_neg = Signal(NW, name="add4_mag"), Signal(name="add4_neg")
+        add4_mag, add4_neg = Signal(NW, name="add4_mag", reset_less=True), Signal(name="add4_neg", reset_less=True)
         m.d.sync += [add4_mag.eq(Cat(add_abs[0] | add_abs[1], add_abs[2:])), add4_neg.eq(add_neg)]
         add_mag = add4_mag
         e_hi, s_hi = add1_ehi, add1_shi
@@ -1156,17 +1162,28 @@ class SharedFinalize(_FinalizeEngine):
 
 # --- register-transfer model (plain Python) ------------------------------------------------------
 
-def run_model(engine, record, trace=None):
+#: The datapath registers of :func:`run_model` (and of the engine) that have no reset.
+UNRESET_REGISTERS = ("acc", "acc_s", "acc_e", "hold", "hold_s", "hold_e", "opr", "opr_s", "opr_e",
+                     "mq", "mq_s", "mq_e")
+
+
+def run_model(engine, record, trace=None, start=None):
     """Execute ``engine``'s micro-program on Python integers, register for register as the
     hardware does (raw exponents, the lowered per-step ``ld`` constants). ``record``: dict of input
     field values (signed fields as Python ints). Returns the output record as a dict. Asserts every
-    width and exactness assumption of the hardware on the way."""
+    width and exactness assumption of the hardware on the way.
+
+    ``start``: values of :data:`UNRESET_REGISTERS` and of the float registers (``"r_<name>"``)
+    before the program (default 0). The hardware does not reset them, so the result must not
+    depend on them (``tests/test_finalize.py`` checks that with random values)."""
     f = engine.internal
     M, bias = f.frac_bits, f.bias
     NW, NO, K, KQ = engine.nw, engine.no, engine.k, engine.kq
-    st = dict(acc=0, acc_s=0, acc_e=0, hold=0, hold_s=0, hold_e=0, opr=0, opr_s=0, opr_e=0,
-              mq=0, mq_s=0, mq_e=0, stk=0, ovf=0)
-    regs = {name: 0 for name in engine.FLOAT_REGS}
+    start = dict(start or {})
+    st = dict({name: start.pop(name, 0) for name in UNRESET_REGISTERS}, stk=0, ovf=0)
+    regs = {name: start.pop(f"r_{name}", 0) for name in engine.FLOAT_REGS}
+    if start:
+        raise ValueError(f"unknown start registers {sorted(start)}")
     training = record.get("training", 1)
     flat = int(bool(training) and record.get("range", 1) == 0)
 

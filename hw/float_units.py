@@ -169,10 +169,10 @@ class FloatAdd(wiring.Component):
         eb, es = big[F:F + E], small[F:F + E]
         d = Signal(E, name="d")
         m.d.comb += d.eq(eb - es)
-        s1_sign, s1_sub = Signal(name="s1_sign"), Signal(name="s1_sub")
-        s1_e = Signal(E, name="s1_e")
-        s1_mb, s1_ms = Signal(M, name="s1_mb"), Signal(M, name="s1_ms")
-        s1_d = Signal(range(dmax + 1), name="s1_d")
+        s1_sign, s1_sub = Signal(name="s1_sign", reset_less=True), Signal(name="s1_sub", reset_less=True)
+        s1_e = Signal(E, name="s1_e", reset_less=True)
+        s1_mb, s1_ms = Signal(M, name="s1_mb", reset_less=True), Signal(M, name="s1_ms", reset_less=True)
+        s1_d = Signal(range(dmax + 1), name="s1_d", reset_less=True)
         with m.If(self.en):
             m.d.sync += [
                 s1_sign.eq(big[-1]),
@@ -190,9 +190,9 @@ class FloatAdd(wiring.Component):
         sticky = Cat(*[ms_ext[j] & (s1_d > j) for j in range(3, X)]).any()
         aligned = Cat(shifted[0] | sticky, shifted[1:])
         mb_ext = Cat(Const(0, 3), s1_mb)
-        s2_sum = Signal(X + 1, name="s2_sum")
-        s2_sign = Signal(name="s2_sign")
-        s2_e = Signal(E, name="s2_e")
+        s2_sum = Signal(X + 1, name="s2_sum", reset_less=True)
+        s2_sign = Signal(name="s2_sign", reset_less=True)
+        s2_e = Signal(E, name="s2_e", reset_less=True)
         with m.If(self.en):
             m.d.sync += [
                 s2_sum.eq(Mux(s1_sub, mb_ext - aligned, mb_ext + aligned)),
@@ -205,9 +205,9 @@ class FloatAdd(wiring.Component):
         lz = _lzc(m, low, X, "lz")
         left = Signal(X, name="left")
         m.d.comb += left.eq(low << lz)
-        s3_norm = Signal(X, name="s3_norm")
-        s3_e = Signal(signed(E + 2), name="s3_e")
-        s3_sign, s3_zero = Signal(name="s3_sign"), Signal(name="s3_zero")
+        s3_norm = Signal(X, name="s3_norm", reset_less=True)
+        s3_e = Signal(signed(E + 2), name="s3_e", reset_less=True)
+        s3_sign, s3_zero = Signal(name="s3_sign", reset_less=True), Signal(name="s3_zero", reset_less=True)
         with m.If(self.en):
             m.d.sync += [s3_sign.eq(s2_sign), s3_zero.eq(s2_sum == 0)]
             with m.If(s2_sum[X]):
@@ -246,9 +246,9 @@ class FloatMul(wiring.Component):
         ea, eb = a[F:F + E], b[F:F + E]
 
         # Stage 1: significand product, exponent sum.
-        s1_p = Signal(2 * M, name="s1_p")
-        s1_e = Signal(signed(E + 3), name="s1_e")
-        s1_sign, s1_zero = Signal(name="s1_sign"), Signal(name="s1_zero")
+        s1_p = Signal(2 * M, name="s1_p", reset_less=True)
+        s1_e = Signal(signed(E + 3), name="s1_e", reset_less=True)
+        s1_sign, s1_zero = Signal(name="s1_sign", reset_less=True), Signal(name="s1_zero", reset_less=True)
         with m.If(self.en):
             m.d.sync += [
                 s1_p.eq(Cat(a[:F], Const(1, 1)) * Cat(b[:F], Const(1, 1))),
@@ -259,10 +259,10 @@ class FloatMul(wiring.Component):
 
         # Stage 2: normalize the product in [1, 4) and form guard and sticky.
         hi = s1_p[2 * M - 1]
-        s2_mant = Signal(M, name="s2_mant")
-        s2_guard, s2_sticky = Signal(name="s2_guard"), Signal(name="s2_sticky")
-        s2_e = Signal(signed(E + 3), name="s2_e")
-        s2_sign, s2_zero = Signal(name="s2_sign"), Signal(name="s2_zero")
+        s2_mant = Signal(M, name="s2_mant", reset_less=True)
+        s2_guard, s2_sticky = Signal(name="s2_guard", reset_less=True), Signal(name="s2_sticky", reset_less=True)
+        s2_e = Signal(signed(E + 3), name="s2_e", reset_less=True)
+        s2_sign, s2_zero = Signal(name="s2_sign", reset_less=True), Signal(name="s2_zero", reset_less=True)
         with m.If(self.en):
             m.d.sync += [
                 s2_mant.eq(Mux(hi, s1_p[M:], s1_p[M - 1:2 * M - 1])),

@@ -190,10 +190,10 @@ class GradReduce(wiring.Component):
         s1_valid = Signal()
         s1_group = Signal(range(max(groups, 2)))
         s1_first = Signal()
-        s1_eg = Signal(bfp.exp_bits)
-        s1_esum = Signal(esum_width)
-        s1_qg = Signal(data.ArrayLayout(signed(W), B))
-        s1_prod = Signal(data.ArrayLayout(signed(2 * W), B))
+        s1_eg = Signal(bfp.exp_bits, reset_less=True)
+        s1_esum = Signal(esum_width, reset_less=True)
+        s1_qg = Signal(data.ArrayLayout(signed(W), B), reset_less=True)
+        s1_prod = Signal(data.ArrayLayout(signed(2 * W), B), reset_less=True)
         pay = self.i.payload
         m.d.sync += [
             s1_valid.eq(self.i.valid),

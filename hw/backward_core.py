@@ -517,6 +517,7 @@ class BackwardCore(wiring.Component):
         # pipeline advances), so their data matches D1 and holds while the pipeline is stalled.
         # Stage D2: each lane's a and selected b (the b select alone on its path). D1 and D2
         # advance on the affine's ``i.ready`` (a register: its queue credit) or into an empty D2.
+        # Their payloads have no reset: nothing reads them while d1_valid / d2_valid is low.
         d1_valid = Signal()
         d1_block = Signal(bfp.block_layout(), reset_less=True)
         d1_grp = Signal(range(max(G, 2)))

@@ -186,7 +186,7 @@ class GradReduce(wiring.Component):
             else:
                 m.d.sync += first.eq(0)
 
-        # Stage 1: products and exponent sums.
+        # Stage 1: products and exponent sums (payload without reset: read only while s1_valid).
         s1_valid = Signal()
         s1_group = Signal(range(max(groups, 2)))
         s1_first = Signal()

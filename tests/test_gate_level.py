@@ -1,6 +1,6 @@
-"""The iCE40 netlist the iCEBreaker flow builds from (``synth_ice40`` with the board's options),
-simulated cell by cell against the golden model (``sim.verify.gate_level``). About 3 minutes:
-behind ``--long``."""
+"""The netlists the board flows build from (``synth_ice40`` with the iCEBreaker's options,
+``synth_ecp5``), simulated cell by cell against the golden model (``sim.verify.gate_level``) at the
+UP5K size. About 3 minutes each: behind ``--long``."""
 
 import pytest
 
@@ -12,4 +12,13 @@ def test_ice40_board_netlist_matches_golden_model():
     ok, rep = check(Params(**UP5K_PARAMS), "ice40")
     assert "SB_MAC16" not in rep["cells"], rep["cells"]
     assert rep["elements"]["forward"] > 0 and rep["elements"]["backward"] > 0
+    assert ok, rep
+
+
+@pytest.mark.long
+def test_ecp5_netlist_matches_golden_model():
+    from gen.units import Params
+    from sim.verify.gate_level import UP5K_PARAMS, check
+    ok, rep = check(Params(**UP5K_PARAMS), "ecp5")
+    assert rep["cells"].get("MULT18X18D", 0) > 0, rep["cells"]     # the DSP model is exercised
     assert ok, rep

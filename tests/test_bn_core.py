@@ -7,13 +7,10 @@ Default matrix: the default configuration, an odd one (W = 5, B = 3, 7 channels,
 statistics), one channel. A single configuration: ``pytest tests/test_bn_core.py --width 6 --block 5``.
 """
 
-import json
-import os
 import random
 
 import pytest
 
-from sim.bench.common import SIM_BUILD_ROOT
 
 DEFAULT_MATRIX = [
     dict(width=8, block=16, chunks=1, channels=16, in_format="fp10"),
@@ -27,27 +24,11 @@ def run_bn_bench(params_kw, elements, seed=3):
     from gen.units import Params
     from gen.verilog import emit
     from hw.bn_core import BNCore
-    from sim.bench.backward_core import MODEL_OPT
-    from sim.bench.common import run_cocotb
+    from sim.bench.bn_core import run_bench
 
     p = Params(**params_kw, max_count=512)
     name = "bn_core-" + "-".join(f"{k}{v}" for k, v in sorted(params_kw.items()))
-    result = SIM_BUILD_ROOT / "results" / f"{name}-s{seed}-e{elements}-{os.getpid()}.json"
-    result.parent.mkdir(parents=True, exist_ok=True)
-    if result.exists():
-        result.unlink()
-    text = emit(BNCore.from_params(p), "ln_bn_core")
-    conf = {"params": p.as_dict(), "seed": seed, "elements": elements, "result": str(result)}
-    try:
-        run_cocotb(text, "ln_bn_core", "sim.bench.bn_core", name=name, config=conf, make_vars=MODEL_OPT)
-        fails = []
-    except AssertionError as exc:
-        fails = [str(exc)]
-    if not result.exists():
-        raise AssertionError(f"the bench wrote no summary (failed: {fails})")
-    res = json.loads(result.read_text())
-    res["failed_cocotb_tests"] = fails
-    return res
+    return run_bench(emit(BNCore.from_params(p), "ln_bn_core"), p, elements, seed=seed, name=name)
 
 
 def test_bn_core(unit_config):

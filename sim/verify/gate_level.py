@@ -21,7 +21,6 @@ iCE40 DSP mapping, which failed this check; docs/boards.md).
 """
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-__all__ = ["synthesize", "gate_netlist", "run_bench", "main"]
+__all__ = ["UP5K_PARAMS", "gate_netlist", "check", "main"]
 
 TOP = "ln_bn_core"
 #: The defaults: the training unit at the size of the iCEBreaker build (docs/boards.md).
@@ -101,26 +100,6 @@ def gate_netlist(rtl_text, target, synth_opts=None):
         return (d / "gate.v").read_text(), cells
 
 
-def run_bench(verilog, params, elements, seed, name):
-    """Run ``sim.bench.bn_core`` on ``verilog``; returns the bench's summary dict."""
-    from sim.bench.backward_core import MODEL_OPT
-    from sim.bench.common import SIM_BUILD_ROOT, run_cocotb
-    result = SIM_BUILD_ROOT / "results" / f"{name}-s{seed}-e{elements}-{os.getpid()}.json"
-    result.parent.mkdir(parents=True, exist_ok=True)
-    result.unlink(missing_ok=True)
-    conf = {"params": params.as_dict(), "seed": seed, "elements": elements, "result": str(result)}
-    try:
-        run_cocotb(verilog, TOP, "sim.bench.bn_core", name=name, config=conf, make_vars=MODEL_OPT)
-        failed = []
-    except AssertionError as exc:
-        failed = [str(exc)]
-    if not result.exists():
-        raise RuntimeError(f"the bench wrote no summary (failed: {failed})")
-    res = json.loads(result.read_text())
-    res["failed_cocotb_tests"] = failed
-    return res
-
-
 def _mismatches(res):
     f, b = res["forward"], res["backward"]
     return {**{f"forward {k}": v for k, v in f["mismatches"].items()},
@@ -131,11 +110,12 @@ def check(params, target, *, elements=2000, seed=3, synth_opts=None):
     """Gate-level and RTL bench runs; returns ``(ok, report)``."""
     from gen.verilog import emit
     from hw.bn_core import BNCore
+    from sim.bench.bn_core import run_bench
     rtl = emit(BNCore.from_params(params), TOP)
     gate, cells = gate_netlist(rtl, target, synth_opts)
     tag = f"{target}{(synth_opts or '').replace(' ', '')}"
-    res_rtl = run_bench(rtl, params, elements, seed, "gate-level-rtl")
-    res_gate = run_bench(gate, params, elements, seed, f"gate-level-{tag}")
+    res_rtl = run_bench(rtl, params, elements, seed=seed, name="gate-level-rtl")
+    res_gate = run_bench(gate, params, elements, seed=seed, name=f"gate-level-{tag}")
     cycles = {k: (res_rtl[k]["cycles"], res_gate[k]["cycles"]) for k in ("forward", "backward")}
     mism = _mismatches(res_gate)
     ok = (not any(mism.values()) and not any(_mismatches(res_rtl).values())

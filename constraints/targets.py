@@ -63,9 +63,10 @@ BOARDS = {
         bitstream="top.bin",
         leds=(("led_g", 0), ("led_r", 0)),
         resources=("ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_DSP", "ICESTORM_SPRAM", "SB_IO", "SB_GB"),
-        # No "-dsp": with it, the SB_MAC16 mapping of ln_bn_core at W8 B2 fails the gate-level check
-        # (python -m sim.verify.gate_level --target ice40 --synth-opts=-dsp; docs/boards.md).
-        synth_opts="",
+        # The SB_MAC16 blocks take the multipliers (off by default in synth_ice40). The ln_bn_core
+        # netlist passes the gate-level check with it (python -m sim.verify.gate_level --target
+        # ice40) since its multiplier registers have a reset again (docs/boards.md).
+        synth_opts="-dsp",
         presets={
             "shifter": {"width": 8, "block": 8, "in_format": "fp10"},
         },

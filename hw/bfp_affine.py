@@ -119,6 +119,9 @@ class BFPAffine(wiring.Component):
     stages 0 to 4 and of the quantizer have no reset (``reset_less``): each is written in the
     cycle before it is read, and nothing reads it while its ``valid`` is low. A synchronous
     reset would cost a gate per bit in standard cells (docs/area.md, "Registers without reset").
+    The exceptions are the multiplier's operand and product registers (``s0_mul``, ``sp_prod``):
+    without a reset Yosys folds them into the iCE40 SB_MAC16, and that netlist fails the
+    gate-level check (docs/boards.md, "Gate-level check").
     """
 
     #: Blocks the output queue holds (``SyncFIFOBuffered``: 16 in memory, one in its output
@@ -183,11 +186,14 @@ class BFPAffine(wiring.Component):
         blk = self.i.payload.block
         ew = max(bfp.exp_bits, f.exp_bits)
         lane0 = data.StructLayout({
-            "qmag": W, "ma": M + 1, "mb": M + 1, "sp": 1, "sb": 1, "b_high": 1,
-            "key": kw, "dd": signed(ew + 2),
+            "mb": M + 1, "sp": 1, "sb": 1, "b_high": 1, "key": kw, "dd": signed(ew + 2),
         })
         s0_valid = Signal()
         s0 = Signal(data.ArrayLayout(lane0, B), reset_less=True)
+        # The multiplier's operand and product registers keep their reset: Yosys' ``synth_ice40
+        # -dsp`` folds registers without reset into the SB_MAC16 and that netlist fails the
+        # gate-level check (docs/boards.md); with a reset it keeps them outside and passes.
+        s0_mul = Signal(data.ArrayLayout(data.StructLayout({"qmag": W, "ma": M + 1}), B))
         lanes0 = []
         for l in range(B):
             q = blk.codes.as_value()[l * W:(l + 1) * W]
@@ -220,19 +226,20 @@ class BFPAffine(wiring.Component):
         m.d.sync += s0_valid.eq(take)
         for l, fields in enumerate(lanes0):
             for name, value in fields.items():
-                m.d.sync += s0[l][name].eq(value)
+                m.d.sync += (s0_mul if name in ("qmag", "ma") else s0)[l][name].eq(value)
 
         # Stage 1: the exact product, register to register (the DSP block's output is registered
         # before any logic: on ECP5 the multiplier column is far from the lane logic).
         lanep = data.StructLayout({
-            "prod": Wp, "mb": M + 1, "sp": 1, "sb": 1, "b_high": 1, "key": kw, "dd": signed(ew + 2),
+            "mb": M + 1, "sp": 1, "sb": 1, "b_high": 1, "key": kw, "dd": signed(ew + 2),
         })
         sp_valid = Signal()
         sp = Signal(data.ArrayLayout(lanep, B), reset_less=True)
+        sp_prod = Signal(data.ArrayLayout(Wp, B))      # with reset, as ``s0_mul``
         m.d.sync += sp_valid.eq(s0_valid)
         for l in range(B):
             z = s0[l]
-            m.d.sync += sp[l].prod.eq(z.qmag * z.ma)
+            m.d.sync += sp_prod[l].eq(s0_mul[l].qmag * s0_mul[l].ma)
             for name in ("mb", "sp", "sb", "b_high", "key", "dd"):
                 m.d.sync += sp[l][name].eq(z[name])
 
@@ -240,7 +247,7 @@ class BFPAffine(wiring.Component):
         lanes1 = []
         for l in range(B):
             z = sp[l]
-            prod = z.prod
+            prod = sp_prod[l]
             dd, b_high = z.dd, z.b_high
             pf = Cat(Const(0, N - Wp), prod)
             bf = Cat(Const(0, N - M - 1), z.mb)

@@ -193,7 +193,8 @@ class GradReduce(wiring.Component):
         s1_eg = Signal(bfp.exp_bits, reset_less=True)
         s1_esum = Signal(esum_width, reset_less=True)
         s1_qg = Signal(data.ArrayLayout(signed(W), B), reset_less=True)
-        s1_prod = Signal(data.ArrayLayout(signed(2 * W), B), reset_less=True)
+        # The product register keeps its reset (see ``hw.bfp_affine``: SB_MAC16 folding).
+        s1_prod = Signal(data.ArrayLayout(signed(2 * W), B))
         pay = self.i.payload
         m.d.sync += [
             s1_valid.eq(self.i.valid),

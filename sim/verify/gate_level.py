@@ -16,8 +16,8 @@ The benches check the emitted Verilog; this checks what a bitstream is built fro
 
 Exit status 0 when every output matches bit for bit and the cycle counts equal those of the RTL
 run with the same seed, 1 otherwise. Run time at the UP5K size (W8 B2 C2): about 3 minutes.
-``--synth-opts`` overrides the target's synthesis options (``--synth-opts=-dsp`` re-checks the
-iCE40 DSP mapping, which failed this check; docs/boards.md).
+``--synth-opts`` overrides the target's synthesis options (``--synth-opts=`` checks the iCE40
+netlist without SB_MAC16; docs/boards.md).
 """
 
 import json

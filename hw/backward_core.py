@@ -96,8 +96,8 @@ class BackwardCore(wiring.Component):
       channel costs ``max(K, finalize initiation interval)`` cycles
       (``finalize_cycles_per_channel(K)``). ``hw.finalize.BackwardFinalize`` is a sequential
       engine: ``finalize_latency`` (156 + 7 M; 240 for M = 12) cycles per channel and an
-      initiation interval one more than that, so finalize takes ``channels * (latency + 1)``
-      cycles; the last ``grads`` record leaves ``finalize_latency`` cycles after the last
+      initiation interval two more than that (``TURNAROUND``), so finalize takes
+      ``channels * (latency + 2)`` cycles; the last ``grads`` record leaves ``finalize_latency`` cycles after the last
       hand-over, and the dx pass opens the cycle after it.
     * dx pass: one block per cycle sustained; ``latency`` = ``2 + BFPAffine latency`` cycles from
       a ``g`` block's acceptance to its ``dx`` block (one stage reads the ``a`` / ``b``

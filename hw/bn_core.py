@@ -76,12 +76,12 @@ class BNCore(wiring.Component):
             bfp, internal, channels, max_count, max_chunks, stats=stats, stats_guard=stats_guard,
             affine=_Client(self._affine_share.clients[0], latency=aff_lat),
             finalize=_Client(self._finalize_share.clients[0], latency=fin_lat["forward"],
-                             cycles_per_channel=fin_lat["forward"] + 1))
+                             cycles_per_channel=fin_lat["forward"] + SharedFinalize.TURNAROUND))
         self.backward = BackwardCore(
             bfp, internal, channels, max_count, max_chunks, stats=stats, stats_guard=stats_guard,
             affine=_Client(self._affine_share.clients[1], latency=aff_lat),
             finalize=_Client(self._finalize_share.clients[1], latency=fin_lat["backward"],
-                             cycles_per_channel=fin_lat["backward"] + 1))
+                             cycles_per_channel=fin_lat["backward"] + SharedFinalize.TURNAROUND))
         members = {}
         for prefix, core in (("fwd_", self.forward), ("bwd_", self.backward)):
             for name, member in core.signature.members.items():

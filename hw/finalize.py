@@ -99,13 +99,14 @@ Backward program::
 
 Timing
 ------
-``i`` is accepted while the engine is idle (``i.ready`` = not busy, a register); the record is
-latched on the transfer edge ``t``. The result is on ``o`` (``o.valid`` high) after edge
-``t + latency`` and holds until taken; the engine is idle again (``i.ready`` high) after the edge
-that loads ``o``, so with ``o.ready`` high a new channel is accepted every
-``cycles_per_channel = latency + 1`` cycles. If ``o`` is still full when a result is ready, the
-engine waits. ``latency`` is a constant per configuration (predicated micro-code, no data-dependent
-branches): with ``C_WIDTH`` = 18 and ``momentum_shift`` = 3 it is ``189 + 6 M`` forward and
+``i`` is accepted while the engine is idle and its result taken (``i.ready`` = not busy and not
+``o.valid``, both registers); the record is latched on the transfer edge ``t``. The result is on
+``o`` (``o.valid`` high) after edge ``t + latency`` and holds until taken: ``o``'s floats *are*
+the float result registers (no output copy), which change only while the engine is busy. With
+``o.ready`` high the result is taken at the next edge and a new channel accepted at the one
+after, so a channel takes ``cycles_per_channel = latency +`` :attr:`TURNAROUND` (2) cycles back to
+back. If ``o`` is still full when a result is ready, the engine waits. ``latency`` is a constant
+per configuration (predicated micro-code, no data-dependent branches): with ``C_WIDTH`` = 18 and ``momentum_shift`` = 3 it is ``189 + 6 M`` forward and
 ``156 + 7 M`` backward (M = 8: 237 / 212; M = 12: 261 / 240; M = 23: 327 / 317).
 
 Pipelined steps: the ``ld``, ``add`` and ``rnd`` datapaths are cut by free-running register
@@ -238,6 +239,9 @@ class _FinalizeEngine(wiring.Component):
     FLOAT_REGS = ()
     #: ``{dst: source}`` of ``set``: a float input/register name, ``"zero"`` or ``"maxpos"``.
     SET_SOURCES = {}
+    #: Cycles from ``o.valid`` to the next accept with ``o.ready`` high (the result is taken at the
+    #: first edge, the next record at the second): ``cycles_per_channel = latency + TURNAROUND``.
+    TURNAROUND = 2
 
     def __init__(self, bfp, internal, max_count, max_chunks):
         self._check_args(bfp, internal, max_count, max_chunks)
@@ -259,7 +263,7 @@ class _FinalizeEngine(wiring.Component):
         self.ld_const = self._lower()
         self.cycles = [_steps_cycles(s, self.kq) for s in self.program]
         self.latency = sum(self.cycles)
-        self.cycles_per_channel = self.latency + 1
+        self.cycles_per_channel = self.latency + self.TURNAROUND
         self.input_layout = data.StructLayout(self._input_fields())
         self.output_layout = data.StructLayout(self._output_fields())
         super().__init__({
@@ -373,9 +377,9 @@ class _FinalizeEngine(wiring.Component):
         m.d.sync += [step.eq(step_next), cnt.eq(cnt_next), last.eq(~cnt_next.any())]
         first = Signal()                        # first cycle of the current step
         inp = Signal(self.input_layout, reset_less=True)
-        m.d.comb += self.i.ready.eq(~busy)
+        m.d.comb += self.i.ready.eq(~busy & ~self.o.valid)     # o's floats are the registers
         accept = Signal()
-        m.d.comb += accept.eq(self.i.valid & ~busy)
+        m.d.comb += accept.eq(self.i.valid & ~busy & ~self.o.valid)
         # The record's program starts at step ``entries[start_sel]`` (one program: step 0).
         start_sel = self._entry_select(self.i.payload)
         decoded = {}
@@ -731,7 +735,8 @@ class _FinalizeEngine(wiring.Component):
             with m.If(c_out):
                 with m.If(~self.o.valid | self.o.ready):
                     m.d.sync += [self.o.valid.eq(1), busy.eq(0)]
-                    self._drive_output(m, regs, ovf, flat)
+                    if "flat" in self.OUTPUT_BITS:      # ``flat`` follows the record register
+                        m.d.sync += self.o.payload.flat.eq(flat)
             with m.Elif(last):
                 m.d.comb += [step_next.eq(Cat(Const(0, 1), step[:P - 1])), cnt_next.eq(next_cnt),
                              advancing.eq(1)]
@@ -753,6 +758,10 @@ class _FinalizeEngine(wiring.Component):
             m.d.sync += inp.eq(self.i.payload)
         with m.If(self.o.valid & self.o.ready & ~(busy & c_out)):
             m.d.sync += self.o.valid.eq(0)
+        # ``ovf`` and the float registers change only while busy, and nothing is accepted while
+        # ``o.valid``: they hold the result until it is taken.
+        m.d.comb += [getattr(self.o.payload, name).eq(regs[name]) for name in self.OUTPUT_FLOATS]
+        m.d.comb += self.o.payload.overflow.eq(ovf)
         return m
 
     def _set_value(self, name, float_value):
@@ -764,8 +773,6 @@ class _FinalizeEngine(wiring.Component):
             return Const(f.pack(0, f.exp_max, (1 << f.frac_bits) - 1), f.width)
         return float_value(src)
 
-    def _drive_output(self, m, regs, ovf, flat):
-        raise NotImplementedError
 
     #: Entry steps of the programs the engine holds (one program: step 0); see :meth:`_entry_select`.
     entries = (0,)
@@ -826,7 +833,7 @@ class ForwardFinalize(_FinalizeEngine):
         unchanged as ``new_running_*``; ``flat`` is 0.
 
     Timing: see the module docstring; ``latency`` cycles from the input transfer to ``o.valid``,
-    ``cycles_per_channel = latency + 1`` back to back.
+    ``cycles_per_channel = latency + 2`` back to back.
     """
 
     INT_FIELDS = {}
@@ -952,10 +959,6 @@ class ForwardFinalize(_FinalizeEngine):
     def _flat(self, inp):
         return inp.training & ~inp.range.any()
 
-    def _drive_output(self, m, regs, ovf, flat):
-        o = self.o.payload
-        m.d.sync += [getattr(o, name).eq(regs[name]) for name in self.OUTPUT_FLOATS]
-        m.d.sync += [o.flat.eq(flat), o.overflow.eq(ovf)]
 
 
 class BackwardFinalize(_FinalizeEngine):
@@ -1077,10 +1080,6 @@ class BackwardFinalize(_FinalizeEngine):
             Step(out=True),
         ]
 
-    def _drive_output(self, m, regs, ovf, flat):
-        o = self.o.payload
-        m.d.sync += [getattr(o, name).eq(regs[name]) for name in self.OUTPUT_FLOATS]
-        m.d.sync += o.overflow.eq(ovf)
 
 
 def _step_with_inputs(step, names):
@@ -1156,10 +1155,6 @@ class SharedFinalize(_FinalizeEngine):
     def _flat(self, inp):
         return inp.training & ~inp.range.any()
 
-    def _drive_output(self, m, regs, ovf, flat):
-        o = self.o.payload
-        m.d.sync += [getattr(o, name).eq(regs[name]) for name in self.OUTPUT_FLOATS]
-        m.d.sync += [o.flat.eq(flat), o.overflow.eq(ovf)]
 
 
 # --- register-transfer model (plain Python) ------------------------------------------------------

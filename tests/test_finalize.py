@@ -585,14 +585,16 @@ def test_rtl_pysim(cfg):
 
 def test_rtl_timing():
     """``o.valid`` rises ``latency`` cycles after the input transfer (seen by the sink at the next
-    edge); back to back, a channel every ``cycles_per_channel = latency + 1`` cycles."""
+    edge); back to back, a channel every ``cycles_per_channel = latency + 2`` cycles (the result
+    is taken at one edge, the next record at the next: ``o``'s floats are the registers)."""
     fwd, bwd = _engines(CONFIGS[0])
     for eng, case in ((fwd, forward_case), (bwd, backward_case)):
         rng = random.Random(7)
         recs = [case(eng, rng) for _ in range(3)]
         _, ins, outs = simulate(eng, recs)
         assert [o - i for i, o in zip(ins, outs)] == [eng.latency + 1] * 3
-        assert [b - a for a, b in zip(ins, ins[1:])] == [eng.cycles_per_channel] * 2
+        assert [b - a for a, b in zip(ins, ins[1:])] == [eng.latency + 2] * 2
+        assert eng.cycles_per_channel == eng.latency + 2
     assert fwd.latency == 189 + 6 * 12 and bwd.latency == 156 + 7 * 12
 
 

@@ -65,13 +65,15 @@ class RowStore:
     addresses in the Verilog).
 
     Drive ``wr_addr``, ``wr_en``, ``wr_data``, ``rd_addr``, ``rd_en`` (addresses are ignored when
-    ``depth == 1``); read ``rd_data``, valid the cycle after ``rd_en`` and held while it is low.
-    ``lanes``: ``shape`` is an ``ArrayLayout`` and ``wr_en`` has one enable bit per element.
-    ``transparent``: a read of the row written in the same cycle returns the new data. With
-    ``depth == 1`` a transparent store's ``rd_data`` is the row register itself (no read
-    register, no bypass multiplexer): it shows a write from the next cycle on, whatever
-    ``rd_en``, and ``clear`` (a synchronous reset of the row, taking priority over a write)
-    is available. Only for users that never rely on ``rd_data`` holding across a write.
+    ``depth == 1``); read ``rd_data``, valid the cycle after ``rd_en`` and held while it is low
+    and no row is written. ``lanes``: ``shape`` is an ``ArrayLayout`` and ``wr_en`` has one
+    enable bit per element. ``transparent``: a read of the row written in the same cycle returns
+    the new data. With ``depth == 1``, ``rd_data`` is the row register itself (no read register,
+    no bypass multiplexer): it shows a write from the next cycle on, whatever ``rd_en``, and
+    ``clear`` (a synchronous reset of the row, taking priority over a write) is available. So a
+    user must not rely on ``rd_data`` holding across a write: ``GradReduce`` reads its
+    accumulator row transparently, and the backward core writes its coefficient stores only
+    between its reduction and its dx pass, and reads them only in the dx pass.
     """
 
     def __init__(self, name, shape, depth, *, lanes=False, transparent=False):
@@ -104,15 +106,9 @@ class RowStore:
         else:
             with m.If(self.wr_en):
                 m.d.sync += row.eq(self.wr_data)
-        if self.transparent:
-            with m.If(self.clear):
-                m.d.sync += row.eq(0)
-            m.d.comb += self.rd_data.eq(row)
-            return
-        data_out = Signal(self.shape, name=f"{self.name}_q")
-        with m.If(self.rd_en):
-            m.d.sync += data_out.eq(row)
-        m.d.comb += self.rd_data.eq(data_out)
+        with m.If(self.clear):
+            m.d.sync += row.eq(0)
+        m.d.comb += self.rd_data.eq(row)
 
 
 class GradReduce(wiring.Component):

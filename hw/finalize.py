@@ -106,8 +106,9 @@ the float result registers (no output copy), which change only while the engine 
 ``o.ready`` high the result is taken at the next edge and a new channel accepted at the one
 after, so a channel takes ``cycles_per_channel = latency +`` :attr:`TURNAROUND` (2) cycles back to
 back. If ``o`` is still full when a result is ready, the engine waits. ``latency`` is a constant
-per configuration (predicated micro-code, no data-dependent branches): with ``C_WIDTH`` = 18 and ``momentum_shift`` = 3 it is ``189 + 6 M`` forward and
-``156 + 7 M`` backward (M = 8: 237 / 212; M = 12: 261 / 240; M = 23: 327 / 317).
+per configuration (predicated micro-code, no data-dependent branches): with ``C_WIDTH`` = 18 and
+``momentum_shift`` = 3 it is ``189 + 6 M`` forward and ``156 + 7 M`` backward (M = 8: 237 / 212;
+M = 12: 261 / 240; M = 23: 327 / 317).
 
 Pipelined steps: the ``ld``, ``add`` and ``rnd`` datapaths are cut by free-running register
 stages:
@@ -773,7 +774,6 @@ class _FinalizeEngine(wiring.Component):
             return Const(f.pack(0, f.exp_max, (1 << f.frac_bits) - 1), f.width)
         return float_value(src)
 
-
     #: Entry steps of the programs the engine holds (one program: step 0); see :meth:`_entry_select`.
     entries = (0,)
 
@@ -960,7 +960,6 @@ class ForwardFinalize(_FinalizeEngine):
         return inp.training & ~inp.range.any()
 
 
-
 class BackwardFinalize(_FinalizeEngine):
     """Backward per-channel finalize: ``sim.model.golden_bn.backward_finalize``.
 
@@ -1081,7 +1080,6 @@ class BackwardFinalize(_FinalizeEngine):
         ]
 
 
-
 def _step_with_inputs(step, names):
     """``step`` with every float source in ``names`` read as an input field (``flt:in.<name>``)."""
     def fix(src):
@@ -1154,7 +1152,6 @@ class SharedFinalize(_FinalizeEngine):
 
     def _flat(self, inp):
         return inp.training & ~inp.range.any()
-
 
 
 # --- register-transfer model (plain Python) ------------------------------------------------------

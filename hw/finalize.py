@@ -722,14 +722,18 @@ class _FinalizeEngine(wiring.Component):
                     m.d.sync += [mq.eq(mq_load), mq_s.eq(mq_load_s), mq_e.eq(mq_load_e)]
                 with m.If(c_hold):
                     m.d.sync += [hold.eq(acc), hold_s.eq(acc_s ^ c_hold_neg), hold_e.eq(acc_e)]
-                for name, reg in regs.items():
-                    with m.If(c_rnd_dst[name]):
-                        m.d.sync += reg.eq(rnd_bits)
-                    if name in self.SET_SOURCES:
-                        with m.If(c_set[name]):
-                            m.d.sync += reg.eq(self._set_value(name, float_value))
-                with m.If((c_rnd_flag & rnd_ovf) | c_set_flag):
-                    m.d.sync += ovf.eq(1)
+                # ``o`` shows these: they never change while ``o.valid``. (A busy engine has
+                # ``o`` empty anyway; the gate makes "o holds while stalled" hold in every state,
+                # so the cores' stream-protocol proofs by induction go through.)
+                with m.If(~self.o.valid):
+                    for name, reg in regs.items():
+                        with m.If(c_rnd_dst[name]):
+                            m.d.sync += reg.eq(rnd_bits)
+                        if name in self.SET_SOURCES:
+                            with m.If(c_set[name]):
+                                m.d.sync += reg.eq(self._set_value(name, float_value))
+                    with m.If((c_rnd_flag & rnd_ovf) | c_set_flag):
+                        m.d.sync += ovf.eq(1)
             # sequencing
             next_cnt = select([(step[i], Const(self.cycles[i + 1] - 1, cnt_w))
                                for i in range(P - 1) if self.cycles[i + 1] > 1], cnt_w)

@@ -9,8 +9,6 @@ saturation, permuted order, running-statistics loads, training and inference ove
 Laplace, Student-t, offset and random BFP data) is ``sim.bench.forward_core.Planner``.
 """
 
-import json
-import os
 import time
 
 import pytest
@@ -52,27 +50,15 @@ def run_forward_bench(params_kw, elements, seed=1, gap=0.2, backpressure=0.2):
 
     p = Params(**params_kw)
     name = "forward_core-" + "-".join(f"{k}{v}" for k, v in sorted(params_kw.items()))
-    result = SIM_BUILD_ROOT / "results" / f"{name}-s{seed}-e{elements}-{os.getpid()}.json"
-    result.parent.mkdir(parents=True, exist_ok=True)
-    if result.exists():
-        result.unlink()
     t0 = time.time()
     text = emit(ForwardCore.from_params(p), "ln_forward_core")
-    conf = {"params": p.as_dict(), "seed": seed, "elements": elements, "result": str(result),
+    conf = {"params": p.as_dict(), "seed": seed, "elements": elements,
             "gap": gap, "backpressure": backpressure}
-    from sim.bench.common import run_cocotb
+    from sim.bench.common import run_summary_bench
     from sim.bench.backward_core import MODEL_OPT
-    try:
-        run_cocotb(text, "ln_forward_core", "sim.bench.forward_core", name=name, config=conf,
-                   make_vars=MODEL_OPT)
-        fails = []
-    except AssertionError as exc:
-        fails = [str(exc)]
-    if not result.exists():
-        raise AssertionError(f"the bench wrote no summary (failed: {fails})")
-    res = json.loads(result.read_text())
+    res = run_summary_bench(text, "ln_forward_core", "sim.bench.forward_core", name=name,
+                            stem=f"{name}-s{seed}-e{elements}", config=conf, make_vars=MODEL_OPT)
     res["wall_seconds"] = round(time.time() - t0, 1)
-    res["failed_cocotb_tests"] = fails
     return res
 
 

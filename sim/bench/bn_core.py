@@ -23,25 +23,11 @@ def run_bench(verilog, params, elements, *, seed=3, name="bn_core"):
     """Pytest side: build ``verilog`` (an ``ln_bn_core``: the emitted RTL or a gate-level netlist)
     and run this bench on it for ``gen.units.Params`` ``params``; returns the bench's summary (the
     JSON it writes) plus ``failed_cocotb_tests``. Raises ``AssertionError`` if it wrote none."""
-    import json
-    import os
     from sim.bench.backward_core import MODEL_OPT
-    from sim.bench.common import SIM_BUILD_ROOT, run_cocotb
-    result = SIM_BUILD_ROOT / "results" / f"{name}-s{seed}-e{elements}-{os.getpid()}.json"
-    result.parent.mkdir(parents=True, exist_ok=True)
-    if result.exists():
-        result.unlink()
-    conf = {"params": params.as_dict(), "seed": seed, "elements": elements, "result": str(result)}
-    try:
-        run_cocotb(verilog, "ln_bn_core", "sim.bench.bn_core", name=name, config=conf, make_vars=MODEL_OPT)
-        fails = []
-    except AssertionError as exc:
-        fails = [str(exc)]
-    if not result.exists():
-        raise AssertionError(f"the bench wrote no summary (failed: {fails})")
-    res = json.loads(result.read_text())
-    res["failed_cocotb_tests"] = fails
-    return res
+    from sim.bench.common import run_summary_bench
+    conf = {"params": params.as_dict(), "seed": seed, "elements": elements}
+    return run_summary_bench(verilog, "ln_bn_core", "sim.bench.bn_core", name=name,
+                             stem=f"{name}-s{seed}-e{elements}", config=conf, make_vars=MODEL_OPT)
 
 
 #: How much longer than alone a core may take (each waits for the shared units: a finalize channel

@@ -766,3 +766,25 @@ def run_cocotb(verilog, toplevel, test_module, *, name=None, build_dir=None, tes
         raise AssertionError(f"{len(failures)} of {tests} cocotb tests failed "
                              f"({test_dir / 'sim.log'}):\n{lines}")
     return {"tests": tests, "build_dir": build_dir, "test_dir": test_dir, "results_xml": results_xml}
+
+
+def run_summary_bench(verilog, toplevel, test_module, *, name, stem, config, make_vars=None):
+    """:func:`run_cocotb` for a bench that writes a JSON summary with :func:`write_result` to
+    ``config["result"]`` (set here: ``build/sim/results/<stem>-<pid>.json``, removed first).
+    Returns the summary plus ``failed_cocotb_tests`` (the failure messages; empty when every test
+    passed). Raises ``AssertionError`` when the bench wrote no summary."""
+    result = SIM_BUILD_ROOT / "results" / f"{stem}-{os.getpid()}.json"
+    result.parent.mkdir(parents=True, exist_ok=True)
+    if result.exists():
+        result.unlink()
+    try:
+        run_cocotb(verilog, toplevel, test_module, name=name, config=dict(config, result=str(result)),
+                   make_vars=make_vars)
+        fails = []
+    except AssertionError as exc:
+        fails = [str(exc)]
+    if not result.exists():
+        raise AssertionError(f"the bench wrote no summary (failed: {fails})")
+    res = json.loads(result.read_text())
+    res["failed_cocotb_tests"] = fails
+    return res

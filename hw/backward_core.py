@@ -90,15 +90,16 @@ class BackwardCore(wiring.Component):
     * Reduction pass: ``xg.ready`` is high throughout; one pair per cycle sustained. Finalize
       starts ``GradReduce.LATENCY + 1`` = 4 cycles after the last pair is accepted.
     * Finalize: the channel's ``stats`` record is held for ``K`` cycles while its ``K`` chunk
-      entries are written (one cycle in parameters-only mode, which writes none), and is handed to
-      ``BackwardFinalize`` on the last of them. The next channel's chunk entries are written
-      while the previous channel is computed, so with ``stats`` valid and ``grads`` ready a
-      channel costs ``max(K, finalize initiation interval)`` cycles
+      entries are written (one cycle in parameters-only mode, which writes none), and is offered
+      to ``BackwardFinalize`` on the last of them. The engine has no record register: it reads
+      the held record while it computes and takes it with the result, so the next channel's
+      chunk entries are written from then on, and with ``stats`` valid and ``grads`` ready a
+      channel costs ``finalize initiation interval + max(0, K - 2)`` cycles
       (``finalize_cycles_per_channel(K)``). ``hw.finalize.BackwardFinalize`` is a sequential
       engine: ``finalize_latency`` (156 + 7 M; 240 for M = 12) cycles per channel and an
-      initiation interval two more than that (``TURNAROUND``), so finalize takes
-      ``channels * (latency + 2)`` cycles; the last ``grads`` record leaves ``finalize_latency`` cycles after the last
-      hand-over, and the dx pass opens the cycle after it.
+      initiation interval two more than that (``TURNAROUND``), so at K <= 2 finalize takes
+      ``channels * (latency + 2)`` cycles; the last ``grads`` record is offered from the edge of
+      the last ``stats`` transfer, and the dx pass opens the cycle after it is taken.
     * dx pass: one block per cycle sustained; ``latency`` = ``2 + BFPAffine latency`` cycles from
       a ``g`` block's acceptance to its ``dx`` block (one stage reads the ``a`` / ``b``
       memories and registers the position compares, made on the chunk entries read one block
@@ -173,9 +174,12 @@ class BackwardCore(wiring.Component):
     def finalize_cycles_per_channel(self, chunks, params_only=False):
         """Cycles per channel of finalize with ``stats`` valid and ``grads`` ready, for run-time
         K = ``chunks``: the record is held ``K`` cycles for its chunk entries (1 in
-        parameters-only mode), and ``BackwardFinalize`` takes one channel per initiation
-        interval."""
-        return max(1 if params_only else chunks, self.finalize_interval)
+        parameters-only mode), then offered to the finalize engine, which reads it until its
+        result is ready and takes it with the result; the next record's entries are written from
+        then on, so ``K - TURNAROUND`` of them are not hidden by the engine's turnaround."""
+        from hw.finalize import BackwardFinalize
+        k = 1 if params_only else chunks
+        return self.finalize_interval + max(0, k - BackwardFinalize.TURNAROUND)
 
     @property
     def sum_widths(self):

@@ -99,13 +99,15 @@ Backward program::
 
 Timing
 ------
-``i`` is accepted while the engine is idle and its result taken (``i.ready`` = not busy and not
-``o.valid``, both registers); the record is latched on the transfer edge ``t``. The result is on
-``o`` (``o.valid`` high) after edge ``t + latency`` and holds until taken: ``o``'s floats *are*
-the float result registers (no output copy), which change only while the engine is busy. With
-``o.ready`` high the result is taken at the next edge and a new channel accepted at the one
-after, so a channel takes ``cycles_per_channel = latency +`` :attr:`TURNAROUND` (2) cycles back to
-back. If ``o`` is still full when a result is ready, the engine waits. ``latency`` is a constant
+The engine has no record register: it reads ``i.payload`` where the producer holds it (the stream
+rule: the payload holds until taken). A program starts at the first edge ``t`` that sees
+``i.valid`` with the engine idle and ``o`` empty (``busy`` and ``o.valid``, registers); it reads the
+record throughout and takes it at edge ``t + latency``, the edge that puts the result on ``o``
+(``i.ready`` is high in that one cycle only: ``busy`` and the last step's control, registers). The
+result holds on ``o`` until taken: ``o``'s floats *are* the float result registers (no output
+copy), which change only while the engine is busy. With ``o.ready`` high the result is taken at
+the next edge and the next program starts at the one after, so a channel takes
+``cycles_per_channel = latency +`` :attr:`TURNAROUND` (2) cycles back to back. ``latency`` is a constant
 per configuration (predicated micro-code, no data-dependent branches): with ``C_WIDTH`` = 18 and
 ``momentum_shift`` = 3 it is ``189 + 6 M`` forward and ``156 + 7 M`` backward (M = 8: 237 / 212;
 M = 12: 261 / 240; M = 23: 327 / 317).
@@ -132,9 +134,9 @@ reach about 100 MHz on ECP5 (``docs/area.md``). The price is cycles: at M = 12 a
 clock.
 
 Reset: the control (``busy``, the step token and its counter, the decoded controls, the
-predicates and flags) is reset; the record register, ACC, HOLD, OPR, MQ, the float registers and
-the free-running ``ld`` / ``add`` stages have no reset (``reset_less``). A program writes every
-one of them before it reads it, and nothing reads the record while the engine is idle.
+predicates and flags) is reset; ACC, HOLD, OPR, MQ, the float registers and the free-running
+``ld`` / ``add`` stages have no reset (``reset_less``). A program writes every one of them before
+it reads it.
 
 :func:`run_model` executes the same micro-program on Python integers (the register-transfer
 model the tests use to sweep thousands of channels quickly); the Amaranth engine is checked
@@ -240,8 +242,9 @@ class _FinalizeEngine(wiring.Component):
     FLOAT_REGS = ()
     #: ``{dst: source}`` of ``set``: a float input/register name, ``"zero"`` or ``"maxpos"``.
     SET_SOURCES = {}
-    #: Cycles from ``o.valid`` to the next accept with ``o.ready`` high (the result is taken at the
-    #: first edge, the next record at the second): ``cycles_per_channel = latency + TURNAROUND``.
+    #: Cycles from ``o.valid`` to the next program's start with ``o.ready`` high (the result is
+    #: taken at the first edge, the next program starts at the second):
+    #: ``cycles_per_channel = latency + TURNAROUND``.
     TURNAROUND = 2
 
     def __init__(self, bfp, internal, max_count, max_chunks):
@@ -377,9 +380,10 @@ class _FinalizeEngine(wiring.Component):
         m.d.comb += [step_next.eq(step), cnt_next.eq(cnt)]
         m.d.sync += [step.eq(step_next), cnt.eq(cnt_next), last.eq(~cnt_next.any())]
         first = Signal()                        # first cycle of the current step
-        inp = Signal(self.input_layout, reset_less=True)
-        m.d.comb += self.i.ready.eq(~busy & ~self.o.valid)     # o's floats are the registers
-        accept = Signal()
+        # The record is read where the producer holds it: a program starts on ``i.valid`` (idle,
+        # ``o`` empty) and the record transfers at the edge that publishes the result.
+        inp = self.i.payload
+        accept = Signal()                       # a program starts at this edge (no transfer)
         m.d.comb += accept.eq(self.i.valid & ~busy & ~self.o.valid)
         # The record's program starts at step ``entries[start_sel]`` (one program: step 0).
         start_sel = self._entry_select(self.i.payload)
@@ -738,9 +742,10 @@ class _FinalizeEngine(wiring.Component):
             next_cnt = select([(step[i], Const(self.cycles[i + 1] - 1, cnt_w))
                                for i in range(P - 1) if self.cycles[i + 1] > 1], cnt_w)
             with m.If(c_out):
-                with m.If(~self.o.valid | self.o.ready):
+                with m.If(~self.o.valid):
+                    m.d.comb += self.i.ready.eq(1)      # the record transfers with the result
                     m.d.sync += [self.o.valid.eq(1), busy.eq(0)]
-                    if "flat" in self.OUTPUT_BITS:      # ``flat`` follows the record register
+                    if "flat" in self.OUTPUT_BITS:      # ``flat``: from the record, as it transfers
                         m.d.sync += self.o.payload.flat.eq(flat)
             with m.Elif(last):
                 m.d.comb += [step_next.eq(Cat(Const(0, 1), step[:P - 1])), cnt_next.eq(next_cnt),
@@ -755,13 +760,7 @@ class _FinalizeEngine(wiring.Component):
                 with m.If(start_sel == j):
                     m.d.comb += [step_next.eq(1 << e), cnt_next.eq(self.cycles[e] - 1)]
             m.d.sync += [busy.eq(1), first.eq(1), ovf.eq(0)]
-        # The record register follows ``i.payload`` on every idle cycle and holds from the accept
-        # edge on: its enable is ``~busy`` (a register), so ``i.valid`` -- which arrives through
-        # a client's control and a share's grant -- drives a few control bits, not ``|inp|``
-        # enables across the device. Nothing reads ``inp`` while the engine is idle.
-        with m.If(~busy):
-            m.d.sync += inp.eq(self.i.payload)
-        with m.If(self.o.valid & self.o.ready & ~(busy & c_out)):
+        with m.If(self.o.valid & self.o.ready):
             m.d.sync += self.o.valid.eq(0)
         # ``ovf`` and the float registers change only while busy, and nothing is accepted while
         # ``o.valid``: they hold the result until it is taken.
@@ -836,8 +835,8 @@ class ForwardFinalize(_FinalizeEngine):
         non-empty). Inference: ``mu``/``sigma`` are the running statistics, which also pass through
         unchanged as ``new_running_*``; ``flat`` is 0.
 
-    Timing: see the module docstring; ``latency`` cycles from the input transfer to ``o.valid``,
-    ``cycles_per_channel = latency + 2`` back to back.
+    Timing: see the module docstring; ``latency`` cycles from the program's start to ``o.valid``
+    (and the record's transfer), ``cycles_per_channel = latency + 2`` back to back.
     """
 
     INT_FIELDS = {}
@@ -1108,8 +1107,8 @@ class SharedFinalize(_FinalizeEngine):
     The backward program's float inputs ``mu``, ``inv``, ``a`` (the forward pass's saved values)
     share their names with forward result registers, so its steps read them as ``in.<name>``.
 
-    Arguments as :class:`ForwardFinalize`. Timing: as the two engines; one record at a time
-    (``i.ready`` = not busy), at most two records untaken (one in ``o``, one running).
+    Arguments as :class:`ForwardFinalize`. Timing: as the two engines; one record at a time (the
+    running program's, held by its producer until the result), at most one result untaken.
     """
 
     def __init__(self, bfp, internal, max_count, max_chunks, *, eps_log2=-16, momentum_shift=3,

@@ -233,9 +233,9 @@ def directed_backward(eng, rng):
 
 # --- RTL simulation ------------------------------------------------------------------------------
 
-def simulate(dut, records, *, seed=0, gap=0.0, stall=0.0):
+def simulate(dut, records, *, seed=0, gap=0.0, stall=0.0, offers=None):
     """Run ``records`` (dicts) through the engine; returns the output records (dicts) and the
-    cycle of each input transfer and output transfer."""
+    cycle of each input transfer and output transfer (``offers``: see ``run_stream``)."""
     in_layout, out_layout = dut.input_layout, dut.output_layout
 
     def to_const(rec):
@@ -243,7 +243,7 @@ def simulate(dut, records, *, seed=0, gap=0.0, stall=0.0):
 
     outputs, in_cycles, out_cycles = run_stream(
         dut, [to_const(r) for r in records], lambda v: {name: int(getattr(v, name)) for name, _ in out_layout},
-        seed=seed, gap=gap, stall=stall)
+        seed=seed, gap=gap, stall=stall, offers=offers)
     return outputs, in_cycles, out_cycles
 
 
@@ -584,15 +584,20 @@ def test_rtl_pysim(cfg):
 
 
 def test_rtl_timing():
-    """``o.valid`` rises ``latency`` cycles after the input transfer (seen by the sink at the next
-    edge); back to back, a channel every ``cycles_per_channel = latency + 2`` cycles (the result
-    is taken at one edge, the next record at the next: ``o``'s floats are the registers)."""
+    """A record offered to an idle engine starts its program at the first edge that sees it;
+    ``o.valid`` rises ``latency`` cycles later (seen by the sink at the next edge), and the record
+    transfers at that same edge: the engine reads it where the producer holds it. Back to back, a
+    channel every ``cycles_per_channel = latency + 2`` cycles (the result is taken at one edge, the
+    next program starts at the next)."""
     fwd, bwd = _engines(CONFIGS[0])
     for eng, case in ((fwd, forward_case), (bwd, backward_case)):
         rng = random.Random(7)
         recs = [case(eng, rng) for _ in range(3)]
-        _, ins, outs = simulate(eng, recs)
-        assert [o - i for i, o in zip(ins, outs)] == [eng.latency + 1] * 3
+        offers = []
+        _, ins, outs = simulate(eng, recs, offers=offers)
+        # The first record finds the engine idle; the next ones are offered while ``o`` is full.
+        assert [o - s for s, o in zip(offers, outs)] == [eng.latency + 1] + [eng.latency + 2] * 2
+        assert [o - i for i, o in zip(ins, outs)] == [1] * 3
         assert [b - a for a, b in zip(ins, ins[1:])] == [eng.latency + 2] * 2
         assert eng.cycles_per_channel == eng.latency + 2
     assert fwd.latency == 189 + 6 * 12 and bwd.latency == 156 + 7 * 12
@@ -657,9 +662,14 @@ def test_rtl_pysim_shared(cfg, stats):
     assert {r["backward"] for r in recs} == {0, 1}
     outs, _, _ = simulate(eng, recs, seed=5, gap=0.3, stall=0.3)
     _check_shared(eng, recs, outs)
-    _, ins, outs_c = simulate(eng, recs[:4])
-    lat = [eng.mode_latency["backward" if r["backward"] else "forward"] + 1 for r in recs[:4]]
-    assert [o - i for i, o in zip(ins, outs_c)] == lat
+    offers = []
+    _, ins, outs_c = simulate(eng, recs[:4], offers=offers)
+    lat = [eng.mode_latency["backward" if r["backward"] else "forward"] for r in recs[:4]]
+    # A program starts at the first edge that sees its record with the engine idle and ``o``
+    # empty, and its record transfers ``latency`` edges later, with the result.
+    assert ins[0] - offers[0] == lat[0]
+    assert [b - a for a, b in zip(ins, ins[1:])] == [n + SharedFinalize.TURNAROUND for n in lat[1:]]
+    assert [o - i for i, o in zip(ins, outs_c)] == [1] * 4
 
 
 # --- Verilator: thousands of channels through the RTL ---------------------------------------------

@@ -14,10 +14,10 @@ import random
 __all__ = ["producer", "consumer", "run_stream"]
 
 
-def producer(port, payloads, rng, gap=0.0, cycles=None):
+def producer(port, payloads, rng, gap=0.0, cycles=None, offers=None):
     """Testbench: every payload of ``payloads`` (values ``ctx.set`` accepts) on stream ``port``,
     each preceded by idle cycles while ``rng.random() < gap``; appends each transfer's cycle to
-    ``cycles``."""
+    ``cycles`` and the cycle of the first edge that sees it offered to ``offers``."""
     async def bench(ctx):
         cycle = 0
         for value in payloads:
@@ -26,6 +26,8 @@ def producer(port, payloads, rng, gap=0.0, cycles=None):
                 cycle += 1
             ctx.set(port.payload, value)
             ctx.set(port.valid, 1)
+            if offers is not None:
+                offers.append(cycle + 1)
             while True:
                 _, _, ready = await ctx.tick().sample(port.ready)
                 cycle += 1
@@ -55,16 +57,18 @@ def consumer(port, count, convert, outputs, rng, stall=0.0, cycles=None):
     return bench
 
 
-def run_stream(dut, payloads, convert, *, seed=0, gap=0.0, stall=0.0, i="i", o="o", clock=1e-8):
+def run_stream(dut, payloads, convert, *, seed=0, gap=0.0, stall=0.0, i="i", o="o", clock=1e-8,
+               offers=None):
     """Run ``payloads`` through ``dut``'s stream ``i`` and collect as many outputs from stream
-    ``o`` (each through ``convert``). Returns ``(outputs, in_cycles, out_cycles)``."""
+    ``o`` (each through ``convert``). Returns ``(outputs, in_cycles, out_cycles)``; ``offers``, a
+    list, gets the cycle at which each input was first offered (see :func:`producer`)."""
     from amaranth.sim import Simulator
     rng = random.Random(seed)
     payloads = list(payloads)
     outputs, in_cycles, out_cycles = [], [], []
     sim = Simulator(dut)
     sim.add_clock(clock)
-    sim.add_testbench(producer(getattr(dut, i), payloads, rng, gap, in_cycles))
+    sim.add_testbench(producer(getattr(dut, i), payloads, rng, gap, in_cycles, offers))
     sim.add_testbench(consumer(getattr(dut, o), len(payloads), convert, outputs, rng, stall, out_cycles))
     sim.run()
     return outputs, in_cycles, out_cycles

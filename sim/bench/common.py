@@ -242,10 +242,7 @@ class StreamDriver:
     * a *source* (``sources``: DUT input streams, fed from :attr:`queue`) inserts an idle cycle
       before an item with probability ``idle`` (:attr:`idle_for` overrides it per stream), then
       raises ``valid`` with the payload and holds both until the transfer: ``valid`` never
-      depends on ``ready``. :attr:`pause` ``[name] = k`` holds a source off until its ``ready``
-      has been high for ``k`` more cycles (a late item; the one place where a source waits for
-      ``ready``, so only for a sink whose ``ready`` does not wait for ``valid``); a source not in :attr:`enabled` offers
-      nothing;
+      depends on ``ready``; a source not in :attr:`enabled` offers nothing;
     * a *sink* (``sinks``: DUT output streams) drives ``ready`` low with probability
       ``backpressure`` each cycle, independent of ``valid``;
     * every sink is monitored: once ``valid & ~ready``, ``valid`` must stay high and ``payload``
@@ -276,7 +273,6 @@ class StreamDriver:
         self.active = {name: False for name in sources}
         self.enabled = set(self.src)
         self.idle_for = {}
-        self.pause = {name: 0 for name in sources}
         self.sent = {name: 0 for name in sources}
         self.sent_cycles = {name: [] for name in sources}
         self.received = {name: [] for name in sinks}
@@ -344,18 +340,14 @@ class StreamDriver:
         for name, bus in self.src.items():
             if self.active[name]:
                 continue
-            if self.pause[name]:
-                self.pause[name] -= int(bus.ready.value)
-                v = 0
+            q = self.queue[name]
+            idle = self.idle_for.get(name, self.idle)
+            if q and name in self.enabled and (idle <= 0 or rnd() >= idle):
+                bus.payload.value = q[0]
+                self.active[name] = True
+                v = 1
             else:
-                q = self.queue[name]
-                idle = self.idle_for.get(name, self.idle)
-                if q and name in self.enabled and (idle <= 0 or rnd() >= idle):
-                    bus.payload.value = q[0]
-                    self.active[name] = True
-                    v = 1
-                else:
-                    v = 0
+                v = 0
             if v != driven[name]:
                 bus.valid.value = v
                 driven[name] = v
@@ -388,7 +380,6 @@ class StreamDriver:
         for name in self.src:
             self.queue[name].clear()
             self.active[name] = False
-            self.pause[name] = 0
         for name in self.snk:
             self.held[name] = None
 

@@ -374,8 +374,8 @@ class Planner:
         return self.steps
 
     def timing_steps(self):
-        """Two commands (training, then inference) after the bulk run with no idle cycles, no late
-        params and no back-pressure, and the bench checks the documented timing on them
+        """Two commands (training, then inference) after the bulk run with no idle cycles and no
+        back-pressure, and the bench checks the documented timing on them
         (docs/forward.md, "Timing"): both passes take one block per cycle, finalize takes
         ``StatsUnit.LATENCY + channels * finalize_cycles_per_channel`` cycles from the last
         statistics block to the first normalize block, and every y block leaves ``latency``
@@ -423,11 +423,9 @@ async def run_forward(dut, conf, *, reset=True, timing=True, timeout_scale=1):
     """The forward bench on ``dut`` (anything with the core's ports as attributes, and ``clk``):
     returns ``(failures, result)`` (``result["transfer_cycles"]``: the cycle of every ``y`` and ``stats`` transfer). ``reset``: start the clock and reset first (a caller that runs
     several benches on one DUT does it once). ``timing``: the core's handshake timing is its own:
-    the documented timing of the timing steps counts as a failure, and now and then a ``params``
-    record is held back until the core has waited for it with ``params.ready`` high. With
-    ``timing=False`` (``sim.bench.bn_core``: the core shares its units, and a shared unit's
-    ``ready`` may wait for ``valid``) the timing is only recorded and no record waits for
-    ``ready``. ``timeout_scale`` stretches each step's time limit (a core sharing
+    the documented timing of the timing steps counts as a failure. With ``timing=False``
+    (``sim.bench.bn_core``: the core shares its units and waits for them) the timing is only
+    recorded. ``timeout_scale`` stretches each step's time limit (a core sharing
     its units with another waits for them)."""
     import time
     from cocotb.triggers import RisingEdge
@@ -442,9 +440,6 @@ async def run_forward(dut, conf, *, reset=True, timing=True, timeout_scale=1):
     bfp, f = p.bfp, p.internal
     rng = random.Random(conf["seed"])
     gap, bp = conf.get("gap", 0.2), conf.get("backpressure", 0.2)
-    # Now and then a params record comes late: only after the core has waited for it with
-    # params.ready high for 1..4 cycles (so FEED also starts with the params stream empty).
-    late_rng = random.Random(conf["seed"] + 7)
     cmd_l = cmd_layout(p.max_count, p.chunks)
     prm_l = params_layout(f)
     sav_l = saved_layout(f, p.max_count, p.chunks)
@@ -538,7 +533,7 @@ async def run_forward(dut, conf, *, reset=True, timing=True, timeout_scale=1):
     y_got, s_got = drv.received["y"], drv.received["stats"]
     st = {"step": 0, "phase": "issue", "y_total": 0, "s_total": 0, "x_total": 0, "limit": 0,
           "seen": {"x": 0, "params": 0, "cmd": 0, "y": 0}}
-    # Timing steps (Planner.timing_steps): no gaps, no late params, no back-pressure; the
+    # Timing steps (Planner.timing_steps): no gaps, no back-pressure; the
     # cycles of their x and y transfers and of the command's acceptance are recorded.
     tm = {"x": [], "y": [], "cmd": None}
     timing_rows = []
@@ -560,11 +555,6 @@ async def run_forward(dut, conf, *, reset=True, timing=True, timeout_scale=1):
         if in_timing:
             tm["x"] += xs
             tm["y"] += ys
-        # Now and then a params record comes late: only after the core has waited for it
-        # with params.ready high for 1..4 cycles (the transfer cycle counts too).
-        if new(d, "params", d.sent_cycles["params"]) and timing and not in_timing and gap \
-                and late_rng.random() < 0.25:
-            d.pause["params"] = late_rng.randint(2, 5)
         cmd_sent = new(d, "cmd", d.sent_cycles["cmd"])
         s = steps[step_i]
         cycle = d.cycle + 1
@@ -601,8 +591,6 @@ async def run_forward(dut, conf, *, reset=True, timing=True, timeout_scale=1):
             elif cycle > st["limit"]:
                 errors.append(f"step {step_i} ({s['tag']}): timeout with {len(y_got)}/{st['y_total']} y "
                               f"blocks, {len(s_got)}/{st['s_total']} stats records")
-        if in_timing:
-            d.pause["params"] = 0   # a late record drawn at the step before must not delay it
         if st["phase"] == "issue" and st["step"] < len(steps):
             d.send("cmd", pack(cmd_l, steps[st["step"]]["cmd"]))
             st["phase"] = "wait_cmd"

@@ -135,8 +135,8 @@ class ForwardCore(wiring.Component):
     @property
     def finalize_cycles_per_channel(self):
         """Cycles per channel of finalize with ``params`` valid and ``stats`` ready: the
-        statistics unit's read latency, one to hand the channel to the finalize unit, its latency,
-        one to collect the result."""
+        statistics unit's read latency, one for the finalize unit to start, its latency, one for
+        the result (the ``stats`` record) to be taken."""
         lat = self.finalize_latency
         return None if lat is None else StatsUnit.READ_LATENCY + lat + 2
 
@@ -233,18 +233,21 @@ class ForwardCore(wiring.Component):
         lanes_in_group = Array(Const(min(B, C - g * B) - 1, range(max(L, 2))) for g in range(G))
         fgrp = Signal(range(max(G, 2)))
 
-        # --- stats output register ------------------------------------------------------------
-        stats_valid = Signal()
-        stats_data = Signal.like(self.stats.payload)
-        m.d.comb += [self.stats.valid.eq(stats_valid), self.stats.payload.eq(stats_data)]
-        with m.If(self.stats.ready):
-            m.d.sync += stats_valid.eq(0)
+        # --- stats output: the finalize unit's result registers (and ``pend``), no copy ----------
+        r = fin.o.payload
+        sd = self.stats.payload
+        m.d.comb += [
+            sd.mu.eq(r.mu), sd.sigma.eq(r.sigma), sd.inv.eq(r.inv), sd.a.eq(r.a), sd.b.eq(r.b),
+            sd.running_mean.eq(r.new_running_mean), sd.running_sigma.eq(r.new_running_sigma),
+            sd.flat.eq(r.flat), sd.overflow.eq(r.overflow),
+        ]
 
         pend = Signal(data.StructLayout({
             "argmax": data.ArrayLayout(position_width(self.max_count), Kmax),
             "argmin": data.ArrayLayout(position_width(self.max_count), Kmax),
             "chunk_flat": data.ArrayLayout(1, Kmax),
         }))
+        m.d.comb += [sd.argmax.eq(pend.argmax), sd.argmin.eq(pend.argmin), sd.chunk_flat.eq(pend.chunk_flat)]
 
         # --- normalize counters ---------------------------------------------------------------
         n_last = Signal(position_width(self.max_count))
@@ -312,21 +315,12 @@ class ForwardCore(wiring.Component):
                     m.next = "WAIT"
 
             with m.State("WAIT"):
-                m.d.comb += fin.o.ready.eq(~stats_valid | self.stats.ready)
+                # The result leaves as ``stats`` straight from the finalize unit, which holds it
+                # until taken.
+                m.d.comb += [self.stats.valid.eq(fin.o.valid), fin.o.ready.eq(self.stats.ready)]
                 with m.If(fin.o.valid & fin.o.ready):
-                    r = fin.o.payload
                     m.d.comb += write_lane.eq(1)
-                    m.d.sync += [
-                        stats_valid.eq(1),
-                        stats_data.mu.eq(r.mu), stats_data.sigma.eq(r.sigma),
-                        stats_data.inv.eq(r.inv), stats_data.a.eq(r.a), stats_data.b.eq(r.b),
-                        stats_data.running_mean.eq(r.new_running_mean),
-                        stats_data.running_sigma.eq(r.new_running_sigma),
-                        stats_data.flat.eq(r.flat), stats_data.overflow.eq(r.overflow),
-                        stats_data.argmax.eq(pend.argmax), stats_data.argmin.eq(pend.argmin),
-                        stats_data.chunk_flat.eq(pend.chunk_flat),
-                        chan.eq(chan + 1),
-                    ]
+                    m.d.sync += chan.eq(chan + 1)
                     with m.If(lane == lanes_in_group[fgrp]):
                         m.d.comb += [rotate_final.eq(1), su.rd_rotate.eq(1)]
                         m.d.sync += [lane.eq(0), fgrp.eq(fgrp + 1)]
@@ -416,5 +410,5 @@ class ForwardCore(wiring.Component):
                 m.d.comb += [ai.a[l].eq(0), ai.b[l].eq(0)]
         wiring.connect(m, aff.o, wiring.flipped(self.y))
 
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE") | stats_valid)
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         return m

@@ -107,10 +107,10 @@ record throughout and takes it at edge ``t + latency``, the edge that puts the r
 result holds on ``o`` until taken: ``o``'s floats *are* the float result registers (no output
 copy), which change only while the engine is busy. With ``o.ready`` high the result is taken at
 the next edge and the next program starts at the one after, so a channel takes
-``cycles_per_channel = latency +`` :attr:`TURNAROUND` (2) cycles back to back. ``latency`` is a constant
-per configuration (predicated micro-code, no data-dependent branches): with ``C_WIDTH`` = 18 and
-``momentum_shift`` = 3 it is ``189 + 6 M`` forward and ``156 + 7 M`` backward (M = 8: 237 / 212;
-M = 12: 261 / 240; M = 23: 327 / 317).
+``cycles_per_channel = latency +`` :attr:`TURNAROUND` (2) cycles back to back. ``latency`` is a
+constant per configuration (predicated micro-code, no data-dependent branches): with
+``C_WIDTH`` = 18 and ``momentum_shift`` = 3 it is ``189 + 6 M`` forward and ``156 + 7 M``
+backward (M = 8: 237 / 212; M = 12: 261 / 240; M = 23: 327 / 317).
 
 Pipelined steps: the ``ld``, ``add`` and ``rnd`` datapaths are cut by free-running register
 stages:

@@ -383,8 +383,8 @@ class _FinalizeEngine(wiring.Component):
         # The record is read where the producer holds it: a program starts on ``i.valid`` (idle,
         # ``o`` empty) and the record transfers at the edge that publishes the result.
         inp = self.i.payload
-        accept = Signal()                       # a program starts at this edge (no transfer)
-        m.d.comb += accept.eq(self.i.valid & ~busy & ~self.o.valid)
+        start = Signal()                        # a program starts at this edge (no transfer)
+        m.d.comb += start.eq(self.i.valid & ~busy & ~self.o.valid)
         # The record's program starts at step ``entries[start_sel]`` (one program: step 0).
         start_sel = self._entry_select(self.i.payload)
         decoded = {}
@@ -392,7 +392,7 @@ class _FinalizeEngine(wiring.Component):
 
         def on(indices):
             """The token is in one of ``indices`` (a register, equal to the OR of those token
-            bits). Written as its own next-state mux so that ``accept`` (from ``i.valid``)
+            bits). Written as its own next-state mux so that ``start`` (from ``i.valid``)
             passes one LUT, not the OR tree."""
             key = tuple(sorted(set(indices)))
             if not key:
@@ -400,7 +400,7 @@ class _FinalizeEngine(wiring.Component):
             if key not in decoded:
                 ctl = Signal(name=f"ctl{len(decoded)}")
                 prev = [step[i - 1] for i in key if i > 0]
-                with m.If(accept):
+                with m.If(start):
                     m.d.sync += ctl.eq(Cat(*[start_sel == j for j, e in enumerate(self.entries)
                                              if e in key]).any())
                 with m.Elif(advancing):
@@ -755,14 +755,14 @@ class _FinalizeEngine(wiring.Component):
                 dec = as_sig(m, cnt + Const((1 << cnt_w) - 1, cnt_w), "cnt_dec")   # cnt - 1, carry = 1
                 m.d.comb += cnt_next.eq(Cat(dec[0] & dec[cnt_w], dec[1:cnt_w]))
                 m.d.sync += first.eq(0)
-        with m.If(accept):
+        with m.If(start):
             for j, e in enumerate(self.entries):
                 with m.If(start_sel == j):
                     m.d.comb += [step_next.eq(1 << e), cnt_next.eq(self.cycles[e] - 1)]
             m.d.sync += [busy.eq(1), first.eq(1), ovf.eq(0)]
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += self.o.valid.eq(0)
-        # ``ovf`` and the float registers change only while busy, and nothing is accepted while
+        # ``ovf`` and the float registers change only while busy, and nothing starts while
         # ``o.valid``: they hold the result until it is taken.
         m.d.comb += [getattr(self.o.payload, name).eq(regs[name]) for name in self.OUTPUT_FLOATS]
         m.d.comb += self.o.payload.overflow.eq(ovf)

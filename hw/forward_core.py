@@ -247,7 +247,8 @@ class ForwardCore(wiring.Component):
             "argmin": data.ArrayLayout(position_width(self.max_count), Kmax),
             "chunk_flat": data.ArrayLayout(1, Kmax),
         }))
-        m.d.comb += [sd.argmax.eq(pend.argmax), sd.argmin.eq(pend.argmin), sd.chunk_flat.eq(pend.chunk_flat)]
+        m.d.comb += [sd.argmax.eq(pend.argmax), sd.argmin.eq(pend.argmin),
+                     sd.chunk_flat.eq(pend.chunk_flat)]
 
         # --- normalize counters ---------------------------------------------------------------
         n_last = Signal(position_width(self.max_count))
@@ -376,7 +377,6 @@ class ForwardCore(wiring.Component):
         m.d.comb += [new_coef[l].eq(coef_head[l]) for l in range(L)]
         m.d.comb += [new_run[l].eq(run_head[l]) for l in range(L)]
         with m.If(write_lane):
-            r = fin.o.payload
             for l in range(L):
                 with m.If(lane == l):
                     m.d.comb += [

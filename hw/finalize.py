@@ -100,19 +100,17 @@ Backward program::
 Timing
 ------
 The engine has no record register: it reads ``i.payload`` where the producer holds it (the stream
-rule: the payload holds until taken). The first edge ``t`` that sees ``i.valid`` with the engine
-idle and ``o`` empty (``busy`` and ``o.valid``, registers) sets ``start``, a register, and the
-program's first step begins at ``t + 1`` (:attr:`START_CYCLES`: the offering core sits elsewhere
-on the die, often behind a ``StreamShare``, so its ``valid`` reaches one flip-flop and not the
-step controls). The engine reads the record throughout and takes it at edge ``t + latency``, the
-edge that puts the result on ``o`` (``i.ready`` is high in that one cycle only: ``busy`` and the
-last step's control, registers). The result holds on ``o`` until taken: ``o``'s floats *are* the
-float result registers (no output copy), which change only while the engine is busy. With
-``o.ready`` high the result is taken at the next edge and the next offer is seen at the one
-after, so a channel takes ``cycles_per_channel = latency +`` :attr:`TURNAROUND` (2) cycles back to
-back. ``latency`` is a constant per configuration (predicated micro-code, no data-dependent
-branches): with ``C_WIDTH`` = 18 and ``momentum_shift`` = 3 it is ``190 + 6 M`` forward and
-``157 + 7 M`` backward (M = 8: 238 / 213; M = 12: 262 / 241; M = 23: 328 / 318).
+rule: the payload holds until taken). A program starts at the first edge ``t`` that sees
+``i.valid`` with the engine idle and ``o`` empty (``busy`` and ``o.valid``, registers); it reads the
+record throughout and takes it at edge ``t + latency``, the edge that puts the result on ``o``
+(``i.ready`` is high in that one cycle only: ``busy`` and the last step's control, registers). The
+result holds on ``o`` until taken: ``o``'s floats *are* the float result registers (no output
+copy), which change only while the engine is busy. With ``o.ready`` high the result is taken at
+the next edge and the next program starts at the one after, so a channel takes
+``cycles_per_channel = latency +`` :attr:`TURNAROUND` (2) cycles back to back. ``latency`` is a
+constant per configuration (predicated micro-code, no data-dependent branches): with
+``C_WIDTH`` = 18 and ``momentum_shift`` = 3 it is ``189 + 6 M`` forward and ``156 + 7 M``
+backward (M = 8: 237 / 212; M = 12: 261 / 240; M = 23: 327 / 317).
 
 Pipelined steps: the ``ld``, ``add`` and ``rnd`` datapaths are cut by free-running register
 stages:
@@ -132,7 +130,7 @@ split in two chains, the high half one cycle behind), ``div`` two (the trial sub
 registered before the remainder is updated from its sign); both must be alone in their step. The step controls are registers decoded from the next token. No path spans
 more than one wide carry chain or one logarithmic shifter stage group, which lets the engines
 reach about 100 MHz on ECP5 (``docs/area.md``). The price is cycles: at M = 12 a channel takes
-262 cycles forward (125 with single-cycle steps) and 241 backward (134), for about 3.5 times the
+261 cycles forward (124 with single-cycle steps) and 240 backward (133), for about 3.5 times the
 clock.
 
 Reset: the control (``busy``, the step token and its counter, the decoded controls, the
@@ -244,13 +242,10 @@ class _FinalizeEngine(wiring.Component):
     FLOAT_REGS = ()
     #: ``{dst: source}`` of ``set``: a float input/register name, ``"zero"`` or ``"maxpos"``.
     SET_SOURCES = {}
-    #: Cycles from ``o.valid`` to the next program's offer being seen with ``o.ready`` high (the
-    #: result is taken at the first edge, the next ``i.valid`` is seen at the second):
+    #: Cycles from ``o.valid`` to the next program's start with ``o.ready`` high (the result is
+    #: taken at the first edge, the next program starts at the second):
     #: ``cycles_per_channel = latency + TURNAROUND``.
     TURNAROUND = 2
-    #: Cycles from the edge that sees the offer to the program's first step (``start``, a
-    #: register); counted in ``latency``.
-    START_CYCLES = 1
 
     def __init__(self, bfp, internal, max_count, max_chunks):
         self._check_args(bfp, internal, max_count, max_chunks)
@@ -271,7 +266,7 @@ class _FinalizeEngine(wiring.Component):
         self.ew = self._exp_width()
         self.ld_const = self._lower()
         self.cycles = [_steps_cycles(s, self.kq) for s in self.program]
-        self.latency = self.START_CYCLES + sum(self.cycles)
+        self.latency = sum(self.cycles)
         self.cycles_per_channel = self.latency + self.TURNAROUND
         self.input_layout = data.StructLayout(self._input_fields())
         self.output_layout = data.StructLayout(self._output_fields())
@@ -387,11 +382,9 @@ class _FinalizeEngine(wiring.Component):
         first = Signal()                        # first cycle of the current step
         # The record is read where the producer holds it: a program starts on ``i.valid`` (idle,
         # ``o`` empty) and the record transfers at the edge that publishes the result.
-        # ``start`` is a register: the core that offers the record sits elsewhere on the die (and
-        # behind a ``StreamShare``), so its ``valid`` reaches one flip-flop, not the step controls.
         inp = self.i.payload
         start = Signal()                        # a program starts at this edge (no transfer)
-        m.d.sync += start.eq(self.i.valid & ~busy & ~self.o.valid & ~start)
+        m.d.comb += start.eq(self.i.valid & ~busy & ~self.o.valid)
         # The record's program starts at step ``entries[start_sel]`` (one program: step 0).
         start_sel = self._entry_select(self.i.payload)
         decoded = {}
@@ -399,8 +392,8 @@ class _FinalizeEngine(wiring.Component):
 
         def on(indices):
             """The token is in one of ``indices`` (a register, equal to the OR of those token
-            bits). Written as its own next-state mux so that ``start`` passes one LUT, not
-            the OR tree."""
+            bits). Written as its own next-state mux so that ``start`` (from ``i.valid``)
+            passes one LUT, not the OR tree."""
             key = tuple(sorted(set(indices)))
             if not key:
                 return Const(0, 1)
@@ -1137,8 +1130,7 @@ class SharedFinalize(_FinalizeEngine):
         self.entries = (0, len(fwd.program))
         super().__init__(bfp, internal, max_count, max_chunks)
         n_f = len(fwd.program)
-        self.mode_latency = {"forward": self.START_CYCLES + sum(self.cycles[:n_f]),
-                             "backward": self.START_CYCLES + sum(self.cycles[n_f:])}
+        self.mode_latency = {"forward": sum(self.cycles[:n_f]), "backward": sum(self.cycles[n_f:])}
         assert self.mode_latency == {"forward": fwd.latency, "backward": bwd.latency}
 
     def _input_fields(self):

@@ -584,9 +584,8 @@ def test_rtl_pysim(cfg):
 
 
 def test_rtl_timing():
-    """A record offered to an idle engine is seen at the first edge (``start``, a register; its
-    program's first step begins one cycle later); ``o.valid`` rises ``latency`` cycles after that
-    edge (seen by the sink at the next edge), and the record
+    """A record offered to an idle engine starts its program at the first edge that sees it;
+    ``o.valid`` rises ``latency`` cycles later (seen by the sink at the next edge), and the record
     transfers at that same edge: the engine reads it where the producer holds it. Back to back, a
     channel every ``cycles_per_channel = latency + 2`` cycles (the result is taken at one edge, the
     next program starts at the next)."""
@@ -601,7 +600,7 @@ def test_rtl_timing():
         assert [o - i for i, o in zip(ins, outs)] == [1] * 3
         assert [b - a for a, b in zip(ins, ins[1:])] == [eng.latency + 2] * 2
         assert eng.cycles_per_channel == eng.latency + 2
-    assert fwd.latency == 190 + 6 * 12 and bwd.latency == 157 + 7 * 12
+    assert fwd.latency == 189 + 6 * 12 and bwd.latency == 156 + 7 * 12
 
 
 # --- the shared engine (both programs on one datapath, hw.bn_core) -------------------------------

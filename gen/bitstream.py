@@ -160,7 +160,8 @@ def build(board, params, *, unit=None, baud=None, out=None, rx_fifo_depth=512, p
         os.environ.update({k: env[k] for k in TOOL_ENV})
         try:
             plan = platform.prepare(top, name="top", nextpnr_opts="--timing-allow-fail",
-                                    synth_opts=target.synth_opts)
+                                    synth_opts=target.synth_opts,
+                                    script_after_read=target.script_after_read)
         finally:
             for k, v in saved_env.items():
                 if v is None:

@@ -92,10 +92,12 @@ def test_does_not_fit_fails_cleanly(tmp_path):
 
 
 @pytest.mark.long
-@pytest.mark.parametrize("board, bitstream", [("icebreaker", "top.bin"), ("ulx3s", "top.bit")])
-def test_build(board, bitstream, tmp_path):
-    """The real build with the board's preset: bitstream, logs and a report with Fmax >= clock."""
-    run = _run(["--board", board, "--out", "out"], tmp_path)
+@pytest.mark.parametrize("board, unit, bitstream", [("icebreaker", None, "top.bin"), ("ulx3s", None, "top.bit"),
+                                                    ("icebreaker", "bn", "top.bin")])
+def test_build(board, unit, bitstream, tmp_path):
+    """The real build with the board's preset (of its default unit, or of ``unit``: the training
+    unit on the UP5K): bitstream, logs and a report with Fmax >= clock."""
+    run = _run(["--board", board, "--out", "out"] + (["--unit", unit] if unit else []), tmp_path)
     assert run.returncode == 0, run.stderr
     out = tmp_path / "out"
     assert (out / bitstream).stat().st_size > 0

